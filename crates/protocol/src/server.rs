@@ -1,0 +1,158 @@
+//! Frames the gateway builds for browsers (protocol.md §1.5): the event envelope and error
+//! frames, each encoded as a whole WebSocket text frame, header included.
+//!
+//! ```json
+//! {"event_type":"call_hangup","timestamp":"2026-01-20T10:30:00.000000Z","topic":"customer_id:<uuid>:call:<uuid>","data":{…}}
+//! {"type":"error","code":"forbidden_topic","message":"…","topics":["…"]}
+//! ```
+//!
+//! An envelope is built once per (event, topic) and shared by every session it goes to.
+
+use bytes::Bytes;
+use serde::Serialize;
+
+use crate::client::Refusal;
+use crate::topic::Topic;
+use crate::ws::{self, OpCode};
+
+/// The parts of an envelope that do not depend on the topic, JSON-encoded once.
+#[derive(Debug, Clone)]
+pub struct EnvelopeHead {
+    event_type: String,
+    timestamp: String,
+}
+
+impl EnvelopeHead {
+    /// Encodes the event type and timestamp as JSON strings.
+    pub fn new(event_type: &str, timestamp: &str) -> Self {
+        EnvelopeHead {
+            event_type: json_string(event_type),
+            timestamp: json_string(timestamp),
+        }
+    }
+
+    /// Encodes the whole text frame of the envelope for `topic` around the raw JSON `data`.
+    ///
+    /// `data` is copied verbatim: it must already be a JSON value (the upstream decoder
+    /// guarantees that).
+    pub fn frame(&self, topic: &Topic, data: &[u8]) -> Bytes {
+        const P1: &[u8] = b"{\"event_type\":";
+        const P2: &[u8] = b",\"timestamp\":";
+        const P3: &[u8] = b",\"topic\":\"";
+        const P4: &[u8] = b"\",\"data\":";
+        const P5: &[u8] = b"}";
+        let topic = topic.as_str().as_bytes();
+        let len = P1.len()
+            + self.event_type.len()
+            + P2.len()
+            + self.timestamp.len()
+            + P3.len()
+            + topic.len()
+            + P4.len()
+            + data.len()
+            + P5.len();
+        let mut out = Vec::with_capacity(ws::header_len(len) + len);
+        ws::put_header(&mut out, OpCode::Text, len);
+        out.extend_from_slice(P1);
+        out.extend_from_slice(self.event_type.as_bytes());
+        out.extend_from_slice(P2);
+        out.extend_from_slice(self.timestamp.as_bytes());
+        // Topic text never needs escaping (topic.rs invariant).
+        out.extend_from_slice(P3);
+        out.extend_from_slice(topic);
+        out.extend_from_slice(P4);
+        out.extend_from_slice(data);
+        out.extend_from_slice(P5);
+        Bytes::from(out)
+    }
+}
+
+fn json_string(text: &str) -> String {
+    // Serialising a &str cannot fail.
+    serde_json::to_string(text).unwrap_or_else(|_| "\"\"".to_owned())
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    code: &'static str,
+    message: &'a str,
+    topics: &'a [String],
+}
+
+/// The JSON text of an error frame for a refusal.
+pub fn error_json(refusal: &Refusal) -> String {
+    let body = ErrorBody {
+        kind: "error",
+        code: refusal.code.as_str(),
+        message: &refusal.message,
+        topics: &refusal.topics,
+    };
+    serde_json::to_string(&body).unwrap_or_else(|_| "{\"type\":\"error\"}".to_owned())
+}
+
+/// The whole text frame of an error frame for a refusal.
+pub fn error_frame(refusal: &Refusal) -> Bytes {
+    ws::encode(OpCode::Text, error_json(refusal).as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::BytesMut;
+
+    use super::*;
+    use crate::client::ErrorCode;
+    use crate::ws::{Decoder, Message, Role};
+
+    fn payload(frame: &Bytes) -> serde_json::Value {
+        let mut buf = BytesMut::from(&frame[..]);
+        let Ok(Some(Message::Text(text))) = Decoder::new(Role::Client, 1 << 20).decode(&mut buf)
+        else {
+            panic!("not one text frame: {frame:?}");
+        };
+        assert!(buf.is_empty());
+        serde_json::from_slice(&text).expect("valid json")
+    }
+
+    #[test]
+    fn envelope_is_valid_json_in_the_tutorial_layout() {
+        let topic = Topic::parse("customer_id:12345678-1234-1234-1234-123456789012:call:a1")
+            .expect("valid topic");
+        let head = EnvelopeHead::new("call \"quoted\"", "2026-01-20T10:30:00.000000Z");
+        let data = br#"{"id":"a1","status":"hangup","n":[1,2]}"#;
+        let frame = head.frame(&topic, data);
+        let value = payload(&frame);
+        assert_eq!(value["event_type"], "call \"quoted\"");
+        assert_eq!(value["timestamp"], "2026-01-20T10:30:00.000000Z");
+        assert_eq!(value["topic"], topic.as_str());
+        assert_eq!(value["data"]["status"], "hangup");
+        // The data bytes are forwarded as they came.
+        let text = std::str::from_utf8(&frame[ws::header_len(frame.len() - 4)..]).expect("utf-8");
+        assert!(text.ends_with(r#""data":{"id":"a1","status":"hangup","n":[1,2]}}"#));
+    }
+
+    #[test]
+    fn large_envelope_gets_a_long_header() {
+        let topic = Topic::parse("agent_id:12345678-1234-1234-1234-123456789012:call:x")
+            .expect("valid topic");
+        let data = format!("\"{}\"", "y".repeat(70_000));
+        let frame = EnvelopeHead::new("e", "t").frame(&topic, data.as_bytes());
+        assert_eq!(payload(&frame)["data"].as_str().map(str::len), Some(70_000));
+    }
+
+    #[test]
+    fn error_frame_has_no_event_type() {
+        let refusal = Refusal::with_topics(
+            ErrorCode::ForbiddenTopic,
+            "not yours",
+            vec!["customer_id:x".into()],
+        );
+        let value = payload(&error_frame(&refusal));
+        assert_eq!(value["type"], "error");
+        assert_eq!(value["code"], "forbidden_topic");
+        assert_eq!(value["message"], "not yours");
+        assert_eq!(value["topics"][0], "customer_id:x");
+        assert!(value.get("event_type").is_none());
+    }
+}
