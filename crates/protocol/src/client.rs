@@ -199,7 +199,10 @@ mod tests {
 
     const C: &str = "12345678-1234-1234-1234-123456789012";
 
-    fn check(input: &str, expected: Result<(Action, &[&str]), (ErrorCode, &[&str])>) {
+    /// The action and topics of an accepted request, or the code and topics of a refusal.
+    type Expected<'a> = Result<(Action, &'a [&'a str]), (ErrorCode, &'a [&'a str])>;
+
+    fn check(input: &str, expected: Expected<'_>) {
         let got = parse_request(input.as_bytes());
         match (got, expected) {
             (Ok(request), Ok((action, topics))) => {

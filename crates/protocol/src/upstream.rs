@@ -149,10 +149,10 @@ fn sub_bytes(frame: &Bytes, part: &str) -> Bytes {
 /// starts with (followed by `_`), else the part before the first `_` or `.`.
 pub fn resource_of(event_type: &str) -> &str {
     for multi in MULTIWORD_RESOURCES {
-        if let Some(rest) = event_type.strip_prefix(multi) {
-            if rest.starts_with('_') || rest.starts_with('.') || rest.is_empty() {
-                return multi;
-            }
+        if let Some(rest) = event_type.strip_prefix(multi)
+            && (rest.starts_with('_') || rest.starts_with('.') || rest.is_empty())
+        {
+            return multi;
         }
     }
     event_type.split(['_', '.']).next().unwrap_or(event_type)
@@ -196,10 +196,10 @@ pub fn decode(frame: &Bytes, cx: &Context<'_>) -> Result<Event, DecodeError> {
                 id.as_deref(),
                 fields.agent_owner,
             );
-            if let Some(topic) = given {
-                if !topics.contains(&topic) {
-                    topics.insert(0, topic);
-                }
+            if let Some(topic) = given
+                && !topics.contains(&topic)
+            {
+                topics.insert(0, topic);
             }
             let timestamp = string(probe.timestamp).map(Cow::into_owned);
             (
@@ -270,10 +270,10 @@ impl Fields {
     fn read(raw: &ResourceFields<'_>, cx: &Context<'_>) -> Result<Self, DecodeError> {
         // A customer id that is present must be this connection's: another customer, or a
         // value that is no uuid, is refused rather than guessed at.
-        if let Some(customer) = raw.customer_id.filter(|c| c.get() != "null") {
-            if uuid(Some(customer)) != Some(cx.customer_id) {
-                return Err(DecodeError::ForeignCustomer);
-            }
+        if let Some(customer) = raw.customer_id.filter(|c| c.get() != "null")
+            && uuid(Some(customer)) != Some(cx.customer_id)
+        {
+            return Err(DecodeError::ForeignCustomer);
         }
         let agent_owner = match string(raw.owner_type).as_deref() {
             None | Some("agent") => uuid(raw.owner_id),
@@ -315,10 +315,10 @@ fn routing_topics(
     let mut topics = Vec::with_capacity(4);
     for (scope, owner) in owners {
         for segments in [&short, &long] {
-            if let Ok(topic) = Topic::build(scope, owner, segments) {
-                if !topics.contains(&topic) {
-                    topics.push(topic);
-                }
+            if let Ok(topic) = Topic::build(scope, owner, segments)
+                && !topics.contains(&topic)
+            {
+                topics.push(topic);
             }
         }
     }
