@@ -1,1 +1,1 @@
-//! placeholder
+//! Benchmarks: not built yet (issue 4).

@@ -1,1 +1,3 @@
+//! `fanout-loadtest`: not built yet (issue 5).
+
 fn main() {}

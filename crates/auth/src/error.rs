@@ -47,3 +47,24 @@ pub enum AuthError {
     #[error("credential check unavailable")]
     Unavailable,
 }
+
+impl AuthError {
+    /// The HTTP answer for this error (protocol.md §1.1).
+    pub fn http(&self) -> fanout_protocol::rest::HttpError {
+        use fanout_protocol::rest::HttpError;
+        match self {
+            AuthError::Missing => HttpError::AUTHENTICATION_REQUIRED,
+            AuthError::Invalid(_) => HttpError::INVALID_CREDENTIALS,
+            AuthError::Unavailable => HttpError::UNAVAILABLE,
+        }
+    }
+
+    /// A short label for metrics and logs.
+    pub fn label(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "missing",
+            AuthError::Invalid(reason) => reason.as_str(),
+            AuthError::Unavailable => "unavailable",
+        }
+    }
+}

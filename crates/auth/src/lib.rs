@@ -15,12 +15,14 @@
 //!   [`subtle`] or by digest); no error message or `Debug` output holds a token.
 
 pub mod accesskey;
+mod authenticator;
 pub mod credential;
 mod error;
 mod identity;
 pub mod jwt;
 pub mod permission;
 
+pub use authenticator::Authenticator;
 pub use error::{AuthError, Invalid};
 pub use identity::{Identity, Kind, permission_bits};
 pub use permission::permit;

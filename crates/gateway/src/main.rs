@@ -1,1 +1,3 @@
+//! `fanout-gateway`: not built yet (issue 3).
+
 fn main() {}

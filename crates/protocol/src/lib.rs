@@ -11,6 +11,7 @@
 //! - [`upstream`]: decoding of the three frame shapes VoIPBIN sends into one [`upstream::Event`].
 //! - [`ws`]: WebSocket framing (RFC 6455): encoding of whole server frames into shared buffers
 //!   and an incremental decoder of frames with bounded buffers.
+//! - [`rest`]: VoIPBIN's JSON error envelope for HTTP answers.
 //! - [`timestamp`]: VoIPBIN's timestamp layout.
 //!
 //! Invariants callers rely on:
@@ -20,6 +21,7 @@
 //!   frame that arrived.
 
 pub mod client;
+pub mod rest;
 pub mod server;
 pub mod timestamp;
 pub mod topic;

@@ -1,1 +1,1 @@
-//! placeholder
+//! Not built yet: filled by issue 3.

@@ -1,0 +1,87 @@
+//! The simulator's settings.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use uuid::Uuid;
+
+/// The shape events are sent in (protocol.md §2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Shape {
+    /// `{"event_type","timestamp","topic","data"}`, the tutorial's envelope.
+    #[default]
+    Envelope,
+    /// `{"type","data"}`, VoIPBIN's webhook shape.
+    Webhook,
+    /// The bare resource object.
+    Bare,
+}
+
+impl FromStr for Shape {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "envelope" => Ok(Shape::Envelope),
+            "webhook" => Ok(Shape::Webhook),
+            "bare" => Ok(Shape::Bare),
+            other => Err(format!(
+                "unknown shape {other:?}: envelope, webhook or bare"
+            )),
+        }
+    }
+}
+
+/// The real server's quirks, each off by default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Quirks {
+    /// Match subscriptions as raw string prefixes (`…:queue` matches `…:queuecall:…`).
+    pub raw_prefix: bool,
+    /// Deliver an event once per matching (subscription, topic) pair, so a 3-part prefix
+    /// such as `customer_id:C:call` gets each call event twice.
+    pub double_delivery: bool,
+    /// Close the connection without a close frame on an invalid or forbidden topic, and
+    /// ignore bad JSON, instead of answering with an error frame.
+    pub close_on_bad_topic: bool,
+}
+
+/// Everything the simulator needs to run.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// The shared JWT secret (VoIPBIN's `JWT_KEY`).
+    pub jwt_secret: String,
+    /// Access keys and the customers they stand for.
+    pub access_keys: Vec<(String, Uuid)>,
+    /// The shape events are sent in.
+    pub shape: Shape,
+    /// Events per second of the random stream; 0 for none.
+    pub event_rate: u32,
+    /// Quirks of the real server.
+    pub quirks: Quirks,
+    /// How often connections are pinged.
+    pub ping_interval: Duration,
+    /// How long a connection may go without a pong (or any frame) before it is closed.
+    pub pong_timeout: Duration,
+    /// The largest client message accepted.
+    pub max_message: usize,
+    /// Frames queued per connection before further events to it are dropped (the real
+    /// server buffers 2000).
+    pub queue_capacity: usize,
+}
+
+impl SimConfig {
+    /// Defaults for everything but the secret.
+    pub fn new(jwt_secret: impl Into<String>) -> Self {
+        SimConfig {
+            jwt_secret: jwt_secret.into(),
+            access_keys: Vec::new(),
+            shape: Shape::default(),
+            event_rate: 0,
+            quirks: Quirks::default(),
+            ping_interval: Duration::from_secs(10),
+            pong_timeout: Duration::from_secs(60),
+            max_message: 64 * 1024,
+            queue_capacity: 65_536,
+        }
+    }
+}

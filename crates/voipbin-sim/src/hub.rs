@@ -1,0 +1,456 @@
+//! The simulator's state: open connections by customer, publishing, and test controls.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use fanout_auth::accesskey::{Cache, StaticKeys};
+use fanout_auth::{Authenticator, Identity, jwt, permission_bits};
+use fanout_protocol::server::EnvelopeHead;
+use fanout_protocol::upstream::{self, Context};
+use fanout_protocol::ws::{self, OpCode};
+use fanout_protocol::{Pattern, Topic};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::config::{Shape, SimConfig};
+
+/// One event to publish, as `POST /_sim/events` takes it.
+#[derive(Debug, Deserialize)]
+pub(crate) struct EventSpec {
+    pub(crate) event_type: String,
+    pub(crate) data: Box<RawValue>,
+}
+
+/// Why an event could not be published.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The body is not an event or a list of events.
+    #[error("body must be {{\"event_type\",\"data\"}} or a list of them: {0}")]
+    Body(String),
+    /// `data.customer_id` is missing or not a uuid.
+    #[error("event {0}: data.customer_id must be a uuid")]
+    Customer(usize),
+    /// No topic can be built for the event.
+    #[error("event {0}: {1}")]
+    Topic(usize, upstream::DecodeError),
+}
+
+/// One open WebSocket connection.
+pub(crate) struct Conn {
+    pub(crate) id: u64,
+    pub(crate) identity: Identity,
+    pub(crate) subscriptions: Mutex<Vec<Pattern>>,
+    pub(crate) tx: mpsc::Sender<Bytes>,
+    pub(crate) cancel: CancellationToken,
+    pub(crate) stalled_until: Mutex<Option<tokio::time::Instant>>,
+}
+
+impl Conn {
+    pub(crate) fn subscriptions(&self) -> MutexGuard<'_, Vec<Pattern>> {
+        lock(&self.subscriptions)
+    }
+
+    pub(crate) fn stalled_until(&self) -> Option<tokio::time::Instant> {
+        *lock(&self.stalled_until)
+    }
+
+    fn is_super_admin(&self) -> bool {
+        self.identity
+            .has_permission(permission_bits::PROJECT_SUPER_ADMIN)
+    }
+}
+
+/// Locks a mutex whose data stays consistent even if a holder panicked.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[derive(Default)]
+struct Registry {
+    by_customer: HashMap<Uuid, Vec<Arc<Conn>>>,
+    /// Super-admin connections may subscribe to any customer's topics.
+    super_admins: Vec<Arc<Conn>>,
+}
+
+/// A running simulator.
+pub struct Simulator {
+    pub(crate) config: SimConfig,
+    pub(crate) auth: Authenticator,
+    pub(crate) keys: Arc<StaticKeys>,
+    registry: Mutex<Registry>,
+    next_id: AtomicU64,
+    published: AtomicU64,
+    frames_sent: AtomicU64,
+    frames_dropped: AtomicU64,
+    connections_total: AtomicU64,
+    pub(crate) cancel: CancellationToken,
+    local_addr: SocketAddr,
+}
+
+impl std::fmt::Debug for Simulator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Simulator")
+            .field("local_addr", &self.local_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Per-customer figures in [`Stats`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct CustomerStats {
+    /// Open connections of the customer.
+    pub connections: usize,
+    /// Every subscription of those connections, sorted (one entry per connection holding it).
+    pub subscriptions: Vec<String>,
+}
+
+/// What `GET /_sim/stats` answers.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct Stats {
+    /// Open connections in all.
+    pub connections: usize,
+    /// Connections accepted since start.
+    pub connections_total: u64,
+    /// Events published since start.
+    pub published: u64,
+    /// Frames queued to connections since start.
+    pub frames_sent: u64,
+    /// Frames dropped because a connection's queue was full.
+    pub frames_dropped: u64,
+    /// Per customer with at least one open connection.
+    pub customers: BTreeMap<String, CustomerStats>,
+}
+
+impl Simulator {
+    /// Binds `addr`, starts serving and, when configured, the random event stream. Stops when
+    /// `cancel` is cancelled.
+    ///
+    /// # Errors
+    /// When the address cannot be bound or the JWT secret is empty.
+    pub async fn start(
+        config: SimConfig,
+        addr: SocketAddr,
+        cancel: CancellationToken,
+    ) -> anyhow::Result<Arc<Self>> {
+        let listener = TcpListener::bind(addr).await?;
+        let local_addr = listener.local_addr()?;
+        let verifier = jwt::Verifier::new(config.jwt_secret.as_bytes())?;
+        let keys = Arc::new(StaticKeys::new(config.access_keys.clone()));
+        let auth = Authenticator::new(
+            verifier,
+            keys.clone(),
+            Cache::new(Duration::from_secs(60), Duration::from_secs(5), 10_000),
+        );
+        let sim = Arc::new(Simulator {
+            config,
+            auth,
+            keys,
+            registry: Mutex::new(Registry::default()),
+            next_id: AtomicU64::new(1),
+            published: AtomicU64::new(0),
+            frames_sent: AtomicU64::new(0),
+            frames_dropped: AtomicU64::new(0),
+            connections_total: AtomicU64::new(0),
+            cancel,
+            local_addr,
+        });
+        tokio::spawn(crate::http::serve(listener, sim.clone()));
+        if sim.config.event_rate > 0 {
+            tokio::spawn(crate::generator::run(sim.clone()));
+        }
+        Ok(sim)
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The WebSocket URL of its endpoint.
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/v1.0/ws", self.local_addr)
+    }
+
+    /// The settings it runs with.
+    pub fn config(&self) -> &SimConfig {
+        &self.config
+    }
+
+    pub(crate) fn register(&self, identity: Identity, tx: mpsc::Sender<Bytes>) -> Arc<Conn> {
+        let conn = Arc::new(Conn {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            identity,
+            subscriptions: Mutex::new(Vec::new()),
+            tx,
+            cancel: self.cancel.child_token(),
+            stalled_until: Mutex::new(None),
+        });
+        let mut registry = lock(&self.registry);
+        registry
+            .by_customer
+            .entry(conn.identity.customer_id)
+            .or_default()
+            .push(conn.clone());
+        if conn.is_super_admin() {
+            registry.super_admins.push(conn.clone());
+        }
+        self.connections_total.fetch_add(1, Ordering::Relaxed);
+        conn
+    }
+
+    pub(crate) fn unregister(&self, conn: &Conn) {
+        let mut registry = lock(&self.registry);
+        if let Some(list) = registry.by_customer.get_mut(&conn.identity.customer_id) {
+            list.retain(|c| c.id != conn.id);
+            if list.is_empty() {
+                registry.by_customer.remove(&conn.identity.customer_id);
+            }
+        }
+        registry.super_admins.retain(|c| c.id != conn.id);
+    }
+
+    fn customer_conns(&self, customer: Uuid) -> Vec<Arc<Conn>> {
+        let registry = lock(&self.registry);
+        let mut conns = registry
+            .by_customer
+            .get(&customer)
+            .cloned()
+            .unwrap_or_default();
+        for admin in &registry.super_admins {
+            if admin.identity.customer_id != customer {
+                conns.push(admin.clone());
+            }
+        }
+        conns
+    }
+
+    /// Customers with at least one open connection.
+    pub fn connected_customers(&self) -> Vec<Uuid> {
+        lock(&self.registry).by_customer.keys().copied().collect()
+    }
+
+    /// Agent ids of a customer's connected agents.
+    pub(crate) fn connected_agents(&self, customer: Uuid) -> Vec<Uuid> {
+        let registry = lock(&self.registry);
+        registry
+            .by_customer
+            .get(&customer)
+            .map(|conns| conns.iter().filter_map(|c| c.identity.agent_id()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Publishes a JSON body of one event or a list of them; answers how many frames went out.
+    ///
+    /// # Errors
+    /// [`PublishError`] for a malformed body or event; nothing is published then.
+    pub fn publish_json(&self, body: &[u8]) -> Result<usize, PublishError> {
+        let specs: Vec<EventSpec> = match body.iter().find(|b| !b.is_ascii_whitespace()) {
+            Some(b'[') => serde_json::from_slice(body),
+            _ => serde_json::from_slice(body).map(|one| vec![one]),
+        }
+        .map_err(|e| PublishError::Body(e.to_string()))?;
+        self.publish(&specs)
+    }
+
+    pub(crate) fn publish(&self, specs: &[EventSpec]) -> Result<usize, PublishError> {
+        let now = SystemTime::now();
+        let mut events = Vec::with_capacity(specs.len());
+        for (i, spec) in specs.iter().enumerate() {
+            events.push(self.route(i, spec, now)?);
+        }
+        let mut sent = 0;
+        for event in &events {
+            sent += self.deliver(event);
+        }
+        self.published
+            .fetch_add(events.len() as u64, Ordering::Relaxed);
+        Ok(sent)
+    }
+
+    /// Finds an event's topics the way VoIPBIN does: from its type, `data.id`, the customer
+    /// and an agent owner (the same derivation the gateway reads webhook frames with).
+    fn route(
+        &self,
+        index: usize,
+        spec: &EventSpec,
+        now: SystemTime,
+    ) -> Result<upstream::Event, PublishError> {
+        #[derive(Deserialize)]
+        struct Customer {
+            customer_id: Option<Uuid>,
+        }
+        let customer = serde_json::from_str::<Customer>(spec.data.get())
+            .ok()
+            .and_then(|c| c.customer_id)
+            .filter(|c| !c.is_nil())
+            .ok_or(PublishError::Customer(index))?;
+        let webhook = serde_json::json!({"type": spec.event_type, "data": spec.data});
+        let frame = Bytes::from(webhook.to_string());
+        let cx = Context {
+            customer_id: customer,
+            received_at: now,
+            bare_resource: None,
+        };
+        upstream::decode(&frame, &cx).map_err(|e| PublishError::Topic(index, e))
+    }
+
+    fn matches(&self, pattern: &Pattern, topic: &Topic) -> bool {
+        if self.config.quirks.raw_prefix {
+            topic.as_str().starts_with(pattern.as_str())
+        } else {
+            pattern.matches(topic)
+        }
+    }
+
+    fn deliver(&self, event: &upstream::Event) -> usize {
+        let head = EnvelopeHead::new(&event.event_type, &event.timestamp);
+        let fixed = match self.config.shape {
+            Shape::Envelope => None,
+            Shape::Webhook => {
+                let mut text = Vec::with_capacity(event.data.len() + 64);
+                text.extend_from_slice(b"{\"type\":");
+                text.extend_from_slice(
+                    serde_json::to_string(&event.event_type)
+                        .unwrap_or_default()
+                        .as_bytes(),
+                );
+                text.extend_from_slice(b",\"data\":");
+                text.extend_from_slice(&event.data);
+                text.push(b'}');
+                Some(ws::encode(OpCode::Text, &text))
+            }
+            Shape::Bare => Some(ws::encode(OpCode::Text, &event.data)),
+        };
+        let mut per_topic: Vec<Option<Bytes>> = vec![None; event.topics.len()];
+        let mut frame_for = |i: usize| -> Bytes {
+            if let Some(fixed) = &fixed {
+                return fixed.clone();
+            }
+            per_topic[i]
+                .get_or_insert_with(|| head.frame(&event.topics[i], &event.data))
+                .clone()
+        };
+        let mut sent = 0;
+        for conn in self.customer_conns(event.customer_id) {
+            let mut frames = Vec::new();
+            {
+                let subscriptions = conn.subscriptions();
+                if self.config.quirks.double_delivery {
+                    for pattern in subscriptions.iter() {
+                        for (i, topic) in event.topics.iter().enumerate() {
+                            if self.matches(pattern, topic) {
+                                frames.push(i);
+                            }
+                        }
+                    }
+                } else if let Some(i) = event
+                    .topics
+                    .iter()
+                    .position(|t| subscriptions.iter().any(|p| self.matches(p, t)))
+                {
+                    frames.push(i);
+                }
+            }
+            for i in frames {
+                if conn.tx.try_send(frame_for(i)).is_ok() {
+                    sent += 1;
+                } else {
+                    self.frames_dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        self.frames_sent.fetch_add(sent as u64, Ordering::Relaxed);
+        sent
+    }
+
+    /// Sends `text` as one text frame to every connection of `customer`, whatever they
+    /// subscribed to; answers how many frames went out.
+    pub fn send_raw(&self, customer: Uuid, text: &[u8]) -> usize {
+        let frame = ws::encode(OpCode::Text, text);
+        let conns = lock(&self.registry)
+            .by_customer
+            .get(&customer)
+            .cloned()
+            .unwrap_or_default();
+        conns
+            .iter()
+            .filter(|c| c.tx.try_send(frame.clone()).is_ok())
+            .count()
+    }
+
+    /// Drops every connection of `customer` without a close frame; answers how many.
+    pub fn drop_customer(&self, customer: Uuid) -> usize {
+        let conns = lock(&self.registry)
+            .by_customer
+            .get(&customer)
+            .cloned()
+            .unwrap_or_default();
+        for conn in &conns {
+            conn.cancel.cancel();
+        }
+        conns.len()
+    }
+
+    /// Stops reading from and writing to every connection of `customer` for `duration`;
+    /// answers how many.
+    pub fn stall_customer(&self, customer: Uuid, duration: Duration) -> usize {
+        let until = tokio::time::Instant::now() + duration;
+        let conns = lock(&self.registry)
+            .by_customer
+            .get(&customer)
+            .cloned()
+            .unwrap_or_default();
+        for conn in &conns {
+            *lock(&conn.stalled_until) = Some(until);
+        }
+        conns.len()
+    }
+
+    /// A snapshot of connections and subscriptions.
+    pub fn stats(&self) -> Stats {
+        let registry = lock(&self.registry);
+        let mut customers = BTreeMap::new();
+        let mut connections = 0;
+        for (customer, conns) in &registry.by_customer {
+            let mut subscriptions: Vec<String> = conns
+                .iter()
+                .flat_map(|c| {
+                    c.subscriptions()
+                        .iter()
+                        .map(|p| p.as_str().to_owned())
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            subscriptions.sort();
+            connections += conns.len();
+            customers.insert(
+                customer.to_string(),
+                CustomerStats {
+                    connections: conns.len(),
+                    subscriptions,
+                },
+            );
+        }
+        Stats {
+            connections,
+            connections_total: self.connections_total.load(Ordering::Relaxed),
+            published: self.published.load(Ordering::Relaxed),
+            frames_sent: self.frames_sent.load(Ordering::Relaxed),
+            frames_dropped: self.frames_dropped.load(Ordering::Relaxed),
+            customers,
+        }
+    }
+
+    /// The current wall-clock and monotonic times, for credential checks.
+    pub(crate) fn now() -> (SystemTime, Instant) {
+        (SystemTime::now(), Instant::now())
+    }
+}
