@@ -1,3 +1,201 @@
-//! `fanout-gateway`: not built yet (issue 3).
+//! `fanout-gateway`: the command line. `serve` runs a node, `demo` runs one in front of an
+//! embedded simulator, `config default` prints the default configuration.
 
-fn main() {}
+#![allow(clippy::print_stdout)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use fanout_gateway::config::{Config, LogFormat, Overrides};
+use fanout_gateway::demo::{Demo, DemoOptions};
+use fanout_gateway::{Gateway, telemetry};
+
+/// A multi-tenant WebSocket fan-out gateway for VoIPBIN's front-end apps.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a gateway node.
+    Serve(ServeArgs),
+    /// Run the gateway in front of an embedded VoIPBIN simulator with a random event stream.
+    Demo(DemoArgs),
+    /// Configuration helpers.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print the default configuration as TOML.
+    Default,
+    /// Load and validate a configuration (file, environment, flags) and print it.
+    Check(ServeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// A TOML configuration file.
+    #[arg(long, env = "FANOUT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address of the WebSocket listener [default: 127.0.0.1:8080].
+    #[arg(long, env = "FANOUT_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Address of the admin listener [default: 127.0.0.1:9090].
+    #[arg(long, env = "FANOUT_ADMIN_LISTEN")]
+    admin_listen: Option<SocketAddr>,
+    /// VoIPBIN's WebSocket URL [default: wss://api.voipbin.net/v1.0/ws].
+    #[arg(long, env = "FANOUT_UPSTREAM_URL")]
+    upstream_url: Option<String>,
+    /// The HS256 secret browsers' JWTs are signed with (VoIPBIN's JWT_KEY).
+    #[arg(long, env = "FANOUT_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
+    /// A service token for the upstream connections.
+    #[arg(long, env = "FANOUT_UPSTREAM_TOKEN", hide_env_values = true)]
+    upstream_token: Option<String>,
+    /// A file of CUSTOMER_UUID=vb_KEY lines for the upstream connections.
+    #[arg(long, env = "FANOUT_UPSTREAM_ACCESSKEYS")]
+    upstream_accesskeys: Option<PathBuf>,
+    /// Log format: text or json [default: text].
+    #[arg(long, env = "FANOUT_LOG_FORMAT")]
+    log_format: Option<LogFormat>,
+}
+
+#[derive(Debug, clap::Args)]
+struct DemoArgs {
+    /// Address of the gateway's WebSocket listener.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Address of the gateway's admin listener.
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    admin_listen: SocketAddr,
+    /// Address of the embedded simulator.
+    #[arg(long, default_value = "127.0.0.1:9100")]
+    sim_listen: SocketAddr,
+    /// Events per second of the simulator's random stream.
+    #[arg(long, default_value_t = 5)]
+    event_rate: u32,
+}
+
+/// The exit code for a configuration that cannot be used (EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+
+impl ServeArgs {
+    fn load(&self) -> Result<Config, fanout_gateway::config::ConfigError> {
+        let overrides = Overrides {
+            listen: self.listen,
+            admin_listen: self.admin_listen,
+            upstream_url: self.upstream_url.clone(),
+            jwt_secret: self.jwt_secret.clone(),
+            upstream_token: self.upstream_token.clone(),
+            upstream_accesskeys: self.upstream_accesskeys.clone(),
+            log_format: self.log_format,
+        };
+        Config::load(self.config.as_deref(), std::env::vars(), &overrides)
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Config {
+            command: ConfigCommand::Default,
+        } => {
+            print!("{}", Config::default_toml());
+            ExitCode::SUCCESS
+        }
+        Command::Config {
+            command: ConfigCommand::Check(args),
+        } => match args.load() {
+            Ok(mut config) => {
+                // Never print secrets.
+                if !config.jwt_secret.is_empty() {
+                    config.jwt_secret = "<set>".into();
+                }
+                if !config.upstream.token.is_empty() {
+                    config.upstream.token = "<set>".into();
+                }
+                print!("{}", toml::to_string_pretty(&config).unwrap_or_default());
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("{error}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
+        Command::Serve(args) => {
+            let config = match args.load() {
+                Ok(config) => config,
+                Err(error) => {
+                    eprintln!("{error}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            telemetry::init_logs(config.log_format);
+            let gateway = match Gateway::start(config).await {
+                Ok(gateway) => gateway,
+                Err(error) => {
+                    tracing::error!(error = %format!("{error:#}"), "Gateway failed to start");
+                    return ExitCode::FAILURE;
+                }
+            };
+            shutdown_signal().await;
+            gateway.shutdown().await;
+            ExitCode::SUCCESS
+        }
+        Command::Demo(args) => {
+            telemetry::init_logs(LogFormat::Text);
+            let options = DemoOptions {
+                listen: args.listen,
+                admin_listen: args.admin_listen,
+                sim_listen: args.sim_listen,
+                event_rate: args.event_rate,
+            };
+            let demo = match Demo::start(&options).await {
+                Ok(demo) => demo,
+                Err(error) => {
+                    eprintln!("demo failed to start: {error:#}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            demo.print();
+            shutdown_signal().await;
+            demo.shutdown().await;
+            ExitCode::SUCCESS
+        }
+    }
+}

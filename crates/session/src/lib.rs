@@ -1,1 +1,34 @@
-//! Not built yet: filled by issue 3.
+//! One browser WebSocket session, and the per-customer fan-out hub sessions hang off.
+//!
+//! - [`endpoint`]: the HTTP side of `/v1.0/ws`: credentials, the JSON error envelopes, limits,
+//!   the upgrade; it starts a session per accepted connection.
+//! - [`session`](mod@session): a session's two tasks: the reader (client messages, keepalive, expiry)
+//!   and the writer (drains the session's bounded [`queue`] of ready-made frames, many per
+//!   system call).
+//! - [`hub`]: one per customer: the [`fanout_topic_trie::Trie`] of its sessions' patterns and
+//!   [`Hub::publish`], which encodes each event once per topic and hands the shared buffer to
+//!   every matching session's queue.
+//! - [`Directory`]: what the gateway provides to place a session's patterns in the right hub
+//!   and keep the upstream subscribed to what they need.
+//!
+//! Invariants callers rely on:
+//! - The fan-out path never awaits and never blocks on a session: a full queue closes that
+//!   session with 1013 and costs the others nothing.
+//! - A session is offered each event at most once.
+//! - A subscribe or unsubscribe request is applied whole or not at all.
+//! - Every error that ends a session maps, in [`close`], to a close code and a metric label.
+
+pub mod close;
+pub mod config;
+pub mod endpoint;
+pub mod hub;
+pub mod queue;
+mod reader;
+pub mod session;
+mod writer;
+
+pub use close::CloseReason;
+pub use config::SessionConfig;
+pub use endpoint::Endpoint;
+pub use hub::{Hub, Subscriber};
+pub use session::{Directory, SessionHandle};

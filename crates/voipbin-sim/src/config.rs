@@ -67,6 +67,9 @@ pub struct SimConfig {
     /// Frames queued per connection before further events to it are dropped (the real
     /// server buffers 2000).
     pub queue_capacity: usize,
+    /// Agents (customer, agent) the random stream gives calls and messages to, besides the
+    /// agents connected to the simulator itself.
+    pub known_agents: Vec<(Uuid, Uuid)>,
 }
 
 impl SimConfig {
@@ -82,6 +85,7 @@ impl SimConfig {
             pong_timeout: Duration::from_secs(60),
             max_message: 64 * 1024,
             queue_capacity: 65_536,
+            known_agents: Vec::new(),
         }
     }
 }

@@ -158,6 +158,13 @@ pub(crate) async fn run(sim: Arc<Simulator>) {
                 };
                 let state = states.entry(customer).or_default();
                 state.agents = sim.connected_agents(customer);
+                state.agents.extend(
+                    sim.config
+                        .known_agents
+                        .iter()
+                        .filter(|(c, _)| *c == customer)
+                        .map(|(_, agent)| *agent),
+                );
                 let (event_type, data) = next_event(&mut rng, customer, state);
                 let Ok(data) = serde_json::value::to_raw_value(&data) else {
                     continue;

@@ -1,0 +1,541 @@
+//! The gateway's configuration: one serde tree, compiled-in defaults, then the TOML file,
+//! then `FANOUT_*` environment variables, then flags. Every field is documented in
+//! `docs/configuration.md` with its default; unknown keys are an error.
+//!
+//! Besides the named variables the flags read (`FANOUT_LISTEN`, …), any option can be set
+//! from the environment by its path in upper case, sections joined by a double underscore:
+//! `FANOUT_SESSION__PING_INTERVAL=5s` sets `[session] ping_interval`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use fanout_session::SessionConfig;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address of the WebSocket listener. Default `127.0.0.1:8080`.
+    pub listen: SocketAddr,
+    /// Address of the admin listener (`/healthz`, `/readyz`, `/metrics`). Default `127.0.0.1:9090`.
+    pub admin_listen: SocketAddr,
+    /// The HS256 secret browsers' JWTs are signed with (VoIPBIN's `JWT_KEY`). Required.
+    pub jwt_secret: String,
+    /// Log format: `text` or `json`. Default `text`.
+    pub log_format: LogFormat,
+    /// How the upstream connections to VoIPBIN are made.
+    pub upstream: UpstreamSection,
+    /// How browsers' access keys are checked.
+    pub accesskeys: AccessKeySection,
+    /// Limits and timings of every session.
+    pub session: SessionConfig,
+    /// Limits on accepting sessions.
+    pub limits: LimitsSection,
+    /// Graceful shutdown.
+    pub shutdown: ShutdownSection,
+}
+
+/// Log formats.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!("unknown log format {other:?}: text or json")),
+        }
+    }
+}
+
+/// `[upstream]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamSection {
+    /// VoIPBIN's WebSocket URL. Default `wss://api.voipbin.net/v1.0/ws`.
+    pub url: String,
+    /// A service token used for every customer's connection. One of `token` and
+    /// `accesskeys_file` is required.
+    pub token: String,
+    /// A file of `CUSTOMER_UUID=vb_KEY` lines: an access key per customer.
+    pub accesskeys_file: Option<PathBuf>,
+    /// How long a customer's connection stays open after its last session left. Default `30s`.
+    #[serde(with = "humantime_serde")]
+    pub linger: Duration,
+    /// Connect and handshake deadline. Default `10s`.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Interval of the gateway's pings to VoIPBIN. Default `10s`.
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    /// A connection that delivers nothing for this long is replaced. Default `30s`.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// First back-off ceiling between reconnects. Default `200ms`.
+    #[serde(with = "humantime_serde")]
+    pub backoff_base: Duration,
+    /// Largest back-off ceiling. Default `30s`.
+    #[serde(with = "humantime_serde")]
+    pub backoff_cap: Duration,
+    /// Largest frame accepted from VoIPBIN, in bytes. Default 16 MiB.
+    pub max_frame_bytes: usize,
+}
+
+impl Default for UpstreamSection {
+    fn default() -> Self {
+        UpstreamSection {
+            url: "wss://api.voipbin.net/v1.0/ws".to_owned(),
+            token: String::new(),
+            accesskeys_file: None,
+            linger: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+            ping_interval: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
+            backoff_base: Duration::from_millis(200),
+            backoff_cap: Duration::from_secs(30),
+            max_frame_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+/// `[accesskeys]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessKeySection {
+    /// How long a known key's answer is kept. Default `60s`.
+    #[serde(with = "humantime_serde")]
+    pub cache_ttl: Duration,
+    /// How long an unknown key's answer is kept. Default `5s`.
+    #[serde(with = "humantime_serde")]
+    pub negative_ttl: Duration,
+    /// Answers kept at most. Default 100000.
+    pub cache_entries: usize,
+    /// Deadline of one check against VoIPBIN. Default `5s`.
+    #[serde(with = "humantime_serde")]
+    pub verify_timeout: Duration,
+}
+
+impl Default for AccessKeySection {
+    fn default() -> Self {
+        AccessKeySection {
+            cache_ttl: Duration::from_secs(60),
+            negative_ttl: Duration::from_secs(5),
+            cache_entries: 100_000,
+            verify_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    /// Open sessions at most; more are refused with 429. Default 100000.
+    pub max_sessions: usize,
+    /// Handshakes per second on average; more are refused with 429. Default 50000.
+    pub handshakes_per_second: u32,
+    /// Handshakes in a burst. Default 50000.
+    pub handshake_burst: u32,
+    /// Deadline for a client to send its request headers. Default `10s`.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        LimitsSection {
+            max_sessions: 100_000,
+            handshakes_per_second: 50_000,
+            handshake_burst: 50_000,
+            header_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `[shutdown]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownSection {
+    /// After SIGTERM, how long the node reports not-ready before it closes sessions, so that
+    /// load balancers stop sending it new ones. Default `0s`.
+    #[serde(with = "humantime_serde")]
+    pub ready_delay: Duration,
+    /// How long sessions get to close (1001) before the process exits anyway. Default `10s`.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for ShutdownSection {
+    fn default() -> Self {
+        ShutdownSection {
+            ready_delay: Duration::ZERO,
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            jwt_secret: String::new(),
+            log_format: LogFormat::Text,
+            upstream: UpstreamSection::default(),
+            accesskeys: AccessKeySection::default(),
+            session: SessionConfig::default(),
+            limits: LimitsSection::default(),
+            shutdown: ShutdownSection::default(),
+        }
+    }
+}
+
+/// Values given by flags (or their named environment variables); each overrides the rest.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--listen`.
+    pub listen: Option<SocketAddr>,
+    /// `--admin-listen`.
+    pub admin_listen: Option<SocketAddr>,
+    /// `--upstream-url`.
+    pub upstream_url: Option<String>,
+    /// `--jwt-secret`.
+    pub jwt_secret: Option<String>,
+    /// `--upstream-token`.
+    pub upstream_token: Option<String>,
+    /// `--upstream-accesskeys`.
+    pub upstream_accesskeys: Option<PathBuf>,
+    /// `--log-format`.
+    pub log_format: Option<LogFormat>,
+}
+
+/// The configuration could not be loaded or is invalid; every problem is listed.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+pub struct ConfigError(pub Vec<String>);
+
+fn merge(base: &mut toml::Table, overlay: toml::Table) {
+    for (key, value) in overlay {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(base)), toml::Value::Table(overlay)) => merge(base, overlay),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
+/// The overlay of `FANOUT_SECTION__KEY=value` variables.
+fn env_overlay(vars: impl IntoIterator<Item = (String, String)>) -> toml::Table {
+    let mut overlay = toml::Table::new();
+    for (name, value) in vars {
+        let Some(path) = name.strip_prefix("FANOUT_") else {
+            continue;
+        };
+        if !path.contains("__") {
+            continue;
+        }
+        let keys: Vec<String> = path.split("__").map(str::to_ascii_lowercase).collect();
+        // A value is read as TOML (numbers, booleans, quoted strings), else taken as a string.
+        let parsed = format!("v = {value}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or(toml::Value::String(value));
+        // Nest from the inside out, then merge, so `A__B=1` and `A__C=2` share section A.
+        let mut value = parsed;
+        for key in keys.iter().rev() {
+            let mut table = toml::Table::new();
+            table.insert(key.clone(), value);
+            value = toml::Value::Table(table);
+        }
+        if let toml::Value::Table(table) = value {
+            merge(&mut overlay, table);
+        }
+    }
+    overlay
+}
+
+impl Config {
+    /// Loads defaults, then `file`, then the environment, then `overrides`, and validates
+    /// the result.
+    ///
+    /// # Errors
+    /// [`ConfigError`] listing every problem: an unreadable file, unknown keys, bad values.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        let mut tree = toml::Table::try_from(Config::default())
+            .map_err(|e| ConfigError(vec![format!("defaults: {e}")]))?;
+        if let Some(file) = file {
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| ConfigError(vec![format!("{}: {e}", file.display())]))?;
+            let table: toml::Table = text
+                .parse()
+                .map_err(|e| ConfigError(vec![format!("{}: {e}", file.display())]))?;
+            merge(&mut tree, table);
+        }
+        merge(&mut tree, env_overlay(env));
+        let mut config: Config = toml::Value::Table(tree)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError(vec![e.message().to_owned()]))?;
+        let o = overrides.clone();
+        if let Some(v) = o.listen {
+            config.listen = v;
+        }
+        if let Some(v) = o.admin_listen {
+            config.admin_listen = v;
+        }
+        if let Some(v) = o.upstream_url {
+            config.upstream.url = v;
+        }
+        if let Some(v) = o.jwt_secret {
+            config.jwt_secret = v;
+        }
+        if let Some(v) = o.upstream_token {
+            config.upstream.token = v;
+        }
+        if let Some(v) = o.upstream_accesskeys {
+            config.upstream.accesskeys_file = Some(v);
+        }
+        if let Some(v) = o.log_format {
+            config.log_format = v;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every rule and lists every violation.
+    ///
+    /// # Errors
+    /// [`ConfigError`] with one line per problem.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        if self.jwt_secret.is_empty() {
+            problems.push("jwt_secret is required (--jwt-secret or FANOUT_JWT_SECRET)".to_owned());
+        }
+        match self.upstream.url.parse::<hyper::Uri>() {
+            Ok(uri) if matches!(uri.scheme_str(), Some("ws" | "wss")) && uri.host().is_some() => {}
+            _ => problems.push(format!(
+                "upstream.url {:?} is not a ws:// or wss:// URL",
+                self.upstream.url
+            )),
+        }
+        match (self.upstream.token.is_empty(), &self.upstream.accesskeys_file) {
+            (true, None) => problems.push(
+                "an upstream credential is required: upstream.token (--upstream-token) or upstream.accesskeys_file (--upstream-accesskeys)"
+                    .to_owned(),
+            ),
+            (false, Some(_)) => problems.push("set only one of upstream.token and upstream.accesskeys_file".to_owned()),
+            (true, Some(path)) => {
+                if let Err(e) = read_accesskeys(path) {
+                    problems.push(e);
+                }
+            }
+            (false, None) => {}
+        }
+        let positive = [
+            ("session.ping_interval", self.session.ping_interval),
+            ("session.pong_timeout", self.session.pong_timeout),
+            ("session.close_timeout", self.session.close_timeout),
+            ("upstream.connect_timeout", self.upstream.connect_timeout),
+            ("upstream.ping_interval", self.upstream.ping_interval),
+            ("upstream.idle_timeout", self.upstream.idle_timeout),
+            ("upstream.backoff_base", self.upstream.backoff_base),
+            ("accesskeys.verify_timeout", self.accesskeys.verify_timeout),
+            ("limits.header_timeout", self.limits.header_timeout),
+        ];
+        for (name, value) in positive {
+            if value.is_zero() {
+                problems.push(format!("{name} must be more than zero"));
+            }
+        }
+        if self.upstream.backoff_cap < self.upstream.backoff_base {
+            problems.push("upstream.backoff_cap must be at least upstream.backoff_base".to_owned());
+        }
+        let counts = [
+            ("session.max_message_bytes", self.session.max_message_bytes),
+            ("session.max_topics", self.session.max_topics),
+            ("session.queue_frames", self.session.queue_frames),
+            ("session.queue_bytes", self.session.queue_bytes),
+            ("limits.max_sessions", self.limits.max_sessions),
+            ("upstream.max_frame_bytes", self.upstream.max_frame_bytes),
+            ("accesskeys.cache_entries", self.accesskeys.cache_entries),
+        ];
+        for (name, value) in counts {
+            if value == 0 {
+                problems.push(format!("{name} must be more than zero"));
+            }
+        }
+        if self.session.messages_per_second == 0 || self.session.message_burst == 0 {
+            problems.push(
+                "session.messages_per_second and session.message_burst must be more than zero"
+                    .to_owned(),
+            );
+        }
+        if self.limits.handshakes_per_second == 0 || self.limits.handshake_burst == 0 {
+            problems.push(
+                "limits.handshakes_per_second and limits.handshake_burst must be more than zero"
+                    .to_owned(),
+            );
+        }
+        if self.listen == self.admin_listen && self.listen.port() != 0 {
+            problems.push("listen and admin_listen must differ".to_owned());
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError(problems))
+        }
+    }
+
+    /// The defaults as TOML (`fanout-gateway config default`).
+    pub fn default_toml() -> String {
+        toml::to_string_pretty(&Config::default()).unwrap_or_default()
+    }
+}
+
+/// Reads an access-key file: `CUSTOMER_UUID=vb_KEY` per line, `#` comments and blank lines
+/// ignored.
+///
+/// # Errors
+/// A message naming the file and line of the first problem.
+pub fn read_accesskeys(path: &Path) -> Result<HashMap<Uuid, String>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut keys = HashMap::new();
+    for (number, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let place = format!("{}:{}", path.display(), number + 1);
+        let (customer, key) = line
+            .split_once('=')
+            .ok_or_else(|| format!("{place}: expected CUSTOMER_UUID=vb_KEY"))?;
+        let customer = Uuid::try_parse(customer.trim())
+            .map_err(|_| format!("{place}: not a customer uuid"))?;
+        let key = key.trim();
+        if !fanout_auth::accesskey::well_formed(key) {
+            // The key itself is never echoed.
+            return Err(format!("{place}: not an access key (vb_…)"));
+        }
+        keys.insert(customer, key.to_owned());
+    }
+    if keys.is_empty() {
+        return Err(format!("{}: no access keys", path.display()));
+    }
+    Ok(keys)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_credentials() -> Overrides {
+        Overrides {
+            jwt_secret: Some("s".into()),
+            upstream_token: Some("t".into()),
+            ..Overrides::default()
+        }
+    }
+
+    #[test]
+    fn defaults_need_a_secret_and_a_credential() {
+        let err = Config::load(None, [], &Overrides::default()).expect_err("incomplete");
+        assert_eq!(err.0.len(), 2, "{err}");
+        let config = Config::load(None, [], &with_credentials()).expect("complete");
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.admin_listen.to_string(), "127.0.0.1:9090");
+        assert_eq!(config.upstream.url, "wss://api.voipbin.net/v1.0/ws");
+        assert_eq!(config.session.ping_interval, Duration::from_secs(10));
+        assert_eq!(config.session.pong_timeout, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn file_then_env_then_flags() {
+        let dir = std::env::temp_dir().join(format!("fanout-config-{}", Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let file = dir.join("gateway.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:1000\"\n[session]\nping_interval = \"3s\"\nmax_topics = 7\n",
+        )
+        .expect("write");
+        let env = [
+            ("FANOUT_SESSION__MAX_TOPICS".to_owned(), "9".to_owned()),
+            ("FANOUT_UPSTREAM__LINGER".to_owned(), "2s".to_owned()),
+            ("OTHER".to_owned(), "x".to_owned()),
+        ];
+        let mut flags = with_credentials();
+        flags.listen = Some("127.0.0.1:2000".parse().expect("addr"));
+        let config = Config::load(Some(&file), env, &flags).expect("valid");
+        assert_eq!(config.listen.to_string(), "127.0.0.1:2000");
+        assert_eq!(config.session.ping_interval, Duration::from_secs(3));
+        assert_eq!(config.session.max_topics, 9);
+        assert_eq!(config.upstream.linger, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_all_reported() {
+        let dir = std::env::temp_dir().join(format!("fanout-config-{}", Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let file = dir.join("gateway.toml");
+        std::fs::write(&file, "[session]\nping_intervall = \"3s\"\n").expect("write");
+        let err = Config::load(Some(&file), [], &with_credentials()).expect_err("unknown key");
+        assert!(err.to_string().contains("ping_intervall"), "{err}");
+        let env = [
+            ("FANOUT_SESSION__MAX_TOPICS".to_owned(), "0".to_owned()),
+            ("FANOUT_UPSTREAM__URL".to_owned(), "http://x/".to_owned()),
+        ];
+        let err = Config::load(None, env, &with_credentials()).expect_err("invalid");
+        assert_eq!(err.0.len(), 2, "{err}");
+    }
+
+    #[test]
+    fn accesskey_files() {
+        let dir = std::env::temp_dir().join(format!("fanout-keys-{}", Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let good = dir.join("good");
+        std::fs::write(
+            &good,
+            "# keys\n12345678-1234-1234-1234-123456789012 = vb_0123456789abcdefghijklmnopqrstuv\n\n",
+        )
+        .expect("write");
+        let keys = read_accesskeys(&good).expect("valid");
+        assert_eq!(keys.len(), 1);
+        let bad = dir.join("bad");
+        std::fs::write(
+            &bad,
+            "12345678-1234-1234-1234-123456789012=secret-not-a-key\n",
+        )
+        .expect("write");
+        let err = read_accesskeys(&bad).expect_err("invalid");
+        assert!(
+            err.contains(":1:") && !err.contains("secret-not-a-key"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn default_toml_round_trips() {
+        let text = Config::default_toml();
+        let parsed: Config = toml::from_str(&text).expect("parses");
+        assert_eq!(parsed, Config::default());
+    }
+}

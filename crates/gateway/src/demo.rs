@@ -1,0 +1,179 @@
+//! `fanout-gateway demo`: the gateway against an embedded VoIPBIN simulator with a random
+//! event stream, and ready-to-paste URLs to watch it.
+
+#![allow(clippy::print_stdout)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use fanout_auth::permission_bits;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+use voipbin_sim::{SimConfig, Simulator};
+
+use crate::Gateway;
+use crate::config::Config;
+
+/// The demo's customer: the one the tutorial's examples subscribe to, so they work as they
+/// stand but for the URL.
+pub const DEMO_CUSTOMER: &str = "12345678-1234-1234-1234-123456789012";
+
+/// Where the demo listens and how busy it is.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// The gateway's WebSocket listener.
+    pub listen: SocketAddr,
+    /// The gateway's admin listener.
+    pub admin_listen: SocketAddr,
+    /// The simulator's listener.
+    pub sim_listen: SocketAddr,
+    /// Events per second of the simulator's random stream.
+    pub event_rate: u32,
+}
+
+fn sign(secret: &str, claims: &serde_json::Value) -> anyhow::Result<String> {
+    let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes())?;
+    Ok(jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        claims,
+        &key,
+    )?)
+}
+
+fn agent_token(
+    secret: &str,
+    customer: Uuid,
+    agent: Uuid,
+    permission: u64,
+) -> anyhow::Result<String> {
+    let expire = fanout_protocol::timestamp::format(
+        std::time::SystemTime::now() + Duration::from_secs(7 * 24 * 3600),
+    );
+    sign(
+        secret,
+        &json!({
+            "type": "agent",
+            "agent": {"id": agent, "customer_id": customer, "permission": permission, "username": "demo"},
+            "expire": expire,
+        }),
+    )
+}
+
+/// What a running demo is made of.
+pub struct Demo {
+    /// The gateway.
+    pub gateway: Gateway,
+    /// The simulator standing in for VoIPBIN.
+    pub sim: std::sync::Arc<Simulator>,
+    /// A customer admin's token.
+    pub admin_token: String,
+    /// A plain agent's token.
+    pub agent_token: String,
+    /// The plain agent's id.
+    pub agent_id: Uuid,
+    sim_cancel: CancellationToken,
+}
+
+impl Demo {
+    /// Starts the simulator and the gateway.
+    ///
+    /// # Errors
+    /// When a listener cannot be bound.
+    pub async fn start(options: &DemoOptions) -> anyhow::Result<Demo> {
+        let secret = format!("demo-{}", Uuid::new_v4().simple());
+        let customer = Uuid::parse_str(DEMO_CUSTOMER)?;
+        let agent_id = Uuid::new_v4();
+        let mut sim_config = SimConfig::new(secret.clone());
+        sim_config.event_rate = options.event_rate;
+        sim_config.known_agents = vec![(customer, agent_id)];
+        sim_config.access_keys = vec![(format!("vb_{}", Uuid::new_v4().simple()), customer)];
+        let sim_cancel = CancellationToken::new();
+        let sim = Simulator::start(sim_config, options.sim_listen, sim_cancel.clone())
+            .await
+            .with_context(|| format!("starting the simulator on {}", options.sim_listen))?;
+        let service = agent_token(
+            &secret,
+            customer,
+            Uuid::new_v4(),
+            permission_bits::PROJECT_SUPER_ADMIN,
+        )?;
+        let mut config = Config {
+            listen: options.listen,
+            admin_listen: options.admin_listen,
+            jwt_secret: secret.clone(),
+            ..Config::default()
+        };
+        config.upstream.url = sim.ws_url();
+        config.upstream.token = service;
+        config.upstream.linger = Duration::from_secs(5);
+        config.validate()?;
+        let gateway = Gateway::start(config).await?;
+        Ok(Demo {
+            gateway,
+            sim,
+            admin_token: agent_token(
+                &secret,
+                customer,
+                Uuid::new_v4(),
+                permission_bits::CUSTOMER_ADMIN,
+            )?,
+            agent_token: agent_token(&secret, customer, agent_id, permission_bits::CUSTOMER_AGENT)?,
+            agent_id,
+            sim_cancel,
+        })
+    }
+
+    /// Prints the URLs and a one-line way to watch events.
+    pub fn print(&self) {
+        let base = format!("ws://{}/v1.0/ws", self.gateway.local_addr());
+        let admin_url = format!("{base}?token={}", self.admin_token);
+        let agent_url = format!("{base}?token={}", self.agent_token);
+        let watch = |url: &str, topic: &str| {
+            format!(
+                "python3 -c \"import websocket,json,sys; ws=websocket.create_connection(sys.argv[1]); ws.send(json.dumps({{'type':'subscribe','topics':sys.argv[2:]}})); [print(ws.recv(), flush=True) for _ in iter(int, 1)]\" '{url}' '{topic}'"
+            )
+        };
+        println!("fanout-gateway demo: the gateway in front of an embedded VoIPBIN simulator");
+        println!();
+        println!("  gateway     {base}");
+        println!(
+            "  admin       http://{}/metrics  /readyz  /customers",
+            self.gateway.admin_addr()
+        );
+        println!(
+            "  simulator   {}  (POST /_sim/events, GET /_sim/stats)",
+            self.sim.ws_url()
+        );
+        println!("  customer    {DEMO_CUSTOMER}");
+        println!();
+        println!("Customer admin (sees every event of the customer):");
+        println!("  {admin_url}");
+        println!();
+        println!(
+            "Agent {} (sees the calls and messages it owns):",
+            self.agent_id
+        );
+        println!("  {agent_url}");
+        println!();
+        println!("Watch events (pip install websocket-client):");
+        println!(
+            "  {}",
+            watch(&admin_url, &format!("customer_id:{DEMO_CUSTOMER}:call:*"))
+        );
+        println!(
+            "  {}",
+            watch(&agent_url, &format!("agent_id:{}", self.agent_id))
+        );
+        println!();
+        println!("The tutorial's examples work too: set their URL to the admin URL above.");
+        println!("Ctrl-C stops.");
+    }
+
+    /// Shuts the gateway down, then the simulator.
+    pub async fn shutdown(self) {
+        self.gateway.shutdown().await;
+        self.sim_cancel.cancel();
+    }
+}

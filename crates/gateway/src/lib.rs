@@ -1,0 +1,221 @@
+//! fanout-gateway: wiring of the libraries into a running node.
+//!
+//! [`Gateway::start`] validates nothing (that is [`config::Config::load`]'s job), binds both
+//! listeners, and runs until [`Gateway::shutdown`]:
+//!
+//! 1. readiness turns false and new handshakes get 503;
+//! 2. after `shutdown.ready_delay` the listener stops accepting;
+//! 3. every session is closed with 1001 and given `shutdown.drain_timeout` to go;
+//! 4. every upstream connection is closed.
+//!
+//! - [`config`]: the configuration tree.
+//! - [`registry`]: customers, hubs and upstreams (the sessions' [`fanout_session::Directory`]).
+//! - [`server`]: the WebSocket and admin listeners.
+//! - [`telemetry`]: logs and metrics.
+//! - [`demo`]: the embedded demo (`fanout-gateway demo`).
+
+pub mod config;
+pub mod demo;
+pub mod registry;
+pub mod server;
+pub mod telemetry;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use fanout_auth::accesskey::Cache;
+use fanout_auth::{Authenticator, jwt};
+use fanout_session::Endpoint;
+use fanout_session::endpoint::AcceptLimits;
+use fanout_upstream::backoff::Backoff;
+use fanout_upstream::verifier::HttpVerifier;
+use fanout_upstream::{Credentials, UpstreamConfig};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::registry::Registry;
+
+/// A running gateway node.
+pub struct Gateway {
+    config: Config,
+    local_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    endpoint: Arc<Endpoint>,
+    registry: Arc<Registry>,
+    ready: Arc<AtomicBool>,
+    /// Stops the listeners.
+    accept: CancellationToken,
+    /// Closes the sessions (1001).
+    sessions: CancellationToken,
+    /// Closes the upstreams.
+    upstreams: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("local_addr", &self.local_addr)
+            .field("admin_addr", &self.admin_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds the upstream settings from the configuration.
+///
+/// # Errors
+/// When the URL does not parse or the access-key file cannot be read.
+pub fn upstream_config(config: &Config) -> anyhow::Result<UpstreamConfig> {
+    let url: hyper::Uri = config
+        .upstream
+        .url
+        .parse()
+        .with_context(|| format!("upstream.url {:?}", config.upstream.url))?;
+    let credentials = match &config.upstream.accesskeys_file {
+        Some(path) => {
+            Credentials::AccessKeys(config::read_accesskeys(path).map_err(anyhow::Error::msg)?)
+        }
+        None => Credentials::ServiceToken(config.upstream.token.clone()),
+    };
+    let mut upstream = UpstreamConfig::new(url, credentials);
+    upstream.connect_timeout = config.upstream.connect_timeout;
+    upstream.ping_interval = config.upstream.ping_interval;
+    upstream.idle_timeout = config.upstream.idle_timeout;
+    upstream.backoff = Backoff {
+        base: config.upstream.backoff_base,
+        cap: config.upstream.backoff_cap,
+    };
+    upstream.max_frame_bytes = config.upstream.max_frame_bytes;
+    Ok(upstream)
+}
+
+impl Gateway {
+    /// Binds the listeners and starts serving.
+    ///
+    /// # Errors
+    /// When a listener cannot be bound or the settings cannot be turned into components.
+    pub async fn start(config: Config) -> anyhow::Result<Gateway> {
+        telemetry::metrics_handle();
+        let upstream = Arc::new(upstream_config(&config)?);
+        let verifier = HttpVerifier::from_ws_url(&upstream.url, config.accesskeys.verify_timeout)?;
+        let auth = Authenticator::new(
+            jwt::Verifier::new(config.jwt_secret.as_bytes())?,
+            Arc::new(verifier),
+            Cache::new(
+                config.accesskeys.cache_ttl,
+                config.accesskeys.negative_ttl,
+                config.accesskeys.cache_entries,
+            ),
+        );
+        let upstreams = CancellationToken::new();
+        let sessions = CancellationToken::new();
+        let accept = CancellationToken::new();
+        let registry = Registry::new(upstream, config.upstream.linger, upstreams.clone());
+        let endpoint = Arc::new(Endpoint::new(
+            auth,
+            config.session.clone(),
+            AcceptLimits {
+                max_sessions: config.limits.max_sessions,
+                handshakes_per_second: config.limits.handshakes_per_second,
+                handshake_burst: config.limits.handshake_burst,
+            },
+            registry.clone(),
+            sessions.clone(),
+        ));
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding listen address {}", config.listen))?;
+        let admin = TcpListener::bind(config.admin_listen)
+            .await
+            .with_context(|| format!("binding admin address {}", config.admin_listen))?;
+        let local_addr = listener.local_addr()?;
+        let admin_addr = admin.local_addr()?;
+        let ready = Arc::new(AtomicBool::new(false));
+        let tasks = TaskTracker::new();
+        tasks.spawn(server::serve_ws(
+            listener,
+            endpoint.clone(),
+            accept.clone(),
+            config.limits.header_timeout,
+        ));
+        tasks.spawn(server::serve_admin(
+            admin,
+            server::AdminState {
+                ready: ready.clone(),
+                endpoint: endpoint.clone(),
+                registry: registry.clone(),
+            },
+            upstreams.clone(),
+        ));
+        ready.store(true, Ordering::SeqCst);
+        tracing::info!(%local_addr, %admin_addr, upstream = %config.upstream.url, "Gateway listening");
+        Ok(Gateway {
+            config,
+            local_addr,
+            admin_addr,
+            endpoint,
+            registry,
+            ready,
+            accept,
+            sessions,
+            upstreams,
+            tasks,
+        })
+    }
+
+    /// The WebSocket listener's address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The admin listener's address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// The customers' registry.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// The WebSocket endpoint.
+    pub fn endpoint(&self) -> &Arc<Endpoint> {
+        &self.endpoint
+    }
+
+    /// Shuts down gracefully (see the module docs) and returns when done.
+    pub async fn shutdown(self) {
+        let open = self.endpoint.open_sessions();
+        tracing::info!(open_sessions = open, "Gateway draining");
+        self.ready.store(false, Ordering::SeqCst);
+        self.endpoint.drain();
+        if !self.config.shutdown.ready_delay.is_zero() {
+            tokio::time::sleep(self.config.shutdown.ready_delay).await;
+        }
+        self.accept.cancel();
+        self.sessions.cancel();
+        let tracker = self.endpoint.tracker();
+        tracker.close();
+        if tokio::time::timeout(self.config.shutdown.drain_timeout, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                left = self.endpoint.open_sessions(),
+                "Drain deadline passed with sessions open"
+            );
+        }
+        self.registry.close_all();
+        self.upstreams.cancel();
+        // Give upstream tasks a moment to send their close frames.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        self.tasks.close();
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.tasks.wait()).await;
+        tracing::info!("Gateway stopped");
+    }
+}

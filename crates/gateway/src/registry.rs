@@ -1,0 +1,272 @@
+//! The customers this node serves: for each, its fan-out [`Hub`] and its one [`Upstream`].
+//!
+//! The registry is the gateway's [`Directory`]: it places each session pattern in the hub of
+//! the customer whose events it selects, and keeps that customer's upstream subscribed to
+//! what the patterns need, counted, so the last pattern leaving unsubscribes. A customer's
+//! entry (hub and upstream) is created with its first session and removed a linger time
+//! after its last one left.
+//!
+//! Which hub a pattern goes to:
+//! - `customer_id:<X>…` → customer X's hub (X is the session's own customer, except for a
+//!   project super-admin, whose patterns may name any customer);
+//! - `agent_id:<A>…` → the session's own customer's hub, upstream-subscribed as
+//!   `customer_id:<C>…` with the same remaining segments (agent events are served from the
+//!   customer's stream, and matched to the agent by the owner topics the decoder derives).
+//!
+//! Tenant isolation follows: a hub only ever holds patterns permitted to see its customer's
+//! events, and only its customer's upstream publishes into it.
+//!
+//! The registry's lock is beside the hot path: publishing goes from an upstream's reader
+//! straight to its hub and never takes it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use fanout_protocol::{Pattern, Scope};
+use fanout_session::{Directory, Hub, Subscriber};
+use fanout_upstream::{Upstream, UpstreamConfig};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+struct Entry {
+    hub: Arc<Hub>,
+    upstream: Upstream,
+    /// Sessions of the customer, plus patterns of other customers' super-admins.
+    users: usize,
+    /// Bumped whenever `users` drops to zero, so a stale linger timer does nothing.
+    generation: u64,
+}
+
+/// A snapshot of one customer's entry.
+#[derive(Debug, Clone)]
+pub struct CustomerInfo {
+    /// The customer.
+    pub customer_id: Uuid,
+    /// Its users (sessions and foreign patterns).
+    pub users: usize,
+    /// Patterns in its hub.
+    pub patterns: usize,
+    /// Its upstream's state.
+    pub upstream: fanout_upstream::State,
+    /// What its upstream is subscribed to.
+    pub upstream_patterns: Vec<String>,
+}
+
+/// The gateway's customers.
+pub struct Registry {
+    customers: Mutex<HashMap<Uuid, Entry>>,
+    upstream: Arc<UpstreamConfig>,
+    linger: Duration,
+    cancel: CancellationToken,
+    me: Weak<Registry>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry").finish_non_exhaustive()
+    }
+}
+
+/// The pattern a customer's upstream needs for a session pattern placed in its hub.
+pub fn upstream_pattern(pattern: &Pattern, customer: Uuid) -> Pattern {
+    match pattern.scope() {
+        Scope::Customer => pattern.clone(),
+        Scope::Agent => {
+            let mut text = Pattern::whole(Scope::Customer, customer)
+                .as_str()
+                .to_owned();
+            for segment in pattern.rest() {
+                text.push(':');
+                text.push_str(segment);
+            }
+            // The rest segments were valid in the agent pattern, and the customer prefix is no
+            // longer than the agent one, so this parses; fall back to the whole stream if not.
+            Pattern::parse(&text).unwrap_or_else(|_| Pattern::whole(Scope::Customer, customer))
+        }
+    }
+}
+
+impl Registry {
+    /// An empty registry; upstreams run until `cancel` is cancelled.
+    pub fn new(
+        upstream: Arc<UpstreamConfig>,
+        linger: Duration,
+        cancel: CancellationToken,
+    ) -> Arc<Self> {
+        Arc::new_cyclic(|me| Registry {
+            customers: Mutex::new(HashMap::new()),
+            upstream,
+            linger,
+            cancel,
+            me: me.clone(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<Uuid, Entry>> {
+        // The map stays consistent even if a holder panicked.
+        self.customers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn entry<'a>(&self, customers: &'a mut HashMap<Uuid, Entry>, customer: Uuid) -> &'a mut Entry {
+        customers.entry(customer).or_insert_with(|| {
+            let hub = Arc::new(Hub::new(customer));
+            let sink = {
+                let hub = hub.clone();
+                Arc::new(move |event| {
+                    hub.publish(&event);
+                })
+            };
+            let upstream = Upstream::spawn(customer, self.upstream.clone(), sink, &self.cancel);
+            metrics::gauge!("fanout_customers").increment(1.0);
+            tracing::info!(%customer, "Customer entry created");
+            Entry {
+                hub,
+                upstream,
+                users: 0,
+                generation: 0,
+            }
+        })
+    }
+
+    fn hub_customer(session: &Subscriber, pattern: &Pattern) -> Uuid {
+        match pattern.scope() {
+            Scope::Customer => pattern.owner(),
+            Scope::Agent => session.0.customer_id(),
+        }
+    }
+
+    /// Drops a user of `customer`; the last one starts the linger timer.
+    fn release(&self, customers: &mut HashMap<Uuid, Entry>, customer: Uuid) {
+        let Some(entry) = customers.get_mut(&customer) else {
+            return;
+        };
+        entry.users = entry.users.saturating_sub(1);
+        if entry.users > 0 {
+            return;
+        }
+        entry.generation += 1;
+        let generation = entry.generation;
+        let me = self.me.clone();
+        let linger = self.linger;
+        let cancel = self.cancel.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(linger) => {}
+            }
+            if let Some(registry) = me.upgrade() {
+                registry.expire(customer, generation);
+            }
+        });
+    }
+
+    fn expire(&self, customer: Uuid, generation: u64) {
+        let mut customers = self.lock();
+        let idle = customers
+            .get(&customer)
+            .is_some_and(|e| e.users == 0 && e.generation == generation);
+        if idle && let Some(entry) = customers.remove(&customer) {
+            entry.upstream.close();
+            metrics::gauge!("fanout_customers").decrement(1.0);
+            tracing::info!(%customer, "Customer entry removed after linger");
+        }
+    }
+
+    /// The hub of `customer`, if the node serves it.
+    pub fn hub(&self, customer: Uuid) -> Option<Arc<Hub>> {
+        self.lock().get(&customer).map(|e| e.hub.clone())
+    }
+
+    /// A snapshot of every customer's entry.
+    pub fn customers(&self) -> Vec<CustomerInfo> {
+        self.lock()
+            .iter()
+            .map(|(customer_id, e)| CustomerInfo {
+                customer_id: *customer_id,
+                users: e.users,
+                patterns: e.hub.len(),
+                upstream: e.upstream.state(),
+                upstream_patterns: e
+                    .upstream
+                    .wanted()
+                    .iter()
+                    .map(|p| p.as_str().to_owned())
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// Closes every upstream now.
+    pub fn close_all(&self) {
+        for (_, entry) in self.lock().drain() {
+            entry.upstream.close();
+            metrics::gauge!("fanout_customers").decrement(1.0);
+        }
+    }
+}
+
+impl Directory for Registry {
+    fn attach(&self, session: &Subscriber) {
+        let mut customers = self.lock();
+        self.entry(&mut customers, session.0.customer_id()).users += 1;
+    }
+
+    fn subscribe(&self, session: &Subscriber, pattern: &Pattern) {
+        let customer = Self::hub_customer(session, pattern);
+        let mut customers = self.lock();
+        let entry = self.entry(&mut customers, customer);
+        if customer != session.0.customer_id() {
+            entry.users += 1;
+        }
+        if entry.hub.insert(pattern, session) {
+            entry.upstream.add(&upstream_pattern(pattern, customer));
+        }
+    }
+
+    fn unsubscribe(&self, session: &Subscriber, pattern: &Pattern) {
+        let customer = Self::hub_customer(session, pattern);
+        let mut customers = self.lock();
+        let Some(entry) = customers.get_mut(&customer) else {
+            return;
+        };
+        if entry.hub.remove(pattern, session) {
+            entry.upstream.remove(&upstream_pattern(pattern, customer));
+        }
+        if customer != session.0.customer_id() {
+            self.release(&mut customers, customer);
+        }
+    }
+
+    fn detach(&self, session: &Subscriber, patterns: &[Pattern]) {
+        for pattern in patterns {
+            self.unsubscribe(session, pattern);
+        }
+        let mut customers = self.lock();
+        self.release(&mut customers, session.0.customer_id());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_patterns_map_to_the_customer_stream() {
+        let c = Uuid::parse_str("12345678-1234-1234-1234-123456789012").expect("uuid");
+        let agent =
+            Pattern::parse("agent_id:98765432-4321-4321-4321-210987654321:call:*").expect("valid");
+        assert_eq!(
+            upstream_pattern(&agent, c).as_str(),
+            "customer_id:12345678-1234-1234-1234-123456789012:call:*"
+        );
+        let whole = Pattern::parse("agent_id:98765432-4321-4321-4321-210987654321").expect("valid");
+        assert_eq!(
+            upstream_pattern(&whole, c).as_str(),
+            "customer_id:12345678-1234-1234-1234-123456789012"
+        );
+        let own =
+            Pattern::parse("customer_id:12345678-1234-1234-1234-123456789012:call").expect("valid");
+        assert_eq!(upstream_pattern(&own, c), own);
+    }
+}

@@ -1,0 +1,125 @@
+//! The per-customer fan-out: the index of a customer's session patterns, and publishing an
+//! upstream event to every session that may see it.
+
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use fanout_protocol::Pattern;
+use fanout_protocol::server::EnvelopeHead;
+use fanout_protocol::upstream::Event;
+use fanout_topic_trie::Trie;
+use uuid::Uuid;
+
+use crate::session::SessionHandle;
+
+/// A session as the index holds it: compared and hashed by session id.
+#[derive(Debug, Clone)]
+pub struct Subscriber(pub Arc<SessionHandle>);
+
+impl PartialEq for Subscriber {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.id() == other.0.id()
+    }
+}
+
+impl Eq for Subscriber {}
+
+impl Hash for Subscriber {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.id().hash(state);
+    }
+}
+
+/// What one publish did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Published {
+    /// Sessions the event was queued to.
+    pub delivered: usize,
+    /// Sessions whose queue was full (each is being closed with 1013).
+    pub overflowed: usize,
+    /// Envelopes encoded (at most one per topic).
+    pub encoded: usize,
+}
+
+/// One customer's sessions, indexed by pattern.
+#[derive(Debug)]
+pub struct Hub {
+    customer_id: Uuid,
+    trie: Trie<Subscriber>,
+}
+
+impl Hub {
+    /// An empty hub for `customer_id`.
+    pub fn new(customer_id: Uuid) -> Self {
+        Hub {
+            customer_id,
+            trie: Trie::new(),
+        }
+    }
+
+    /// The customer whose events this hub publishes.
+    pub fn customer_id(&self) -> Uuid {
+        self.customer_id
+    }
+
+    /// Adds a session's pattern; false if it was there.
+    pub fn insert(&self, pattern: &Pattern, subscriber: &Subscriber) -> bool {
+        self.trie.insert(pattern, subscriber.clone())
+    }
+
+    /// Removes a session's pattern; false if it was not there.
+    pub fn remove(&self, pattern: &Pattern, subscriber: &Subscriber) -> bool {
+        self.trie.remove(pattern, subscriber)
+    }
+
+    /// Removes every pattern of a session.
+    pub fn remove_subscriber(&self, subscriber: &Subscriber) -> usize {
+        self.trie.remove_subscriber(subscriber)
+    }
+
+    /// How many (pattern, session) pairs the hub holds.
+    pub fn len(&self) -> usize {
+        self.trie.len()
+    }
+
+    /// Whether the hub holds no pattern.
+    pub fn is_empty(&self) -> bool {
+        self.trie.is_empty()
+    }
+
+    /// Queues `event` to every session with a matching pattern, once each, under the first of
+    /// the event's topics it matched. Each topic's envelope is encoded at most once and shared.
+    ///
+    /// Never waits: a session whose queue is full is closed with 1013 instead.
+    pub fn publish(&self, event: &Event) -> Published {
+        let started = Instant::now();
+        let mut published = Published::default();
+        if event.customer_id != self.customer_id {
+            // The upstream decoder guarantees this; a mismatch would leak across tenants.
+            metrics::counter!("fanout_events_dropped_total", "reason" => "foreign_customer")
+                .increment(1);
+            return published;
+        }
+        let head = EnvelopeHead::new(&event.event_type, &event.timestamp);
+        let mut frames: Vec<Option<Bytes>> = vec![None; event.topics.len()];
+        self.trie.match_topics(&event.topics, |subscriber, index| {
+            let frame = frames[index]
+                .get_or_insert_with(|| {
+                    published.encoded += 1;
+                    head.frame(&event.topics[index], &event.data)
+                })
+                .clone();
+            if subscriber.0.offer(frame) {
+                published.delivered += 1;
+            } else {
+                published.overflowed += 1;
+            }
+        });
+        metrics::counter!("fanout_events_in_total").increment(1);
+        metrics::counter!("fanout_deliveries_total").increment(published.delivered as u64);
+        metrics::histogram!("fanout_fanout_seconds").record(started.elapsed().as_secs_f64());
+        published
+    }
+}

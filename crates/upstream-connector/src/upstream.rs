@@ -1,0 +1,440 @@
+//! One customer's upstream connection: a handle for its users, and the task behind it.
+//!
+//! ```text
+//!            ┌──────────── cancelled ─────────────┐
+//!            ▼                                    │
+//! Connecting ──ok──▶ Connected ──drop/stall──▶ Backoff ──delay──▶ Connecting
+//!     │                                            ▲
+//!     └──────────────── error ─────────────────────┘
+//! any state ──cancelled──▶ Closed
+//! ```
+//!
+//! While connected, the task keeps the connection subscribed to exactly the patterns its
+//! users currently need, sending only the difference when they change and the whole set
+//! after every reconnect (VoIPBIN forgets subscriptions when a connection drops).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use fanout_protocol::Pattern;
+use fanout_protocol::client::MAX_TOPICS_PER_MESSAGE;
+use fanout_protocol::upstream::{self, Context, Event};
+use fastwebsockets::{Frame, OpCode, Payload, WebSocketError};
+use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::config::UpstreamConfig;
+use crate::connect;
+
+/// Receives the events of a customer's connection.
+pub trait EventSink: Send + Sync + 'static {
+    /// One decoded event. Called from the connection's reader task, in arrival order; must
+    /// not block.
+    fn publish(&self, event: Event);
+}
+
+impl<F: Fn(Event) + Send + Sync + 'static> EventSink for F {
+    fn publish(&self, event: Event) {
+        self(event)
+    }
+}
+
+/// Where the connection stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum State {
+    /// Opening the connection.
+    Connecting = 0,
+    /// Connected and subscribed.
+    Connected = 1,
+    /// Waiting before the next attempt.
+    Backoff = 2,
+    /// Closed for good.
+    Closed = 3,
+}
+
+impl State {
+    /// Every state, for metrics.
+    pub const ALL: [State; 4] = [
+        State::Connecting,
+        State::Connected,
+        State::Backoff,
+        State::Closed,
+    ];
+
+    /// The label of the `state` metric dimension.
+    pub fn label(self) -> &'static str {
+        match self {
+            State::Connecting => "connecting",
+            State::Connected => "connected",
+            State::Backoff => "backoff",
+            State::Closed => "closed",
+        }
+    }
+
+    fn from_u8(v: u8) -> State {
+        match v {
+            0 => State::Connecting,
+            1 => State::Connected,
+            2 => State::Backoff,
+            _ => State::Closed,
+        }
+    }
+}
+
+struct Shared {
+    customer_id: Uuid,
+    /// How many users need each pattern.
+    wanted: Mutex<BTreeMap<Pattern, usize>>,
+    changed: Notify,
+    state: AtomicU8,
+    connects: AtomicU64,
+    cancel: CancellationToken,
+}
+
+impl Shared {
+    fn wanted(&self) -> MutexGuard<'_, BTreeMap<Pattern, usize>> {
+        // The map stays consistent even if a holder panicked.
+        self.wanted.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_state(&self, state: State) {
+        let old = State::from_u8(self.state.swap(state as u8, Ordering::Relaxed));
+        if old != state {
+            metrics::gauge!("fanout_upstream_connections", "state" => old.label()).decrement(1.0);
+            metrics::gauge!("fanout_upstream_connections", "state" => state.label()).increment(1.0);
+            metrics::counter!("fanout_upstream_transitions_total", "state" => state.label())
+                .increment(1);
+            tracing::info!(customer_id = %self.customer_id, from = old.label(), to = state.label(), "Upstream state changed");
+        }
+    }
+}
+
+/// The handle of one customer's upstream connection. Dropping it does not close the
+/// connection; [`Upstream::close`] or the parent token does.
+#[derive(Clone)]
+pub struct Upstream {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("customer_id", &self.shared.customer_id)
+            .field("state", &self.state())
+            .finish()
+    }
+}
+
+impl Upstream {
+    /// Starts the connection task for `customer_id`; it runs until `cancel` (or a child of
+    /// it made here) is cancelled.
+    pub fn spawn(
+        customer_id: Uuid,
+        config: Arc<UpstreamConfig>,
+        sink: Arc<dyn EventSink>,
+        cancel: &CancellationToken,
+    ) -> Upstream {
+        let shared = Arc::new(Shared {
+            customer_id,
+            wanted: Mutex::new(BTreeMap::new()),
+            changed: Notify::new(),
+            state: AtomicU8::new(State::Connecting as u8),
+            connects: AtomicU64::new(0),
+            cancel: cancel.child_token(),
+        });
+        metrics::gauge!("fanout_upstream_connections", "state" => State::Connecting.label())
+            .increment(1.0);
+        tokio::spawn(run(shared.clone(), config, sink));
+        Upstream { shared }
+    }
+
+    /// The customer it serves.
+    pub fn customer_id(&self) -> Uuid {
+        self.shared.customer_id
+    }
+
+    /// Where the connection stands.
+    pub fn state(&self) -> State {
+        State::from_u8(self.shared.state.load(Ordering::Relaxed))
+    }
+
+    /// How many times it connected.
+    pub fn connects(&self) -> u64 {
+        self.shared.connects.load(Ordering::Relaxed)
+    }
+
+    /// One more user needs `pattern`; the first one subscribes it.
+    pub fn add(&self, pattern: &Pattern) {
+        let first = {
+            let mut wanted = self.shared.wanted();
+            let count = wanted.entry(pattern.clone()).or_insert(0);
+            *count += 1;
+            *count == 1
+        };
+        if first {
+            self.shared.changed.notify_one();
+        }
+    }
+
+    /// One user less needs `pattern`; the last one unsubscribes it.
+    pub fn remove(&self, pattern: &Pattern) {
+        let last = {
+            let mut wanted = self.shared.wanted();
+            match wanted.get_mut(pattern) {
+                Some(count) if *count > 1 => {
+                    *count -= 1;
+                    false
+                }
+                Some(_) => {
+                    wanted.remove(pattern);
+                    true
+                }
+                None => false,
+            }
+        };
+        if last {
+            self.shared.changed.notify_one();
+        }
+    }
+
+    /// The patterns currently wanted, each once.
+    pub fn wanted(&self) -> Vec<Pattern> {
+        self.shared.wanted().keys().cloned().collect()
+    }
+
+    /// Closes the connection for good.
+    pub fn close(&self) {
+        self.shared.cancel.cancel();
+    }
+}
+
+/// Why a connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    Cancelled,
+    Dropped,
+    Stalled,
+}
+
+async fn run(shared: Arc<Shared>, config: Arc<UpstreamConfig>, sink: Arc<dyn EventSink>) {
+    let customer_id = shared.customer_id;
+    let mut attempt: u32 = 0;
+    loop {
+        if shared.cancel.is_cancelled() {
+            break;
+        }
+        shared.set_state(State::Connecting);
+        let opened = match config.credentials.for_customer(customer_id) {
+            None => Err(connect::ConnectError::NoCredential),
+            Some(credential) => tokio::select! {
+                () = shared.cancel.cancelled() => break,
+                opened = connect::websocket(&config.url, &credential, config.connect_timeout) => opened,
+            },
+        };
+        match opened {
+            Ok(ws) => {
+                shared.connects.fetch_add(1, Ordering::Relaxed);
+                shared.set_state(State::Connected);
+                let since = Instant::now();
+                let ended = connected(&shared, &config, sink.clone(), ws).await;
+                tracing::info!(%customer_id, ended = ?ended, "Upstream connection ended");
+                if ended == Ended::Cancelled {
+                    break;
+                }
+                metrics::counter!("fanout_upstream_drops_total", "reason" => match ended {
+                    Ended::Stalled => "stalled",
+                    _ => "dropped",
+                })
+                .increment(1);
+                if since.elapsed() >= config.stable_after {
+                    attempt = 0;
+                }
+            }
+            Err(error) => {
+                metrics::counter!("fanout_upstream_connect_errors_total", "reason" => error.label()).increment(1);
+                tracing::warn!(%customer_id, %error, attempt, "Upstream connect failed");
+            }
+        }
+        shared.set_state(State::Backoff);
+        let delay = config.backoff.delay(attempt, rand::random::<f64>());
+        attempt = attempt.saturating_add(1);
+        tokio::select! {
+            () = shared.cancel.cancelled() => break,
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
+    shared.set_state(State::Closed);
+    // Closed connections are not counted as connections.
+    metrics::gauge!("fanout_upstream_connections", "state" => State::Closed.label()).decrement(1.0);
+}
+
+/// The resource of the one pattern a bare object can have arrived on, if there is exactly
+/// one pattern and its resource segment is literal.
+fn bare_resource(sent: &BTreeSet<Pattern>) -> Option<Arc<str>> {
+    let mut patterns = sent.iter();
+    match (patterns.next(), patterns.next()) {
+        (Some(only), None) => only
+            .rest_segment(0)
+            .filter(|r| *r != fanout_protocol::topic::WILDCARD)
+            .map(Arc::from),
+        _ => None,
+    }
+}
+
+fn request_json(kind: &str, topics: &[&Pattern]) -> String {
+    let topics: Vec<&str> = topics.iter().map(|p| p.as_str()).collect();
+    serde_json::json!({"type": kind, "topics": topics}).to_string()
+}
+
+async fn connected(
+    shared: &Arc<Shared>,
+    config: &UpstreamConfig,
+    sink: Arc<dyn EventSink>,
+    mut ws: fastwebsockets::WebSocket<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>,
+) -> Ended {
+    ws.set_max_message_size(config.max_frame_bytes);
+    ws.set_auto_close(true);
+    ws.set_auto_pong(true);
+    let (read, mut write) = ws.split(tokio::io::split);
+    let mut read = fastwebsockets::FragmentCollectorRead::new(read);
+    let started = Instant::now();
+    let last_seen = Arc::new(AtomicU64::new(0));
+    let bare = Arc::new(Mutex::new(None::<Arc<str>>));
+    // Frames the reader must have sent (pongs, the close reply) go through the writer here.
+    let (obligated_tx, mut obligated_rx) = mpsc::channel::<(OpCode, Vec<u8>)>(16);
+    let customer_id = shared.customer_id;
+    let mut reader = tokio::spawn({
+        let last_seen = last_seen.clone();
+        let bare = bare.clone();
+        async move {
+            let mut send = |frame: Frame<'_>| {
+                let owned = (frame.opcode, frame.payload.to_vec());
+                let tx = obligated_tx.clone();
+                async move {
+                    tx.send(owned)
+                        .await
+                        .map_err(|_| WebSocketError::ConnectionClosed)
+                }
+            };
+            loop {
+                let frame = match read.read_frame(&mut send).await {
+                    Ok(frame) => frame,
+                    Err(error) => {
+                        tracing::debug!(%customer_id, %error, "Upstream read ended");
+                        return;
+                    }
+                };
+                last_seen.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+                match frame.opcode {
+                    OpCode::Text => {
+                        let bytes = Bytes::copy_from_slice(&frame.payload);
+                        let bare_resource = bare.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                        let cx = Context {
+                            customer_id,
+                            received_at: SystemTime::now(),
+                            bare_resource: bare_resource.as_deref(),
+                        };
+                        match upstream::decode(&bytes, &cx) {
+                            Ok(event) => {
+                                metrics::counter!("fanout_upstream_events_total", "shape" => shape_label(event.shape)).increment(1);
+                                sink.publish(event);
+                            }
+                            Err(error) => {
+                                metrics::counter!("fanout_events_dropped_total", "reason" => "undecodable").increment(1);
+                                tracing::debug!(%customer_id, %error, "Upstream frame dropped");
+                            }
+                        }
+                    }
+                    OpCode::Close => return,
+                    _ => {}
+                }
+            }
+        }
+    });
+    let mut sent: BTreeSet<Pattern> = BTreeSet::new();
+    let mut ping =
+        tokio::time::interval_at(Instant::now() + config.ping_interval, config.ping_interval);
+    // The first pass sends the whole set.
+    let mut dirty = true;
+    let ended = loop {
+        if dirty {
+            dirty = false;
+            let wanted: BTreeSet<Pattern> = shared.wanted().keys().cloned().collect();
+            let add: Vec<&Pattern> = wanted.difference(&sent).collect();
+            let gone: Vec<&Pattern> = sent.difference(&wanted).collect();
+            let mut messages = Vec::new();
+            for chunk in add.chunks(MAX_TOPICS_PER_MESSAGE) {
+                messages.push(request_json("subscribe", chunk));
+            }
+            for chunk in gone.chunks(MAX_TOPICS_PER_MESSAGE) {
+                messages.push(request_json("unsubscribe", chunk));
+            }
+            let mut failed = None;
+            for message in &messages {
+                let frame = Frame::text(Payload::Borrowed(message.as_bytes()));
+                match tokio::time::timeout(config.write_timeout, write.write_frame(frame)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => failed = Some(Ended::Dropped),
+                    Err(_) => failed = Some(Ended::Stalled),
+                }
+                if failed.is_some() {
+                    break;
+                }
+            }
+            if let Some(ended) = failed {
+                break ended;
+            }
+            *bare.lock().unwrap_or_else(|e| e.into_inner()) = bare_resource(&wanted);
+            sent = wanted;
+        }
+        tokio::select! {
+            () = shared.cancel.cancelled() => {
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    write.write_frame(Frame::close(1000, b"")),
+                )
+                .await;
+                break Ended::Cancelled;
+            }
+            _ = &mut reader => break Ended::Dropped,
+            () = shared.changed.notified() => dirty = true,
+            obligated = obligated_rx.recv() => {
+                let Some((opcode, payload)) = obligated else { break Ended::Dropped };
+                let frame = Frame::new(true, opcode, None, Payload::Owned(payload));
+                match tokio::time::timeout(config.write_timeout, write.write_frame(frame)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => break Ended::Dropped,
+                    Err(_) => break Ended::Stalled,
+                }
+            }
+            _ = ping.tick() => {
+                let seen = Duration::from_millis(last_seen.load(Ordering::Relaxed));
+                if started.elapsed().saturating_sub(seen) >= config.idle_timeout {
+                    break Ended::Stalled;
+                }
+                let frame = Frame::new(true, OpCode::Ping, None, Payload::Borrowed(b""));
+                match tokio::time::timeout(config.write_timeout, write.write_frame(frame)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => break Ended::Dropped,
+                    Err(_) => break Ended::Stalled,
+                }
+            }
+        }
+    };
+    reader.abort();
+    ended
+}
+
+fn shape_label(shape: upstream::Shape) -> &'static str {
+    match shape {
+        upstream::Shape::Envelope => "envelope",
+        upstream::Shape::Webhook => "webhook",
+        upstream::Shape::Bare => "bare",
+    }
+}
