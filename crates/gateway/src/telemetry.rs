@@ -1,5 +1,6 @@
 //! Logs (`tracing`, text or JSON) and metrics (Prometheus text from the admin listener).
 
+use std::io::IsTerminal;
 use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -15,7 +16,10 @@ pub fn init_logs(format: LogFormat) {
             .json()
             .with_env_filter(filter)
             .try_init(),
-        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).try_init(),
+        LogFormat::Text => tracing_subscriber::fmt()
+            .with_ansi(std::io::stdout().is_terminal())
+            .with_env_filter(filter)
+            .try_init(),
     };
 }
 

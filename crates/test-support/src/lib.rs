@@ -136,6 +136,7 @@ pub enum Received {
     Text(Value),
     Binary(Vec<u8>),
     Ping(Vec<u8>),
+    Pong(Vec<u8>),
     Close(Option<u16>, String),
 }
 
@@ -260,6 +261,7 @@ impl Client {
             }
             OpCode::Binary => Received::Binary(frame.payload.to_vec()),
             OpCode::Ping => Received::Ping(frame.payload.to_vec()),
+            OpCode::Pong => Received::Pong(frame.payload.to_vec()),
             OpCode::Close => {
                 let payload = frame.payload.to_vec();
                 if payload.len() >= 2 {
@@ -280,7 +282,7 @@ impl Client {
         loop {
             match self.recv_within(WAIT).await {
                 Some(Received::Text(value)) => return value,
-                Some(Received::Ping(_)) => continue,
+                Some(Received::Ping(_) | Received::Pong(_)) => continue,
                 other => panic!("expected a text message, got {other:?}"),
             }
         }
@@ -316,7 +318,7 @@ impl Client {
             }
             match self.recv_within(left).await {
                 None => return,
-                Some(Received::Ping(_)) => continue,
+                Some(Received::Ping(_) | Received::Pong(_)) => continue,
                 Some(other) => panic!("expected silence, got {other:?}"),
             }
         }

@@ -1,0 +1,244 @@
+//! The real `fanout-gateway` binary: start-up, SIGTERM, configuration errors, and the
+//! tutorial's Python and Node examples (installed by `.ci/run`) through it.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+use fanout_test_support::*;
+use hyper::StatusCode;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const BIN: &str = env!("CARGO_BIN_EXE_fanout-gateway");
+
+struct Running {
+    child: Child,
+    addr: SocketAddr,
+    admin: SocketAddr,
+}
+
+/// Starts the binary against `sim` and reads its addresses from its JSON log.
+async fn spawn_gateway(sim: SocketAddr, extra_env: &[(&str, &str)]) -> Running {
+    let mut command = Command::new(BIN);
+    command
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ])
+        .args(["--upstream-url", &format!("ws://{sim}/v1.0/ws")])
+        .env("FANOUT_JWT_SECRET", SECRET)
+        .env("FANOUT_UPSTREAM_TOKEN", service_token())
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    for (name, value) in extra_env {
+        command.env(name, value);
+    }
+    let mut child = command.spawn().expect("gateway binary starts");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let listening = tokio::time::timeout(WAIT, async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let Ok(value) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
+            assert!(
+                !line.contains(SECRET),
+                "a log line holds the secret: {line}"
+            );
+            if value["fields"]["message"] == "Gateway listening" {
+                return value;
+            }
+        }
+        panic!("the gateway exited before listening");
+    })
+    .await
+    .expect("the gateway logs its addresses");
+    // Keep draining the log so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let addr = listening["fields"]["local_addr"]
+        .as_str()
+        .expect("local_addr")
+        .parse()
+        .expect("addr");
+    let admin = listening["fields"]["admin_addr"]
+        .as_str()
+        .expect("admin_addr")
+        .parse()
+        .expect("addr");
+    Running { child, addr, admin }
+}
+
+fn sigterm(child: &Child) {
+    let pid = child.id().expect("running").to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+}
+
+#[tokio::test]
+async fn sigterm_closes_sessions_with_1001_and_exits_zero() {
+    let (sim, _cancel) = start_sim(|_| {}).await;
+    let mut gateway = spawn_gateway(sim.local_addr(), &[]).await;
+    let c = tutorial_customer();
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let mut client = Client::connect_token(gateway.addr, &admin_token(c)).await;
+        client
+            .subscribe(&[&format!("customer_id:{c}:call:*")])
+            .await;
+        clients.push(client);
+    }
+    let addr = sim.local_addr();
+    eventually("the upstream subscription", || async move {
+        sim_stats(addr).await["customers"][c.to_string()]["subscriptions"]
+            .as_array()
+            .is_some_and(|s| s.len() == 1)
+    })
+    .await;
+    publish(sim.local_addr(), &call(c, "k1", None)).await;
+    for client in &mut clients {
+        assert_eq!(client.recv_event().await["data"]["id"], "k1");
+    }
+    let (status, _) = http(gateway.admin, "GET", "/readyz", None).await;
+    assert_eq!(status, StatusCode::OK);
+    sigterm(&gateway.child);
+    for client in &mut clients {
+        let (code, reason) = client.recv_close().await;
+        assert_eq!(
+            (code, reason.as_str()),
+            (Some(1001), "server shutting down")
+        );
+    }
+    let status = tokio::time::timeout(WAIT, gateway.child.wait())
+        .await
+        .expect("exits")
+        .expect("status");
+    assert_eq!(status.code(), Some(0));
+    eventually("the upstream to be closed", || async move {
+        sim_stats(addr).await["connections"] == 0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn invalid_configuration_exits_64_before_binding() {
+    let output = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env_remove("FANOUT_JWT_SECRET")
+        .env_remove("FANOUT_UPSTREAM_TOKEN")
+        .env("FANOUT_SESSION__MAX_TOPICS", "0")
+        .output()
+        .await
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for problem in ["jwt_secret", "upstream credential", "session.max_topics"] {
+        assert!(
+            stderr.contains(problem),
+            "{problem} not reported in:\n{stderr}"
+        );
+    }
+    let output = Command::new(BIN)
+        .args(["config", "default"])
+        .output()
+        .await
+        .expect("runs");
+    assert!(output.status.success());
+    let text = String::from_utf8_lossy(&output.stdout);
+    let parsed: toml::Table = text.parse().expect("TOML");
+    assert_eq!(parsed["listen"].as_str(), Some("127.0.0.1:8080"));
+    assert_eq!(parsed["session"]["ping_interval"].as_str(), Some("10s"));
+}
+
+async fn tutorial_through_gateway(
+    which: TutorialClient,
+    expectations: &[&str],
+    events: Value,
+    sent: u64,
+) {
+    let (sim, _cancel) = start_sim(|_| {}).await;
+    let gateway = spawn_gateway(sim.local_addr(), &[]).await;
+    let mut run = TutorialRun::start(which, gateway.addr, &admin_token(tutorial_customer()))
+        .await
+        .expect("tutorial client starts (installed by .ci/run)");
+    run.expect_line("WebSocket connection established").await;
+    let addr = sim.local_addr();
+    eventually(
+        "the tutorial's three subscriptions upstream",
+        || async move {
+            sim_stats(addr).await["customers"][TUTORIAL_CUSTOMER]["subscriptions"]
+                .as_array()
+                .is_some_and(|s| s.len() == 3)
+        },
+    )
+    .await;
+    assert_eq!(publish(sim.local_addr(), &events).await, sent);
+    for line in expectations {
+        run.expect_line(line).await;
+    }
+    drop(gateway);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
+#[tokio::test]
+async fn python_tutorial_client_through_the_gateway() {
+    let c = TUTORIAL_CUSTOMER;
+    let events = json!([
+        {"event_type":"call.status","data":{"id":"a1b2c3d4","customer_id":c,"status":"answered"}},
+        {"event_type":"message.received","data":{"id":"m1","customer_id":c,"text":"hi there","source":{"target":"+15551112222"}}},
+        {"event_type":"activeflow.updated","data":{"id":"f1","customer_id":c,"current_action":{"type":"talk"}}},
+        {"event_type":"queue.joined","data":{"id":"q1","customer_id":c}},
+    ]);
+    tutorial_through_gateway(
+        TutorialClient::Python,
+        &[
+            "Subscribed to events",
+            "Received event: call.status",
+            "Call a1b2c3d4 status: answered",
+            "Message from +15551112222: hi there",
+            "Activeflow f1 executing: talk",
+        ],
+        events,
+        3,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn node_tutorial_client_through_the_gateway() {
+    let c = TUTORIAL_CUSTOMER;
+    let events = json!([
+        {"event_type":"call.status","data":{"id":"a1b2c3d4","customer_id":c,"status":"ringing"}},
+        {"event_type":"queue.joined","data":{"id":"q1","customer_id":c,"call_id":"k9","queue_id":"q1"}},
+        {"event_type":"message.received","data":{"id":"m1","customer_id":c,"text":"hello","source":{"target":"+15553334444"}}},
+        {"event_type":"activeflow.updated","data":{"id":"f1","customer_id":c}},
+    ]);
+    tutorial_through_gateway(
+        TutorialClient::Node,
+        &[
+            "Subscribed to events",
+            "Call a1b2c3d4: ringing",
+            "Caller k9 joined queue q1",
+            "Notifying agents about queue entry",
+            "Message: hello",
+            "Processing message from +15553334444",
+        ],
+        events,
+        3,
+    )
+    .await;
+}

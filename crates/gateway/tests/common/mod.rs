@@ -1,0 +1,160 @@
+//! A gateway in front of a simulator, both on loopback, for the integration tests.
+
+#![allow(dead_code, unreachable_pub, missing_docs)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fanout_gateway::Gateway;
+use fanout_gateway::config::Config;
+use fanout_test_support::*;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+use voipbin_sim::{SimConfig, Simulator};
+
+/// An access key the simulator knows, for the tutorial customer.
+pub const KEY: &str = "vb_0123456789abcdefghijklmnopqrstuv";
+
+pub struct Stack {
+    pub sim: Arc<Simulator>,
+    pub gateway: Option<Gateway>,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    sim_cancel: CancellationToken,
+}
+
+impl Stack {
+    pub fn sim_addr(&self) -> SocketAddr {
+        self.sim.local_addr()
+    }
+
+    pub fn gateway(&self) -> &Gateway {
+        self.gateway.as_ref().expect("running")
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(gateway) = self.gateway.take() {
+            gateway.shutdown().await;
+        }
+        self.sim_cancel.cancel();
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.sim_cancel.cancel();
+    }
+}
+
+/// A service token: a project super-admin of the tutorial customer.
+pub fn service_token() -> String {
+    agent_token(
+        SECRET,
+        tutorial_customer(),
+        Uuid::new_v4(),
+        perm::PROJECT_SUPER_ADMIN,
+        &far_future(),
+    )
+}
+
+pub fn test_config(sim: &Simulator) -> Config {
+    let mut config = Config {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        admin_listen: "127.0.0.1:0".parse().expect("addr"),
+        jwt_secret: SECRET.to_owned(),
+        ..Config::default()
+    };
+    config.upstream.url = sim.ws_url();
+    config.upstream.token = service_token();
+    config.upstream.linger = Duration::from_millis(300);
+    config.upstream.backoff_base = Duration::from_millis(20);
+    config.upstream.backoff_cap = Duration::from_millis(200);
+    config.shutdown.drain_timeout = Duration::from_secs(3);
+    config
+}
+
+pub async fn start_sim(
+    configure: impl FnOnce(&mut SimConfig),
+) -> (Arc<Simulator>, CancellationToken) {
+    init_tracing();
+    let mut config = SimConfig::new(SECRET);
+    config.access_keys = vec![(KEY.to_owned(), tutorial_customer())];
+    configure(&mut config);
+    let cancel = CancellationToken::new();
+    let sim = Simulator::start(config, "127.0.0.1:0".parse().expect("addr"), cancel.clone())
+        .await
+        .expect("simulator starts");
+    (sim, cancel)
+}
+
+pub async fn start_with(
+    sim_configure: impl FnOnce(&mut SimConfig),
+    configure: impl FnOnce(&mut Config),
+) -> Stack {
+    let (sim, sim_cancel) = start_sim(sim_configure).await;
+    let mut config = test_config(&sim);
+    configure(&mut config);
+    config.validate().expect("valid test configuration");
+    let gateway = Gateway::start(config).await.expect("gateway starts");
+    Stack {
+        addr: gateway.local_addr(),
+        admin: gateway.admin_addr(),
+        sim,
+        gateway: Some(gateway),
+        sim_cancel,
+    }
+}
+
+pub async fn start() -> Stack {
+    start_with(|_| {}, |_| {}).await
+}
+
+pub fn call(customer: Uuid, id: &str, owner: Option<Uuid>) -> Value {
+    let mut data = json!({"id": id, "customer_id": customer, "status": "ringing"});
+    if let Some(owner) = owner {
+        data["owner_type"] = json!("agent");
+        data["owner_id"] = json!(owner);
+    }
+    json!({"event_type": "call_ringing", "data": data})
+}
+
+/// Waits until the simulator holds `count` subscriptions for `customer` (the gateway's
+/// upstream has subscribed).
+pub async fn upstream_subscriptions(stack: &Stack, customer: Uuid, count: usize) {
+    let addr = stack.sim_addr();
+    eventually(
+        &format!("{count} upstream subscriptions for {customer}"),
+        || async move {
+            sim_stats(addr).await["customers"][customer.to_string()]["subscriptions"]
+                .as_array()
+                .map_or(0, Vec::len)
+                == count
+        },
+    )
+    .await;
+}
+
+pub async fn upstream_connections(stack: &Stack, customer: Uuid) -> u64 {
+    sim_stats(stack.sim_addr()).await["customers"][customer.to_string()]["connections"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+/// Subscribes and waits until the upstream carries `upstream_count` patterns for `customer`.
+pub async fn subscribe_and_wait(
+    stack: &Stack,
+    client: &mut Client,
+    topics: &[&str],
+    customer: Uuid,
+    upstream_count: usize,
+) {
+    client.subscribe(topics).await;
+    upstream_subscriptions(stack, customer, upstream_count).await;
+}
+
+/// Publishes through the simulator and returns how many frames it sent upstream.
+pub async fn publish_events(stack: &Stack, events: &Value) -> u64 {
+    publish(stack.sim_addr(), events).await
+}
