@@ -98,7 +98,7 @@ async fn sigterm_closes_sessions_with_1001_and_exits_zero() {
     for _ in 0..3 {
         let mut client = Client::connect_token(gateway.addr, &admin_token(c)).await;
         client
-            .subscribe(&[&format!("customer_id:{c}:call:*")])
+            .subscribe_synced(&[&format!("customer_id:{c}:call:*")])
             .await;
         clients.push(client);
     }

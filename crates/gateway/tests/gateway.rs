@@ -120,9 +120,14 @@ async fn permitted_patterns_deliver_through_the_customer_stream() {
         Ok(client) => client,
         Err(refused) => panic!("{refused:?}"),
     };
-    admin.subscribe(&[&format!("customer_id:{c}:call:*")]).await;
-    key.subscribe(&[&format!("customer_id:{c}:call")]).await;
-    agent.subscribe(&[&format!("agent_id:{me}:call:*")]).await;
+    admin
+        .subscribe_synced(&[&format!("customer_id:{c}:call:*")])
+        .await;
+    key.subscribe_synced(&[&format!("customer_id:{c}:call")])
+        .await;
+    agent
+        .subscribe_synced(&[&format!("agent_id:{me}:call:*")])
+        .await;
     // Upstream: the two customer patterns, and the agent's served as the customer's `call:*`.
     upstream_subscriptions(&stack, c, 2).await;
     publish_events(&stack, &call(c, "k1", Some(me))).await;
@@ -169,7 +174,7 @@ async fn each_event_reaches_a_session_once_under_its_first_matching_topic() {
     // hang-up under the event-type topic and nothing else.
     let mut hangups = Client::connect_token(stack.addr, &admin_token(c)).await;
     hangups
-        .subscribe(&[&format!("customer_id:{c}:call:call_hangup")])
+        .subscribe_synced(&[&format!("customer_id:{c}:call:call_hangup")])
         .await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     publish_events(&stack, &call(c, "k2", None)).await;
@@ -186,7 +191,9 @@ async fn each_event_reaches_a_session_once_under_its_first_matching_topic() {
     hangups.expect_silence(Duration::from_millis(200)).await;
     // Prefixes are cut at segment boundaries.
     let mut queue = Client::connect_token(stack.addr, &admin_token(c)).await;
-    queue.subscribe(&[&format!("customer_id:{c}:queue")]).await;
+    queue
+        .subscribe_synced(&[&format!("customer_id:{c}:queue")])
+        .await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     publish_events(
         &stack,
@@ -217,7 +224,7 @@ async fn no_event_of_another_customer_ever_arrives() {
     let my_agent = Uuid::new_v4();
     // C's admin subscribes to everything it may, and tries D's topics.
     let mut admin = Client::connect_token(stack.addr, &admin_token(c)).await;
-    admin.subscribe(&[&format!("customer_id:{c}")]).await;
+    admin.subscribe_synced(&[&format!("customer_id:{c}")]).await;
     admin.subscribe(&[&format!("customer_id:{d}")]).await;
     assert_eq!(admin.recv_json().await["code"], "forbidden_topic");
     let mut agent = Client::connect_token(
@@ -225,10 +232,14 @@ async fn no_event_of_another_customer_ever_arrives() {
         &agent_token(SECRET, c, my_agent, perm::CUSTOMER_AGENT, &far_future()),
     )
     .await;
-    agent.subscribe(&[&format!("agent_id:{my_agent}")]).await;
+    agent
+        .subscribe_synced(&[&format!("agent_id:{my_agent}")])
+        .await;
     // D's admin keeps D's upstream subscribed.
     let mut d_admin = Client::connect_token(stack.addr, &admin_token(d)).await;
-    d_admin.subscribe(&[&format!("customer_id:{d}")]).await;
+    d_admin
+        .subscribe_synced(&[&format!("customer_id:{d}")])
+        .await;
     upstream_subscriptions(&stack, d, 1).await;
     upstream_subscriptions(&stack, c, 1).await;
     // D's events, even one naming C's agent as owner and one claiming C in a field the
@@ -259,7 +270,7 @@ async fn fifty_sessions_share_one_upstream_which_closes_after_the_linger() {
         } else {
             format!("customer_id:{c}")
         };
-        client.subscribe(&[&topic]).await;
+        client.subscribe_synced(&[&topic]).await;
         clients.push(client);
     }
     upstream_subscriptions(&stack, c, 2).await;
@@ -390,33 +401,27 @@ async fn upstream_stalled_mid_stream_is_replaced() {
 
 #[tokio::test]
 async fn a_slow_consumer_is_closed_with_1013_while_a_fast_one_gets_everything() {
-    let stack = start_with(|_| {}, |config| config.session.queue_frames = 64).await;
+    let stack = start_with(|_| {}, |config| config.session.queue_frames = 256).await;
     let c = tutorial_customer();
     let topic = format!("customer_id:{c}:call:*");
     let mut fast = Client::connect_token(stack.addr, &admin_token(c)).await;
     let mut slow = Client::connect_token(stack.addr, &admin_token(c)).await;
-    fast.subscribe(&[&topic]).await;
-    slow.subscribe(&[&topic]).await;
+    fast.subscribe_synced(&[&topic]).await;
+    slow.subscribe_synced(&[&topic]).await;
     upstream_subscriptions(&stack, c, 1).await;
     let pad = "x".repeat(8 * 1024);
-    let total = 3000;
-    let publisher = {
-        let addr = stack.sim_addr();
-        tokio::spawn(async move {
-            for batch in 0..30 {
-                let events: Vec<_> = (0..100)
-                    .map(|i| json!({"event_type":"call_ringing","data":{"id":format!("k{}", batch * 100 + i),"customer_id":c,"pad":pad}}))
-                    .collect();
-                publish(addr, &json!(events)).await;
-            }
-        })
-    };
-    // The fast client reads every event, in order; the slow one reads nothing meanwhile.
-    for i in 0..total {
-        let event = fast.recv_event().await;
-        assert_eq!(event["data"]["id"], format!("k{i}"));
+    // Batches of 100, each read by the fast client before the next is sent, so only the
+    // slow client (which reads nothing) falls behind.
+    for batch in 0..30 {
+        let events: Vec<_> = (0..100)
+            .map(|i| json!({"event_type":"call_ringing","data":{"id":format!("k{}", batch * 100 + i),"customer_id":c,"pad":pad}}))
+            .collect();
+        publish_events(&stack, &json!(events)).await;
+        for i in 0..100 {
+            let event = fast.recv_event().await;
+            assert_eq!(event["data"]["id"], format!("k{}", batch * 100 + i));
+        }
     }
-    publisher.await.expect("published");
     // The slow one drains what the kernel held, then finds the 1013 close.
     let (code, reason) = slow.recv_close().await;
     assert_eq!(code, Some(1013), "{reason}");
@@ -637,7 +642,7 @@ async fn close_codes_for_bad_frames() {
         Some(Received::Pong(b"hi".to_vec()))
     );
     client
-        .subscribe(&[&format!("customer_id:{c}:call:*")])
+        .subscribe_synced(&[&format!("customer_id:{c}:call:*")])
         .await;
     upstream_subscriptions(&stack, c, 1).await;
     publish_events(&stack, &call(c, "k1", None)).await;
@@ -687,7 +692,9 @@ async fn shutdown_closes_sessions_with_1001_and_refuses_new_ones() {
     let mut clients = Vec::new();
     for _ in 0..5 {
         let mut client = Client::connect_token(stack.addr, &admin_token(c)).await;
-        client.subscribe(&[&format!("customer_id:{c}")]).await;
+        client
+            .subscribe_synced(&[&format!("customer_id:{c}")])
+            .await;
         clients.push(client);
     }
     upstream_subscriptions(&stack, c, 1).await;

@@ -32,6 +32,12 @@ impl Hash for Subscriber {
     }
 }
 
+impl fanout_topic_trie::Subscriber for Subscriber {
+    fn id(&self) -> u64 {
+        self.0.id()
+    }
+}
+
 /// What one publish did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Published {

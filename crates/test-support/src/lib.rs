@@ -236,6 +236,23 @@ impl Client {
             .await;
     }
 
+    /// Waits until the server has handled everything sent before: it answers an unknown
+    /// message type with an error frame, in order. Panics on any other frame meanwhile.
+    pub async fn sync(&mut self) {
+        self.send_text(r#"{"type":"sync"}"#).await;
+        let answer = self.recv_json().await;
+        assert!(
+            answer["type"] == "error" && answer["code"] == "unknown_type",
+            "unexpected frame while syncing: {answer}"
+        );
+    }
+
+    /// Subscribes and waits until the server has applied it.
+    pub async fn subscribe_synced(&mut self, topics: &[&str]) {
+        self.subscribe(topics).await;
+        self.sync().await;
+    }
+
     pub async fn unsubscribe(&mut self, topics: &[&str]) {
         self.send_json(&json!({"type":"unsubscribe","topics":topics}))
             .await;

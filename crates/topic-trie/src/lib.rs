@@ -1,172 +1,309 @@
 //! The index every event is matched against: subscription patterns (protocol.md §1.4)
 //! mapped to subscribers.
 //!
+//! # Shape
+//! Scope and owner are always literal, so the root maps `(scope, owner)` to a small trie of
+//! that owner's patterns (tenant isolation by construction: a topic is only ever compared
+//! with patterns of its own owner). The root is a lock-free hash map (`papaya`); each owner's
+//! trie is an immutable snapshot behind an `arc-swap` cell, with persistent (imbl) maps for
+//! children and subscribers, so a change copies only the nodes on its path.
+//!
+//! - **Readers** pin the root and load each owner's snapshot: no lock, no waiting, no
+//!   allocation ([`Trie::match_topics`]).
+//! - **Writers** serialise per owner and apply every change queued for that owner in one pass
+//!   ([`owner`](crate::owner) explains the protocol).
+//!
+//! # Matching
 //! [`Trie::match_topics`] takes an event's topics, most specific first, and calls back each
-//! matching subscriber exactly once, with the index of the first topic it matched under.
+//! matching subscriber exactly once, with the index of the first topic it matched under. A
+//! `*` segment matches any one segment; a pattern shorter than a topic matches it when it is
+//! a segment-prefix.
 //!
-//! Invariants callers rely on:
-//! - A subscriber is reported at most once per match, however many of its patterns match.
-//! - Patterns are grouped by their literal scope and owner, and an event topic is only ever
-//!   compared with patterns of its own scope and owner.
-//! - No `.await` anywhere; the match path takes only a read lock.
+//! # Invariants callers rely on
+//! - A subscriber is reported at most once per match.
+//! - No `.await`, no lock that a writer holds, and no allocation on the match path (after the
+//!   thread's first match warmed its scratch set).
+//! - A change is visible to every match that starts after the change returned.
 //!
-//! This is the simple version (a read-write lock over per-owner lists); issue 4 replaces
-//! the inside with snapshots that readers load without locks, behind the same API.
+//! The measurements behind these choices are in `benches/README.md`.
 
-use std::collections::HashMap;
-use std::hash::Hash;
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+mod node;
+mod owner;
+mod sync;
+
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use fanout_protocol::{Pattern, Scope, Topic};
 use uuid::Uuid;
 
-type Owner = (Scope, Uuid);
+use crate::node::Node;
+use crate::owner::{Change, Outcome, Owner, Queued, Submitted};
+use crate::sync::{AtomicUsize, Ordering};
 
-/// Patterns mapped to subscribers of type `V` (cheap to clone; compared for identity).
+/// What the index holds: a value cheap to clone, with a stable id that tells subscribers
+/// apart (two values with one id are the same subscriber).
+pub trait Subscriber: Clone + Send + Sync + 'static {
+    /// The subscriber's id.
+    fn id(&self) -> u64;
+}
+
+impl Subscriber for u64 {
+    fn id(&self) -> u64 {
+        *self
+    }
+}
+
+type OwnerKey = (Scope, Uuid);
+
+/// Topics matched with one fixed-size set of snapshots; events with more go the slower way.
+const INLINE_TOPICS: usize = 8;
+/// Matched nodes tracked without allocation; more go the slower way.
+const INLINE_HITS: usize = 32;
+
+thread_local! {
+    /// Subscriber ids already reported in the current match (kept allocated between matches).
+    static SEEN: RefCell<HashSet<u64, foldhash::fast::FixedState>> = RefCell::new(HashSet::default());
+}
+
+/// Patterns mapped to subscribers.
 pub struct Trie<V> {
-    owners: RwLock<HashMap<Owner, Vec<(Pattern, V)>>>,
+    owners: papaya::HashMap<OwnerKey, Arc<Owner<V>>>,
+    /// Each subscriber's patterns, to remove them all at once (writers only).
+    by_subscriber: std::sync::Mutex<HashMap<u64, Vec<Pattern>>>,
+    len: AtomicUsize,
 }
 
 impl<V> std::fmt::Debug for Trie<V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Trie { .. }")
+        f.debug_struct("Trie")
+            .field("len", &self.len.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
     }
 }
 
-impl<V> Default for Trie<V> {
+impl<V: Subscriber> Default for Trie<V> {
     fn default() -> Self {
         Trie {
-            owners: RwLock::new(HashMap::new()),
+            owners: papaya::HashMap::new(),
+            by_subscriber: std::sync::Mutex::new(HashMap::new()),
+            len: AtomicUsize::new(0),
         }
     }
 }
 
-impl<V: Clone + Eq + Hash> Trie<V> {
+fn key_of_pattern(pattern: &Pattern) -> OwnerKey {
+    (pattern.scope(), pattern.owner())
+}
+
+impl<V: Subscriber> Trie<V> {
     /// An empty index.
     pub fn new() -> Self {
         Self::default()
     }
 
-    fn read(&self) -> RwLockReadGuard<'_, HashMap<Owner, Vec<(Pattern, V)>>> {
-        // The lists stay consistent even if a writer panicked.
-        self.owners.read().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn write(&self) -> RwLockWriteGuard<'_, HashMap<Owner, Vec<(Pattern, V)>>> {
-        self.owners.write().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Adds `(pattern, subscriber)`; returns false if the pair was already there.
-    pub fn insert(&self, pattern: &Pattern, subscriber: V) -> bool {
-        let mut owners = self.write();
-        let list = owners
-            .entry((pattern.scope(), pattern.owner()))
-            .or_default();
-        if list.iter().any(|(p, v)| p == pattern && *v == subscriber) {
-            return false;
+    fn change(&self, key: OwnerKey, change: Change<V>) -> bool {
+        let outcome = Outcome::new();
+        let mut todo = vec![Queued {
+            change,
+            outcome: outcome.clone(),
+        }];
+        loop {
+            let owners = self.owners.pin();
+            let owner = owners
+                .get_or_insert_with(key, || Arc::new(Owner::new()))
+                .clone();
+            match owner.submit(std::mem::take(&mut todo)) {
+                Submitted::Done => {}
+                Submitted::Emptied => {
+                    let _ = owners.remove_if(&key, |_, current| Arc::ptr_eq(current, &owner));
+                }
+                Submitted::Retired(rest) => {
+                    let _ = owners.remove_if(&key, |_, current| Arc::ptr_eq(current, &owner));
+                    todo = rest;
+                    continue;
+                }
+            }
+            if let Some(applied) = outcome.get() {
+                return applied;
+            }
+            // A retiring writer took our change and is moving it to the new owner: wait for it.
+            sync::yield_now();
         }
-        list.push((pattern.clone(), subscriber));
-        true
     }
 
-    /// Removes `(pattern, subscriber)`; returns false if the pair was not there.
+    fn index(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Vec<Pattern>>> {
+        self.by_subscriber.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds `(pattern, subscriber)`; false if the pair was already there.
+    pub fn insert(&self, pattern: &Pattern, subscriber: V) -> bool {
+        let id = subscriber.id();
+        let added = self.change(
+            key_of_pattern(pattern),
+            Change::Insert {
+                pattern: pattern.clone(),
+                id,
+                subscriber,
+            },
+        );
+        if added {
+            self.len.fetch_add(1, Ordering::Relaxed);
+            self.index().entry(id).or_default().push(pattern.clone());
+        }
+        added
+    }
+
+    /// Removes `(pattern, subscriber)`; false if the pair was not there.
     pub fn remove(&self, pattern: &Pattern, subscriber: &V) -> bool {
-        let mut owners = self.write();
-        let key = (pattern.scope(), pattern.owner());
-        let Some(list) = owners.get_mut(&key) else {
-            return false;
-        };
-        let before = list.len();
-        list.retain(|(p, v)| !(p == pattern && v == subscriber));
-        let removed = list.len() != before;
-        if list.is_empty() {
-            owners.remove(&key);
+        let id = subscriber.id();
+        let removed = self.change(
+            key_of_pattern(pattern),
+            Change::Remove {
+                pattern: pattern.clone(),
+                id,
+            },
+        );
+        if removed {
+            self.len.fetch_sub(1, Ordering::Relaxed);
+            let mut index = self.index();
+            if let Some(patterns) = index.get_mut(&id) {
+                if let Some(i) = patterns.iter().position(|p| p == pattern) {
+                    patterns.swap_remove(i);
+                }
+                if patterns.is_empty() {
+                    index.remove(&id);
+                }
+            }
         }
         removed
     }
 
     /// Removes every pattern of `subscriber`; returns how many.
     pub fn remove_subscriber(&self, subscriber: &V) -> usize {
-        let mut owners = self.write();
+        let patterns = self.index().remove(&subscriber.id()).unwrap_or_default();
         let mut removed = 0;
-        owners.retain(|_, list| {
-            let before = list.len();
-            list.retain(|(_, v)| v != subscriber);
-            removed += before - list.len();
-            !list.is_empty()
-        });
+        for pattern in patterns {
+            let id = subscriber.id();
+            if self.change(key_of_pattern(&pattern), Change::Remove { pattern, id }) {
+                removed += 1;
+            }
+        }
+        self.len.fetch_sub(removed, Ordering::Relaxed);
         removed
     }
 
-    /// Calls `found(subscriber, topic_index)` once for each subscriber with a pattern that
-    /// matches one of `topics`, with the index of the first such topic.
-    pub fn match_topics(&self, topics: &[Topic], mut found: impl FnMut(&V, usize)) {
-        let owners = self.read();
-        let mut seen: Vec<&V> = Vec::new();
-        for (index, topic) in topics.iter().enumerate() {
-            let Some(list) = owners.get(&(topic.scope(), topic.owner())) else {
-                continue;
-            };
-            for (pattern, subscriber) in list {
-                if pattern.matches(topic) && !seen.contains(&subscriber) {
-                    seen.push(subscriber);
-                    found(subscriber, index);
-                }
-            }
-        }
+    /// Whether `(pattern, subscriber)` is in the index.
+    pub fn contains(&self, pattern: &Pattern, subscriber: &V) -> bool {
+        let owners = self.owners.pin();
+        owners
+            .get(&key_of_pattern(pattern))
+            .is_some_and(|owner| owner.snapshot().contains(pattern.rest(), subscriber.id()))
     }
 
     /// The number of (pattern, subscriber) pairs.
     pub fn len(&self) -> usize {
-        self.read().values().map(Vec::len).sum()
+        self.len.load(Ordering::Relaxed)
     }
 
     /// Whether the index holds no pair.
     pub fn is_empty(&self) -> bool {
-        self.read().is_empty()
+        self.len() == 0
+    }
+
+    /// The number of owners with at least one pattern.
+    pub fn owners(&self) -> usize {
+        self.owners.len()
+    }
+
+    /// Calls `found(subscriber, topic_index)` once for each subscriber with a pattern that
+    /// matches one of `topics`, with the index of the first such topic.
+    ///
+    /// Lock-free and, once the thread has matched before, allocation-free.
+    pub fn match_topics(&self, topics: &[Topic], mut found: impl FnMut(&V, usize)) {
+        if topics.len() > INLINE_TOPICS {
+            return self.match_each(topics, &mut found);
+        }
+        let owners = self.owners.pin();
+        let snapshots: [Option<_>; INLINE_TOPICS] = std::array::from_fn(|i| {
+            topics
+                .get(i)
+                .and_then(|t| owners.get(&(t.scope(), t.owner())))
+                .map(|owner| owner.snapshot())
+        });
+        let mut hits: [Option<(&Node<V>, usize)>; INLINE_HITS] = [None; INLINE_HITS];
+        let mut count = 0;
+        for (index, (topic, snapshot)) in topics.iter().zip(&snapshots).enumerate() {
+            let Some(snapshot) = snapshot else { continue };
+            snapshot.visit(topic.rest(), &mut |node| {
+                if let Some(slot) = hits.get_mut(count) {
+                    *slot = Some((node, index));
+                }
+                count += 1;
+            });
+        }
+        if count > INLINE_HITS {
+            return self.match_each(topics, &mut found);
+        }
+        let hits = hits.iter().take(count).flatten();
+        if count == 1 {
+            // One pattern node matched: its subscribers are distinct already.
+            for (node, index) in hits {
+                for (_, subscriber) in node.subscribers() {
+                    found(subscriber, *index);
+                }
+            }
+            return;
+        }
+        with_seen(|seen| {
+            for (node, index) in hits {
+                for (id, subscriber) in node.subscribers() {
+                    if seen.insert(*id) {
+                        found(subscriber, *index);
+                    }
+                }
+            }
+        });
+    }
+
+    /// The general path: topic by topic, deduplicating through the scratch set.
+    fn match_each(&self, topics: &[Topic], found: &mut impl FnMut(&V, usize)) {
+        let owners = self.owners.pin();
+        with_seen(|seen| {
+            for (index, topic) in topics.iter().enumerate() {
+                let Some(owner) = owners.get(&(topic.scope(), topic.owner())) else {
+                    continue;
+                };
+                let snapshot = owner.snapshot();
+                snapshot.visit(topic.rest(), &mut |node: &Node<V>| {
+                    for (id, subscriber) in node.subscribers() {
+                        if seen.insert(*id) {
+                            found(subscriber, index);
+                        }
+                    }
+                });
+            }
+        });
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const C: &str = "12345678-1234-1234-1234-123456789012";
-    const D: &str = "87654321-4321-4321-4321-210987654321";
-
-    fn p(text: &str) -> Pattern {
-        Pattern::parse(text).expect("valid pattern")
-    }
-
-    fn t(text: &str) -> Topic {
-        Topic::parse(text).expect("valid topic")
-    }
-
-    fn matches(trie: &Trie<u32>, topics: &[Topic]) -> Vec<(u32, usize)> {
-        let mut out = Vec::new();
-        trie.match_topics(topics, |v, i| out.push((*v, i)));
-        out.sort();
-        out
-    }
-
-    #[test]
-    fn each_subscriber_once_under_its_first_topic() {
-        let trie = Trie::new();
-        assert!(trie.insert(&p(&format!("customer_id:{C}:call:*")), 1));
-        assert!(trie.insert(&p(&format!("customer_id:{C}")), 1));
-        assert!(!trie.insert(&p(&format!("customer_id:{C}")), 1));
-        assert!(trie.insert(&p(&format!("customer_id:{C}:call:call_hangup")), 2));
-        assert!(trie.insert(&p(&format!("customer_id:{D}")), 3));
-        let topics = [
-            t(&format!("customer_id:{C}:call:k")),
-            t(&format!("customer_id:{C}:call:call_hangup:k")),
-        ];
-        assert_eq!(matches(&trie, &topics), [(1, 0), (2, 1)]);
-        assert!(trie.remove(&p(&format!("customer_id:{C}:call:*")), &1));
-        assert!(!trie.remove(&p(&format!("customer_id:{C}:call:*")), &1));
-        assert_eq!(matches(&trie, &topics), [(1, 0), (2, 1)]);
-        assert_eq!(trie.remove_subscriber(&1), 1);
-        assert_eq!(matches(&trie, &topics), [(2, 1)]);
-        assert_eq!(trie.len(), 2);
-    }
+/// Runs `f` with the thread's cleared scratch set (a fresh one if a match is already using it
+/// on this thread).
+fn with_seen<R>(f: impl FnOnce(&mut HashSet<u64, foldhash::fast::FixedState>) -> R) -> R {
+    SEEN.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut seen) => {
+            seen.clear();
+            let out = f(&mut seen);
+            seen.clear();
+            out
+        }
+        Err(_) => f(&mut HashSet::default()),
+    })
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests;
+
+#[cfg(all(test, loom))]
+mod loom_tests;
