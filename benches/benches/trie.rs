@@ -56,20 +56,21 @@ fn bench_match(c: &mut Criterion) {
     group.finish();
 }
 
-/// Runs `churn` changes per second on `index` until `stop`.
+/// Runs `per_second` changes per second on `index` until `stop`, in bursts every 5 ms (so
+/// the churner wakes 200 times a second, not once per change).
 fn churner(index: Arc<dyn Index>, stop: Arc<AtomicBool>, per_second: u64) -> std::thread::JoinHandle<u64> {
     std::thread::spawn(move || {
         let started = Instant::now();
         let mut done = 0u64;
         while !stop.load(Ordering::Relaxed) {
-            let s = SESSIONS + done / 2;
-            let pattern = session_patterns(owner(done % OWNERS), s)[0].clone();
-            index.insert(&pattern, s);
-            index.remove(&pattern, s);
-            done += 2;
-            let due = Duration::from_secs_f64(done as f64 / per_second as f64);
-            if let Some(wait) = due.checked_sub(started.elapsed()) {
-                std::thread::sleep(wait);
+            std::thread::sleep(Duration::from_millis(5));
+            let due = (started.elapsed().as_secs_f64() * per_second as f64) as u64;
+            while done < due {
+                let s = SESSIONS + done / 2;
+                let pattern = session_patterns(owner(done % OWNERS), s)[0].clone();
+                index.insert(&pattern, s);
+                index.remove(&pattern, s);
+                done += 2;
             }
         }
         done
@@ -88,7 +89,8 @@ fn bench_match_churn(c: &mut Criterion) {
         }
         fill(index.as_ref(), OWNERS, SESSIONS);
         let stop = Arc::new(AtomicBool::new(false));
-        let churn = churner(index.clone(), stop.clone(), 20_000);
+        let rate = std::env::var("FANOUT_BENCH_CHURN").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
+        let churn = churner(index.clone(), stop.clone(), rate);
         group.bench_function(BenchmarkId::from_parameter(index.name()), |b| {
             b.iter_custom(|iters| {
                 let started = Instant::now();

@@ -61,6 +61,8 @@ type OwnerKey = (Scope, Uuid);
 const INLINE_TOPICS: usize = 8;
 /// Matched nodes tracked without allocation; more go the slower way.
 const INLINE_HITS: usize = 32;
+/// Subscribers deduplicated with a stack array rather than the hash set.
+const INLINE_SEEN: usize = 64;
 
 thread_local! {
     /// Subscriber ids already reported in the current match (kept allocated between matches).
@@ -69,7 +71,7 @@ thread_local! {
 
 /// Patterns mapped to subscribers.
 pub struct Trie<V> {
-    owners: papaya::HashMap<OwnerKey, Arc<Owner<V>>>,
+    owners: papaya::HashMap<OwnerKey, Arc<Owner<V>>, foldhash::fast::RandomState>,
     /// Each subscriber's patterns, to remove them all at once (writers only).
     by_subscriber: std::sync::Mutex<HashMap<u64, Vec<Pattern>>>,
     len: AtomicUsize,
@@ -86,7 +88,9 @@ impl<V> std::fmt::Debug for Trie<V> {
 impl<V: Subscriber> Default for Trie<V> {
     fn default() -> Self {
         Trie {
-            owners: papaya::HashMap::new(),
+            owners: papaya::HashMap::builder()
+                .hasher(foldhash::fast::RandomState::default())
+                .build(),
             by_subscriber: std::sync::Mutex::new(HashMap::new()),
             len: AtomicUsize::new(0),
         }
@@ -226,21 +230,32 @@ impl<V: Subscriber> Trie<V> {
             return self.match_each(topics, &mut found);
         }
         let owners = self.owners.pin();
-        let snapshots: [Option<_>; INLINE_TOPICS] = std::array::from_fn(|i| {
-            topics
-                .get(i)
-                .and_then(|t| owners.get(&(t.scope(), t.owner())))
-                .map(|owner| owner.snapshot())
-        });
+        // Consecutive topics of one owner (the usual case: an event's customer topics, then
+        // its agent topics) share one snapshot.
+        let mut snapshots: [Option<_>; INLINE_TOPICS] = Default::default();
+        let mut slot_of = [0usize; INLINE_TOPICS];
+        let mut used = 0;
+        let mut last: Option<OwnerKey> = None;
+        for (i, topic) in topics.iter().enumerate() {
+            let key = (topic.scope(), topic.owner());
+            if last != Some(key) {
+                snapshots[used] = owners.get(&key).map(|owner| owner.snapshot());
+                used += 1;
+                last = Some(key);
+            }
+            slot_of[i] = used - 1;
+        }
         let mut hits: [Option<(&Node<V>, usize)>; INLINE_HITS] = [None; INLINE_HITS];
         let mut count = 0;
-        for (index, (topic, snapshot)) in topics.iter().zip(&snapshots).enumerate() {
-            let Some(snapshot) = snapshot else { continue };
+        let mut subscribers = 0;
+        for (index, topic) in topics.iter().enumerate() {
+            let Some(snapshot) = &snapshots[slot_of[index]] else { continue };
             snapshot.visit(topic.rest(), &mut |node| {
                 if let Some(slot) = hits.get_mut(count) {
                     *slot = Some((node, index));
                 }
                 count += 1;
+                subscribers += node.subscriber_count();
             });
         }
         if count > INLINE_HITS {
@@ -252,6 +267,21 @@ impl<V: Subscriber> Trie<V> {
             for (node, index) in hits {
                 for (_, subscriber) in node.subscribers() {
                     found(subscriber, *index);
+                }
+            }
+            return;
+        }
+        if subscribers <= INLINE_SEEN {
+            // Few subscribers: a linear scan of a stack array beats hashing.
+            let mut seen = [0u64; INLINE_SEEN];
+            let mut n = 0;
+            for (node, index) in hits {
+                for (id, subscriber) in node.subscribers() {
+                    if !seen[..n].contains(id) {
+                        seen[n] = *id;
+                        n += 1;
+                        found(subscriber, *index);
+                    }
                 }
             }
             return;
