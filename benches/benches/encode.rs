@@ -23,7 +23,9 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("event_path");
     group.throughput(Throughput::Bytes(frame.len() as u64));
     group.measurement_time(Duration::from_secs(2));
-    group.bench_function("decode_webhook_frame", |b| b.iter(|| black_box(decode(&frame, &cx))));
+    group.bench_function("decode_webhook_frame", |b| {
+        b.iter(|| black_box(decode(&frame, &cx)))
+    });
     let event = decode(&frame, &cx).expect("valid");
     group.bench_function("encode_envelope", |b| {
         b.iter(|| {

@@ -12,7 +12,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use fanout_benches::{DashLists, Index, LockedLists, Scan, call_topics, fill, owner, session_patterns};
+use fanout_benches::{
+    DashLists, Index, LockedLists, Scan, call_topics, fill, owner, session_patterns,
+};
 use fanout_protocol::{Pattern, Topic};
 use fanout_topic_trie::Trie;
 
@@ -32,8 +34,16 @@ fn indexes() -> Vec<Arc<dyn Index>> {
 fn events() -> Vec<Vec<Topic>> {
     (0..1000u64)
         .map(|i| {
-            let event_type = if i % 3 == 0 { "call_hangup" } else { "call_ringing" };
-            call_topics(owner((i * 7919) % OWNERS), event_type, &format!("k{}", i % 60))
+            let event_type = if i % 3 == 0 {
+                "call_hangup"
+            } else {
+                "call_ringing"
+            };
+            call_topics(
+                owner((i * 7919) % OWNERS),
+                event_type,
+                &format!("k{}", i % 60),
+            )
         })
         .collect()
 }
@@ -42,7 +52,9 @@ fn bench_match(c: &mut Criterion) {
     let events = events();
     let mut group = c.benchmark_group("match");
     group.throughput(Throughput::Elements(2));
-    group.sample_size(20).measurement_time(Duration::from_secs(3));
+    group
+        .sample_size(20)
+        .measurement_time(Duration::from_secs(3));
     for index in indexes() {
         fill(index.as_ref(), OWNERS, SESSIONS);
         let mut i = 0;
@@ -58,7 +70,11 @@ fn bench_match(c: &mut Criterion) {
 
 /// Runs `per_second` changes per second on `index` until `stop`, in bursts every 5 ms (so
 /// the churner wakes 200 times a second, not once per change).
-fn churner(index: Arc<dyn Index>, stop: Arc<AtomicBool>, per_second: u64) -> std::thread::JoinHandle<u64> {
+fn churner(
+    index: Arc<dyn Index>,
+    stop: Arc<AtomicBool>,
+    per_second: u64,
+) -> std::thread::JoinHandle<u64> {
     std::thread::spawn(move || {
         let started = Instant::now();
         let mut done = 0u64;
@@ -82,14 +98,19 @@ fn bench_match_churn(c: &mut Criterion) {
     let mut group = c.benchmark_group("match_2_threads_churn");
     // One iteration: each of the two threads matches one event (two topics).
     group.throughput(Throughput::Elements(4));
-    group.sample_size(20).measurement_time(Duration::from_secs(3));
+    group
+        .sample_size(20)
+        .measurement_time(Duration::from_secs(3));
     for index in indexes() {
         if index.name() == "scan-all" {
             continue; // far too slow to be worth the minutes
         }
         fill(index.as_ref(), OWNERS, SESSIONS);
         let stop = Arc::new(AtomicBool::new(false));
-        let rate = std::env::var("FANOUT_BENCH_CHURN").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
+        let rate = std::env::var("FANOUT_BENCH_CHURN")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(20_000);
         let churn = churner(index.clone(), stop.clone(), rate);
         group.bench_function(BenchmarkId::from_parameter(index.name()), |b| {
             b.iter_custom(|iters| {
@@ -119,7 +140,9 @@ fn bench_subscribe(c: &mut Criterion) {
     let mut group = c.benchmark_group("subscribe_unsubscribe");
     // One iteration: one insert and one remove.
     group.throughput(Throughput::Elements(2));
-    group.sample_size(20).measurement_time(Duration::from_secs(2));
+    group
+        .sample_size(20)
+        .measurement_time(Duration::from_secs(2));
     for held in [10u64, 1_000, 100_000] {
         for index in indexes() {
             // All pairs on one owner: the cost must not depend on how many it holds.
@@ -144,7 +167,9 @@ fn bench_subscribe(c: &mut Criterion) {
 fn bench_storm(c: &mut Criterion) {
     let mut group = c.benchmark_group("storm");
     group.throughput(Throughput::Elements(40_000));
-    group.sample_size(10).measurement_time(Duration::from_secs(5));
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(5));
     let o = owner(0);
     let patterns: Vec<[Pattern; 4]> = (0..10_000).map(|s| session_patterns(o, s)).collect();
     for name in ["trie", "rwlock-lists", "dashmap-lists", "scan-all"] {
@@ -173,5 +198,11 @@ fn bench_storm(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_match, bench_match_churn, bench_subscribe, bench_storm);
+criterion_group!(
+    benches,
+    bench_match,
+    bench_match_churn,
+    bench_subscribe,
+    bench_storm
+);
 criterion_main!(benches);

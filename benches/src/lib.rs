@@ -156,9 +156,11 @@ impl Index for Scan {
 
     fn count(&self, topics: &[Topic]) -> usize {
         let list = self.0.read().unwrap_or_else(|e| e.into_inner());
-        let hits = topics
-            .iter()
-            .flat_map(|t| list.iter().filter(move |(p, _)| p.matches(t)).map(|(_, s)| s));
+        let hits = topics.iter().flat_map(|t| {
+            list.iter()
+                .filter(move |(p, _)| p.matches(t))
+                .map(|(_, s)| s)
+        });
         dedup_count(hits)
     }
 }
@@ -219,7 +221,11 @@ mod tests {
         }
         let mut total = 0;
         for o in 0..10 {
-            for (event_type, id) in [("call_hangup", "k3"), ("call_ringing", "k7"), ("call_created", "zz")] {
+            for (event_type, id) in [
+                ("call_hangup", "k3"),
+                ("call_ringing", "k7"),
+                ("call_created", "zz"),
+            ] {
                 let topics = call_topics(owner(o), event_type, id);
                 let counts: Vec<usize> = indexes.iter().map(|i| i.count(&topics)).collect();
                 assert!(counts.iter().all(|c| *c == counts[0]), "{counts:?}");

@@ -25,7 +25,13 @@
 //!   thread's first match warmed its scratch set).
 //! - A change is visible to every match that starts after the change returned.
 //!
-//! The measurements behind these choices are in `benches/README.md`.
+//! # Measured (2 vCPU, `benches/README.md` has the table and the profiles)
+//! 100k sessions over 5k owners, 4 patterns each: 228 ns per topic on one thread (12.6×
+//! faster than a read-write lock over per-owner lists), 2.12× that on two threads while a
+//! third applies 20k changes per second; a subscribe or unsubscribe costs 0.5-1.4 µs whether
+//! the owner holds 10 or 100k pairs; 10k sessions × 4 patterns on one owner take 70 ms.
+//! Small slices before HAMTs, one snapshot load per owner per event and a stack array for
+//! deduplication were each chosen from a profile.
 
 mod node;
 mod owner;
@@ -249,7 +255,9 @@ impl<V: Subscriber> Trie<V> {
         let mut count = 0;
         let mut subscribers = 0;
         for (index, topic) in topics.iter().enumerate() {
-            let Some(snapshot) = &snapshots[slot_of[index]] else { continue };
+            let Some(snapshot) = &snapshots[slot_of[index]] else {
+                continue;
+            };
             snapshot.visit(topic.rest(), &mut |node| {
                 if let Some(slot) = hits.get_mut(count) {
                     *slot = Some((node, index));

@@ -113,7 +113,10 @@ where
         match self {
             Entries::Small(s) => {
                 let slice = Arc::make_mut(s);
-                let at = slice.iter().position(|(k, _)| k.borrowed() == key).unwrap_or(0);
+                let at = slice
+                    .iter()
+                    .position(|(k, _)| k.borrowed() == key)
+                    .unwrap_or(0);
                 &mut slice[at].1
             }
             Entries::Large(m) => match m.get_mut(key) {
@@ -149,7 +152,12 @@ where
         let mut value = Some(value);
         let key_for_make = key.clone();
         let _ = self.get_or_insert_mut(key.borrowed(), || {
-            (key_for_make, value.take().unwrap_or_else(|| unreachable!("bug: made twice")))
+            (
+                key_for_make,
+                value
+                    .take()
+                    .unwrap_or_else(|| unreachable!("bug: made twice")),
+            )
         });
         true
     }
@@ -244,7 +252,12 @@ impl<V: Clone> Node<V> {
     }
 
     /// Adds `subscriber` at the end of `path`; false if it was there.
-    pub(crate) fn insert<'p>(&mut self, mut path: impl Iterator<Item = &'p str>, id: u64, subscriber: V) -> bool {
+    pub(crate) fn insert<'p>(
+        &mut self,
+        mut path: impl Iterator<Item = &'p str>,
+        id: u64,
+        subscriber: V,
+    ) -> bool {
         match path.next() {
             None => self.subscribers.insert_new(id, subscriber),
             Some(segment) => {
@@ -260,12 +273,20 @@ impl<V: Clone> Node<V> {
     }
 
     /// Removes `id` at the end of `path`, pruning nodes left empty; false if it was not there.
-    pub(crate) fn remove<'p>(&mut self, mut path: impl Iterator<Item = &'p str> + Clone, id: u64) -> bool {
+    pub(crate) fn remove<'p>(
+        &mut self,
+        mut path: impl Iterator<Item = &'p str> + Clone,
+        id: u64,
+    ) -> bool {
         match path.next() {
             None => self.subscribers.remove(&id),
             Some(segment) if segment == WILDCARD => {
                 // Look before copying: an absent pair must not copy the path.
-                if !self.wildcard.as_ref().is_some_and(|c| c.contains(path.clone(), id)) {
+                if !self
+                    .wildcard
+                    .as_ref()
+                    .is_some_and(|c| c.contains(path.clone(), id))
+                {
                     return false;
                 }
                 let Some(child) = self.wildcard.as_mut() else {
@@ -304,14 +325,20 @@ impl<V: Clone> Node<V> {
             Some(segment) if segment == WILDCARD => {
                 self.wildcard.as_ref().is_some_and(|c| c.contains(path, id))
             }
-            Some(segment) => self.children.get(segment).is_some_and(|c| c.contains(path, id)),
+            Some(segment) => self
+                .children
+                .get(segment)
+                .is_some_and(|c| c.contains(path, id)),
         }
     }
 
     /// Calls `found` with every node whose pattern matches the topic whose segments after the
     /// owner are `rest` (this node included: it matches as a prefix).
-    pub(crate) fn visit<'n, 'p, F>(&'n self, mut rest: impl Iterator<Item = &'p str> + Clone, found: &mut F)
-    where
+    pub(crate) fn visit<'n, 'p, F>(
+        &'n self,
+        mut rest: impl Iterator<Item = &'p str> + Clone,
+        found: &mut F,
+    ) where
         F: FnMut(&'n Node<V>),
     {
         if !self.subscribers.is_empty() {
@@ -328,4 +355,3 @@ impl<V: Clone> Node<V> {
         }
     }
 }
-
