@@ -181,6 +181,7 @@ async fn write_loop(
         Instant::now() + sim.config.ping_interval,
         sim.config.ping_interval,
     );
+    let mut batch: Vec<Bytes> = Vec::new();
     loop {
         let frame = tokio::select! {
             () = conn.cancel.cancelled() => return,
@@ -193,12 +194,27 @@ async fn write_loop(
                 }
                 ws::encode(OpCode::Ping, b"")
             }
-            frame = rx.recv() => match frame {
-                Some(frame) => frame,
-                None => return,
-            },
+            received = rx.recv_many(&mut batch, 512) => {
+                if received == 0 {
+                    return;
+                }
+                // Many frames are written with one system call.
+                let frame = if batch.len() == 1 {
+                    batch.pop().unwrap_or_default()
+                } else {
+                    let mut joined = Vec::with_capacity(batch.iter().map(Bytes::len).sum());
+                    for frame in batch.drain(..) {
+                        joined.extend_from_slice(&frame);
+                    }
+                    Bytes::from(joined)
+                };
+                batch.clear();
+                frame
+            }
         };
         wait_while_stalled(&conn).await;
+        // A close reply written alone ends the connection here; joined with other frames it
+        // still goes out, and the connection ends with its reader.
         let closing = frame.first() == Some(&CLOSE_OPCODE_BYTE);
         if write.write_all(&frame).await.is_err() {
             conn.cancel.cancel();

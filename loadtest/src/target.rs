@@ -1,0 +1,431 @@
+//! The servers under test, each behind one adapter: how to start it, how a session connects
+//! and subscribes, how events are published, and which processes to measure.
+//!
+//! - `gateway`: the real `fanout-gateway` binary in its own process, with the simulator in
+//!   this process as its upstream; events are encoded once here and handed to the
+//!   simulator's connections ready-made (the simulator is not the bottleneck).
+//! - `nchan`: nginx with nchan (`loadtest/peers/nchan.sh`); sessions subscribe by WebSocket to
+//!   a channel per customer; events are published by HTTP POST.
+//! - `nats`: nats-server with a `websocket` block (`loadtest/peers/nats.sh`); sessions speak
+//!   NATS over WebSocket and subscribe to `c.<customer>.call.*`; events are published over
+//!   NATS's TCP protocol, pipelined.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use bytes::{Bytes, BytesMut};
+use fanout_protocol::server::EnvelopeHead;
+use fanout_protocol::{Scope, Topic};
+use http_body_util::{BodyExt, Full};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+use voipbin_sim::{SimConfig, Simulator};
+
+use crate::client::{Protocol, SessionSpec, now_ns};
+
+/// Which server is measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Which {
+    /// fanout-gateway.
+    Gateway,
+    /// nginx + nchan.
+    Nchan,
+    /// nats-server over WebSocket.
+    Nats,
+}
+
+impl std::fmt::Display for Which {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Which::Gateway => "gateway",
+            Which::Nchan => "nchan",
+            Which::Nats => "nats",
+        })
+    }
+}
+
+/// The customer id of customer number `c`.
+pub(crate) fn customer(c: u32) -> Uuid {
+    Uuid::from_u128(0x5000_0000_0000_4000_8000_0000_0000_0000 | u128::from(c))
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// A running server.
+pub(crate) struct Target {
+    /// Which one.
+    pub(crate) which: Which,
+    child: Child,
+    /// Processes whose CPU and memory count as the server's.
+    pub(crate) pids: Vec<u32>,
+    ws_addr: SocketAddr,
+    tokens: Vec<String>,
+    publisher: Publisher,
+    _sim: Option<(Arc<Simulator>, CancellationToken)>,
+    _dir: Option<PathBuf>,
+}
+
+enum Publisher {
+    Gateway(Arc<Simulator>),
+    Nchan(mpsc::Sender<(u32, Bytes)>),
+    Nats(mpsc::Sender<Bytes>),
+}
+
+fn sign(secret: &str, claims: &Value) -> anyhow::Result<String> {
+    let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes())?;
+    Ok(jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        claims,
+        &key,
+    )?)
+}
+
+fn agent_token(secret: &str, customer: Uuid, permission: u64) -> anyhow::Result<String> {
+    sign(
+        secret,
+        &json!({
+            "type": "agent",
+            "agent": {"id": Uuid::new_v4(), "customer_id": customer, "permission": permission},
+            "expire": "2099-01-01T00:00:00.000000Z",
+        }),
+    )
+}
+
+/// Waits for a TCP port to accept connections.
+async fn wait_port(addr: SocketAddr) -> anyhow::Result<()> {
+    for _ in 0..200 {
+        if TcpStream::connect(addr).await.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    bail!("nothing listens on {addr}")
+}
+
+impl Target {
+    /// Starts `which` for `customers` customers; `repo` is the repository root (for the peer
+    /// scripts) and `gateway_bin` the gateway's binary.
+    pub(crate) async fn start(
+        which: Which,
+        customers: u32,
+        repo: &Path,
+        gateway_bin: &Path,
+    ) -> anyhow::Result<Target> {
+        match which {
+            Which::Gateway => Self::start_gateway(customers, gateway_bin).await,
+            Which::Nchan => Self::start_nchan(repo).await,
+            Which::Nats => Self::start_nats(repo).await,
+        }
+    }
+
+    async fn start_gateway(customers: u32, gateway_bin: &Path) -> anyhow::Result<Target> {
+        let secret = format!("loadtest-{}", Uuid::new_v4().simple());
+        // Each customer's upstream authenticates with its own access key, as in production.
+        let keys: Vec<(String, Uuid)> = (0..customers)
+            .map(|c| (format!("vb_loadtest{:024}", c), customer(c)))
+            .collect();
+        let dir = std::env::temp_dir().join(format!("fanout-loadtest-{}", Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir)?;
+        let key_file = dir.join("accesskeys");
+        let lines: String = keys.iter().map(|(k, c)| format!("{c}={k}\n")).collect();
+        std::fs::write(&key_file, lines)?;
+        let mut sim_config = SimConfig::new(secret.clone());
+        sim_config.queue_capacity = 1 << 20;
+        sim_config.access_keys = keys;
+        let sim_cancel = CancellationToken::new();
+        let sim = Simulator::start(sim_config, "127.0.0.1:0".parse()?, sim_cancel.clone()).await?;
+        let mut child = Command::new(gateway_bin)
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--log-format",
+                "json",
+            ])
+            .args(["--upstream-url", &sim.ws_url()])
+            .arg("--upstream-accesskeys")
+            .arg(&key_file)
+            .env("FANOUT_JWT_SECRET", &secret)
+            .env("RUST_LOG", "warn,fanout_gateway=info")
+            .env("FANOUT_LIMITS__MAX_SESSIONS", "1000000")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| {
+                format!(
+                    "starting {} (cargo build --release -p fanout-gateway)",
+                    gateway_bin.display()
+                )
+            })?;
+        let stdout = child.stdout.take().context("gateway stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let ws_addr = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                let Ok(value) = serde_json::from_str::<Value>(&line) else {
+                    continue;
+                };
+                if value["fields"]["message"] == "Gateway listening" {
+                    return value["fields"]["local_addr"]
+                        .as_str()
+                        .and_then(|a| a.parse().ok());
+                }
+            }
+            None
+        })
+        .await
+        .ok()
+        .flatten()
+        .context("the gateway did not report its address")?;
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let tokens = (0..customers)
+            .map(|c| agent_token(&secret, customer(c), 0x0020))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let pid = child.id().context("gateway pid")?;
+        Ok(Target {
+            which: Which::Gateway,
+            child,
+            pids: vec![pid],
+            ws_addr,
+            tokens,
+            publisher: Publisher::Gateway(sim.clone()),
+            _sim: Some((sim, sim_cancel)),
+            _dir: Some(dir),
+        })
+    }
+
+    async fn start_nchan(repo: &Path) -> anyhow::Result<Target> {
+        let port = free_port()?;
+        let dir = std::env::temp_dir().join(format!("fanout-nchan-{}", Uuid::new_v4().simple()));
+        let child = Command::new(repo.join("loadtest/peers/nchan.sh"))
+            .arg(port.to_string())
+            .arg(&dir)
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting nchan (loadtest/peers/install.sh installs it)")?;
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        wait_port(addr).await?;
+        let master = child.id().context("nginx pid")?;
+        // Publishers: keep-alive HTTP connections, each posting one event at a time.
+        let (tx, rx) = mpsc::channel::<(u32, Bytes)>(65_536);
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        for _ in 0..16 {
+            let rx = rx.clone();
+            tokio::spawn(async move {
+                let Ok(stream) = TcpStream::connect(addr).await else {
+                    return;
+                };
+                let _ = stream.set_nodelay(true);
+                let Ok((mut sender, conn)) =
+                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                        .await
+                else {
+                    return;
+                };
+                tokio::spawn(conn);
+                loop {
+                    let next = rx.lock().await.recv().await;
+                    let Some((c, body)) = next else { return };
+                    let Ok(req) = hyper::Request::post(format!("/pub/c{c}"))
+                        .header(hyper::header::HOST, "127.0.0.1")
+                        .body(Full::new(body))
+                    else {
+                        continue;
+                    };
+                    match sender.send_request(req).await {
+                        Ok(response) => {
+                            let _ = response.into_body().collect().await;
+                        }
+                        Err(_) => return,
+                    }
+                }
+            });
+        }
+        Ok(Target {
+            which: Which::Nchan,
+            child,
+            pids: crate::measure::family(master),
+            ws_addr: addr,
+            tokens: Vec::new(),
+            publisher: Publisher::Nchan(tx),
+            _sim: None,
+            _dir: Some(dir),
+        })
+    }
+
+    async fn start_nats(repo: &Path) -> anyhow::Result<Target> {
+        let port = free_port()?;
+        let ws_port = free_port()?;
+        let dir = std::env::temp_dir().join(format!("fanout-nats-{}", Uuid::new_v4().simple()));
+        let child = Command::new(repo.join("loadtest/peers/nats.sh"))
+            .arg(port.to_string())
+            .arg(ws_port.to_string())
+            .arg(&dir)
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting nats-server (loadtest/peers/install.sh installs it)")?;
+        let client_addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let ws_addr: SocketAddr = ([127, 0, 0, 1], ws_port).into();
+        wait_port(client_addr).await?;
+        wait_port(ws_addr).await?;
+        let pid = child.id().context("nats pid")?;
+        let mut stream = TcpStream::connect(client_addr).await?;
+        stream.set_nodelay(true)?;
+        stream
+            .write_all(b"CONNECT {\"verbose\":false,\"pedantic\":false,\"protocol\":1}\r\n")
+            .await?;
+        let (mut read, mut write) = stream.into_split();
+        // Drain what the server says (INFO, PINGs answered below).
+        tokio::spawn(async move {
+            let mut sink = vec![0u8; 4096];
+            while matches!(tokio::io::AsyncReadExt::read(&mut read, &mut sink).await, Ok(n) if n > 0)
+            {
+            }
+        });
+        let (tx, mut rx) = mpsc::channel::<Bytes>(65_536);
+        tokio::spawn(async move {
+            let mut batch = Vec::new();
+            while rx.recv_many(&mut batch, 1024).await > 0 {
+                let mut out = BytesMut::new();
+                for b in batch.drain(..) {
+                    out.extend_from_slice(&b);
+                }
+                if write.write_all(&out).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Target {
+            which: Which::Nats,
+            child,
+            pids: vec![pid],
+            ws_addr,
+            tokens: Vec::new(),
+            publisher: Publisher::Nats(tx),
+            _sim: None,
+            _dir: Some(dir),
+        })
+    }
+
+    /// How session `i` of customer `c` connects.
+    pub(crate) fn session(&self, c: u32) -> SessionSpec {
+        match self.which {
+            Which::Gateway => SessionSpec {
+                addr: self.ws_addr,
+                path: format!("/v1.0/ws?token={}", self.tokens[c as usize]),
+                protocol: Protocol::Gateway {
+                    subscribe: json!({"type":"subscribe","topics":[format!("customer_id:{}:call:*", customer(c))]}).to_string(),
+                },
+            },
+            Which::Nchan => SessionSpec {
+                addr: self.ws_addr,
+                path: format!("/sub/c{c}"),
+                protocol: Protocol::Plain,
+            },
+            Which::Nats => SessionSpec {
+                addr: self.ws_addr,
+                path: "/".to_owned(),
+                protocol: Protocol::Nats {
+                    subject: format!("c.{c}.call.*"),
+                },
+            },
+        }
+    }
+
+    /// For the gateway: waits until every customer's upstream carries its subscription.
+    pub(crate) async fn settle(&self, customers: u32) -> anyhow::Result<()> {
+        let Some((sim, _)) = &self._sim else {
+            // The peers subscribe synchronously; give them a moment regardless.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            return Ok(());
+        };
+        for _ in 0..600 {
+            let stats = sim.stats();
+            let ready = (0..customers).all(|c| {
+                stats
+                    .customers
+                    .get(&customer(c).to_string())
+                    .is_some_and(|s| !s.subscriptions.is_empty())
+            });
+            if ready {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("the gateway's upstreams did not all subscribe")
+    }
+
+    /// Publishes one event for customer `c`, sequence `seq`, padded so that a client receives
+    /// about `bytes` bytes.
+    pub(crate) async fn publish(&self, c: u32, seq: u64, bytes: usize) {
+        let id = format!("k{seq}");
+        let head = format!(
+            r#"{{"t":{},"seq":{seq},"id":"{id}","customer_id":"{}","status":"ringing","pad":""#,
+            now_ns(),
+            customer(c)
+        );
+        match &self.publisher {
+            Publisher::Gateway(sim) => {
+                // The envelope adds about 190 bytes around the data.
+                let data = pad(&head, bytes.saturating_sub(190));
+                let Ok(topic) = Topic::build(Scope::Customer, customer(c), &["call", &id]) else {
+                    return;
+                };
+                let frame = EnvelopeHead::new("call_ringing", "2026-01-20T10:30:00.000000Z")
+                    .frame(&topic, data.as_bytes());
+                sim.send_frames(customer(c), &[frame]);
+            }
+            Publisher::Nchan(tx) => {
+                let _ = tx.send((c, Bytes::from(pad(&head, bytes)))).await;
+            }
+            Publisher::Nats(tx) => {
+                let payload = pad(&head, bytes);
+                let line = format!("PUB c.{c}.call.{id} {}\r\n{payload}\r\n", payload.len());
+                let _ = tx.send(Bytes::from(line)).await;
+            }
+        }
+    }
+
+    /// Stops the server.
+    pub(crate) async fn stop(mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+        if let Some((_, cancel)) = &self._sim {
+            cancel.cancel();
+        }
+        if self.which == Which::Nchan {
+            // nginx's workers follow their master.
+            for pid in &self.pids {
+                let _ = std::process::Command::new("kill")
+                    .arg(pid.to_string())
+                    .status();
+            }
+        }
+    }
+}
+
+/// `head` (which ends inside the `pad` string) filled to `total` bytes and closed.
+fn pad(head: &str, total: usize) -> String {
+    let fill = total.saturating_sub(head.len() + 2);
+    let mut out = String::with_capacity(head.len() + fill + 2);
+    out.push_str(head);
+    out.extend(std::iter::repeat_n('x', fill));
+    out.push_str("\"}");
+    out
+}
