@@ -30,17 +30,22 @@ pub enum Kind {
     },
     /// An access key: the whole customer with admin rights and no agent.
     AccessKey,
-    /// A `direct` JWT, as a web widget holds.
-    Direct {
-        /// The kind of resource the token was issued for (`webchat_widget`).
-        resource_type: String,
-        /// The resource it was issued for.
-        resource_id: Option<Uuid>,
-        /// The resource types it may subscribe to.
-        allowed_resource_types: Vec<String>,
-        /// When set, the one resource id it may subscribe to.
-        allowed_resource_id: Option<String>,
-    },
+    /// A `direct` JWT, as a web widget holds (boxed: it is rare and large, and every session
+    /// holds an identity).
+    Direct(Box<Direct>),
+}
+
+/// The claims of a `direct` JWT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Direct {
+    /// The kind of resource the token was issued for (`webchat_widget`).
+    pub resource_type: String,
+    /// The resource it was issued for.
+    pub resource_id: Option<Uuid>,
+    /// The resource types it may subscribe to.
+    pub allowed_resource_types: Vec<String>,
+    /// When set, the one resource id it may subscribe to.
+    pub allowed_resource_id: Option<String>,
 }
 
 /// An authenticated principal.
@@ -73,7 +78,7 @@ impl Identity {
         match self.kind {
             Kind::Agent { .. } => "agent",
             Kind::AccessKey => "accesskey",
-            Kind::Direct { .. } => "direct",
+            Kind::Direct(_) => "direct",
         }
     }
 }

@@ -146,12 +146,12 @@ fn identity_from_claims(claims: &Value, now: SystemTime) -> Result<Identity, Aut
             let text = |field: &str| direct.get(field).and_then(Value::as_str).map(str::to_owned);
             (
                 uuid_field(direct, "customer_id")?,
-                Kind::Direct {
+                Kind::Direct(Box::new(crate::identity::Direct {
                     resource_type: text("resource_type").unwrap_or_default(),
                     resource_id: uuid_field(direct, "resource_id").ok(),
                     allowed_resource_types,
                     allowed_resource_id: text("allowed_resource_id").filter(|s| !s.is_empty()),
-                },
+                })),
             )
         }
         _ => return Err(invalid(Invalid::TokenType)),

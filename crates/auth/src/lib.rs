@@ -24,5 +24,5 @@ pub mod permission;
 
 pub use authenticator::Authenticator;
 pub use error::{AuthError, Invalid};
-pub use identity::{Identity, Kind, permission_bits};
+pub use identity::{Direct, Identity, Kind, permission_bits};
 pub use permission::permit;

@@ -31,11 +31,9 @@ pub fn permit(identity: &Identity, pattern: &Pattern) -> bool {
                     permission & (bits::CUSTOMER_ADMIN | bits::CUSTOMER_MANAGER) != 0
                 }
                 Kind::AccessKey => true,
-                Kind::Direct {
-                    allowed_resource_types,
-                    allowed_resource_id,
-                    ..
-                } => {
+                Kind::Direct(direct) => {
+                    let (allowed_resource_types, allowed_resource_id) =
+                        (&direct.allowed_resource_types, &direct.allowed_resource_id);
                     let mut rest = pattern.rest();
                     let (Some(resource), Some(id), None) = (rest.next(), rest.next(), rest.next())
                     else {

@@ -401,7 +401,14 @@ async fn upstream_stalled_mid_stream_is_replaced() {
 
 #[tokio::test]
 async fn a_slow_consumer_is_closed_with_1013_while_a_fast_one_gets_everything() {
-    let stack = start_with(|_| {}, |config| config.session.queue_frames = 256).await;
+    let stack = start_with(
+        |_| {},
+        |config| {
+            config.session.queue_frames = 256;
+            config.session.queue_bytes = 4 << 20;
+        },
+    )
+    .await;
     let c = tutorial_customer();
     let topic = format!("customer_id:{c}:call:*");
     let mut fast = Client::connect_token(stack.addr, &admin_token(c)).await;

@@ -92,6 +92,24 @@ fn answer(error: HttpError, request_id: &str) -> Answer {
     response
 }
 
+/// The `Sec-WebSocket-Accept` value for a version-13 upgrade request (RFC 6455 §4.2.2), or
+/// `None` when the key or version is missing or wrong. Computed here rather than through
+/// fastwebsockets' upgrade, which builds (and drops) an 8 KiB reader per handshake.
+fn accept_key<B>(req: &Request<B>) -> Option<HeaderValue> {
+    use base64::Engine;
+    use sha1::Digest;
+    const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+    if req.headers().get(header::SEC_WEBSOCKET_VERSION)?.as_bytes() != b"13" {
+        return None;
+    }
+    let key = req.headers().get(header::SEC_WEBSOCKET_KEY)?.as_bytes();
+    let mut sha1 = sha1::Sha1::new();
+    sha1.update(key);
+    sha1.update(GUID);
+    let accept = base64::engine::general_purpose::STANDARD.encode(sha1.finalize());
+    HeaderValue::from_str(&accept).ok()
+}
+
 /// The credential of a request, from the sources VoIPBIN reads.
 pub fn request_credential<B>(req: &Request<B>) -> Option<Credential> {
     let cookies: Vec<&str> = req
@@ -211,9 +229,10 @@ impl Endpoint {
         if !fastwebsockets::upgrade::is_upgrade_request(&req) {
             return self.refuse(HttpError::NOT_WEBSOCKET, "not_websocket", &request_id);
         }
-        let Ok((response, upgrade)) = fastwebsockets::upgrade::upgrade(&mut req) else {
+        let Some(accept) = accept_key(&req) else {
             return self.refuse(HttpError::NOT_WEBSOCKET, "not_websocket", &request_id);
         };
+        let upgrade = hyper::upgrade::on(&mut req);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let endpoint = self.clone();
         self.open.fetch_add(1, Ordering::Relaxed);
@@ -221,18 +240,23 @@ impl Endpoint {
             endpoint.serve(id, identity, upgrade).await;
             endpoint.open.fetch_sub(1, Ordering::Relaxed);
         });
-        let (parts, _) = response.into_parts();
-        Response::from_parts(parts, Full::new(Bytes::new()))
+        let mut response = Response::new(Full::new(Bytes::new()));
+        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let headers = response.headers_mut();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+        response
     }
 
     async fn serve(
         &self,
         id: u64,
         identity: fanout_auth::Identity,
-        upgrade: fastwebsockets::upgrade::UpgradeFut,
+        upgrade: hyper::upgrade::OnUpgrade,
     ) {
         let upgraded = match tokio::time::timeout(Duration::from_secs(10), upgrade).await {
-            Ok(Ok(ws)) => ws.into_inner().into_inner(),
+            Ok(Ok(upgraded)) => upgraded,
             _ => {
                 metrics::counter!("fanout_handshakes_refused_total", "reason" => "upgrade_failed")
                     .increment(1);
@@ -244,7 +268,15 @@ impl Endpoint {
             return;
         };
         let stream = parts.io.into_inner();
+        // `read_buf` is a view into hyper's whole read buffer (8 KiB or more): copy what the
+        // client sent early and let the buffer go, or every session would keep one.
+        let pending = Bytes::copy_from_slice(&parts.read_buf);
+        drop(parts.read_buf);
         let _ = stream.set_nodelay(true);
+        if self.config.unsent_bytes > 0 {
+            // Bounds what a frozen browser holds in our kernel on top of its bounded queue.
+            let _ = socket2::SockRef::from(&stream).set_tcp_notsent_lowat(self.config.unsent_bytes);
+        }
         let customer_id = identity.customer_id;
         let kind = identity.kind_label();
         let agent_id = identity.agent_id();
@@ -258,9 +290,34 @@ impl Endpoint {
             directory: self.directory.clone(),
             cancel: self.cancel.clone(),
         };
-        let reason = session::run(params, handle, stream, parts.read_buf).await;
+        let reason = session::run(params, handle, stream, pending).await;
         metrics::gauge!("fanout_sessions").decrement(1.0);
         metrics::counter!("fanout_sessions_closed_total", "reason" => reason.label()).increment(1);
         tracing::info!(session_id = id, %customer_id, reason = reason.label(), code = reason.code(), "Session closed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_key_of_rfc_6455() {
+        // The example of RFC 6455 §1.3.
+        let req = Request::get("/v1.0/ws")
+            .header(header::SEC_WEBSOCKET_KEY, "dGhlIHNhbXBsZSBub25jZQ==")
+            .header(header::SEC_WEBSOCKET_VERSION, "13")
+            .body(())
+            .expect("request");
+        assert_eq!(
+            accept_key(&req).expect("accepted"),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+        let old = Request::get("/")
+            .header(header::SEC_WEBSOCKET_KEY, "x")
+            .header(header::SEC_WEBSOCKET_VERSION, "8")
+            .body(())
+            .expect("request");
+        assert!(accept_key(&old).is_none());
     }
 }

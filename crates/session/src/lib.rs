@@ -2,9 +2,9 @@
 //!
 //! - [`endpoint`]: the HTTP side of `/v1.0/ws`: credentials, the JSON error envelopes, limits,
 //!   the upgrade; it starts a session per accepted connection.
-//! - [`session`](mod@session): a session's two tasks: the reader (client messages, keepalive, expiry)
-//!   and the writer (drains the session's bounded [`queue`] of ready-made frames, many per
-//!   system call).
+//! - [`session`](mod@session): a session is one task: it reads and decodes client frames,
+//!   handles requests, keepalive and expiry, and writes what the fan-out put in its bounded
+//!   [`queue`] of ready-made frames, many per system call.
 //! - [`hub`]: one per customer: the [`fanout_topic_trie::Trie`] of its sessions' patterns and
 //!   [`Hub::publish`], which encodes each event once per topic and hands the shared buffer to
 //!   every matching session's queue.
@@ -23,7 +23,7 @@ pub mod config;
 pub mod endpoint;
 pub mod hub;
 pub mod queue;
-mod reader;
+mod requests;
 pub mod session;
 mod writer;
 

@@ -128,6 +128,27 @@ impl Queue {
         self.len() == 0
     }
 
+    /// Takes what is queued now: frames, else the close frame once everything before it is
+    /// taken, else nothing.
+    pub fn try_next(&self) -> Option<Next> {
+        let mut state = self.lock();
+        if !state.frames.is_empty() {
+            let frames: Vec<Bytes> = std::mem::take(&mut state.frames).into();
+            state.bytes = 0;
+            return Some(Next::Frames(frames));
+        }
+        state.close.as_ref().map(|close| Next::Close(close.clone()))
+    }
+
+    /// Resolves after the next push or close (or at once if one happened since the last
+    /// wait). Use after [`Queue::try_next`] found nothing.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: a wake-up that was not consumed stays for the next call.
+    pub async fn changed(&self) {
+        self.notify.notified().await;
+    }
+
     /// Waits for frames or the close, and takes them.
     ///
     /// # Cancel safety

@@ -1,22 +1,26 @@
 //! A session: its shared handle (what the fan-out sees), the [`Directory`] it registers its
-//! patterns with, and [`run`], which drives its reader and writer until it ends.
+//! patterns with, and [`run`], which drives the session until it ends.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use fanout_auth::Identity;
 use fanout_protocol::Pattern;
-use fanout_protocol::ws;
+use fanout_protocol::ws::{self, Decoder, OpCode, Role};
+use tokio::io::{Interest, Ready};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::close::CloseReason;
 use crate::config::SessionConfig;
 use crate::hub::Subscriber;
-use crate::queue::{Push, Queue};
-use crate::{reader, writer};
+use crate::queue::{Next, Push, Queue};
+use crate::requests::Requests;
+use crate::writer::Outgoing;
 
 /// Places a session's patterns in the hubs that serve them and keeps the upstreams
 /// subscribed to what the patterns need. Implemented by the gateway.
@@ -110,8 +114,33 @@ pub struct SessionParams {
     pub cancel: CancellationToken,
 }
 
+/// Bytes read per system call.
+const READ_CHUNK: usize = 4096;
+
+/// Converts a wall-clock deadline into the runtime's clock.
+fn deadline(at: SystemTime) -> Instant {
+    let left = at
+        .duration_since(SystemTime::now())
+        .unwrap_or(Duration::ZERO);
+    Instant::now() + left
+}
+
+/// Reads whatever the socket holds now into `buf`; `Ok(0)` means the peer closed. The read
+/// goes through a stack buffer, so an idle session holds no read buffer at all.
+fn read_available(stream: &TcpStream, buf: &mut BytesMut) -> std::io::Result<usize> {
+    let mut chunk = [0u8; READ_CHUNK];
+    let n = stream.try_read(&mut chunk)?;
+    buf.extend_from_slice(&chunk[..n]);
+    Ok(n)
+}
+
 /// Runs a session on an upgraded connection until it ends; `pending` holds bytes the client
 /// sent right after the handshake. Returns why it ended.
+///
+/// One task does everything: it reads and decodes client frames, handles requests, pings and
+/// the pong deadline, token expiry and shutdown, and writes what the fan-out queued with
+/// non-blocking vectored writes. It waits on socket readiness, the queue, one timer and the
+/// cancellation token, all cancel-safe.
 ///
 /// # Cancel safety
 /// Not meant to be cancelled: cancel `params.cancel` instead, and it closes with 1001.
@@ -122,34 +151,174 @@ pub async fn run(
     pending: Bytes,
 ) -> CloseReason {
     let subscriber = Subscriber(handle.clone());
-    let (read, mut write) = stream.into_split();
     params.directory.attach(&subscriber);
-    let close_timeout = params.config.close_timeout;
-    let writer_handle = handle.clone();
-    let mut writer =
-        tokio::spawn(
-            async move { writer::run(writer_handle.queue(), &mut write, close_timeout).await },
-        );
-    let mut state = reader::Reader::new(&params, &handle);
-    let reason = tokio::select! {
-        reason = state.run(read, pending) => reason,
-        _ = &mut writer => {
-            if handle.was_slow() { CloseReason::SlowConsumer } else { CloseReason::ConnectionLost }
+    let mut requests = Requests::new(&params, &handle);
+    let reason = drive(&params, &handle, &mut requests, &stream, pending).await;
+    params.directory.detach(&subscriber, requests.patterns());
+    reason
+}
+
+/// What the session is waiting for besides its socket.
+enum Wake {
+    Cancelled,
+    Timer,
+    Socket(std::io::Result<Ready>),
+    Queue,
+}
+
+async fn drive(
+    params: &SessionParams,
+    handle: &SessionHandle,
+    requests: &mut Requests<'_>,
+    stream: &TcpStream,
+    pending: Bytes,
+) -> CloseReason {
+    let config = &params.config;
+    let mut input = BytesMut::from(&pending[..]);
+    drop(pending);
+    let mut decoder = Decoder::new(Role::Server, config.max_message_bytes);
+    let mut outgoing = Outgoing::default();
+    let interval = config.ping_interval.max(Duration::from_millis(10));
+    let mut last_seen = Instant::now();
+    let mut next_ping = last_seen + interval;
+    let expiry = params.identity.expires_at.map(deadline);
+    // Set once the close frame is queued: why, and until when it may take to write.
+    let mut closing: Option<(CloseReason, Instant)> = None;
+    let mut close_frame: Option<Bytes> = None;
+    let close = |reason: CloseReason, closing: &mut Option<(CloseReason, Instant)>| {
+        if closing.is_none() {
+            handle.close(&reason, false);
+            *closing = Some((reason, Instant::now() + config.close_timeout));
         }
     };
-    // The reader has queued its close frame (or the writer is done): let the writer finish
-    // writing it, within the close timeout.
-    handle.close(&reason, false);
-    if !writer.is_finished()
-        && tokio::time::timeout(
-            close_timeout + std::time::Duration::from_millis(100),
-            &mut writer,
-        )
-        .await
-        .is_err()
-    {
-        writer.abort();
+    let timer = tokio::time::sleep_until(next_ping);
+    tokio::pin!(timer);
+    loop {
+        // Everything the client sent so far.
+        if closing.is_none() {
+            loop {
+                match decoder.decode(&mut input) {
+                    Ok(Some(message)) => {
+                        if let Some(reason) = requests.on_message(message) {
+                            close(reason, &mut closing);
+                            break;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(error) => {
+                        close(CloseReason::from_frame_error(error), &mut closing);
+                        break;
+                    }
+                }
+            }
+        }
+        if input.is_empty() && input.capacity() > 0 {
+            // Give the buffer back while idle.
+            input = BytesMut::new();
+        }
+        // Everything queued, as far as the socket takes it.
+        loop {
+            if outgoing.is_empty() && close_frame.is_none() {
+                match handle.queue().try_next() {
+                    Some(Next::Frames(frames)) => outgoing.extend(frames),
+                    Some(Next::Close(frame)) => {
+                        close_frame = Some(frame);
+                        if closing.is_none() {
+                            // The fan-out closed the queue: the session could not keep up.
+                            let reason = if handle.was_slow() {
+                                CloseReason::SlowConsumer
+                            } else {
+                                CloseReason::Internal
+                            };
+                            closing = Some((reason, Instant::now() + config.close_timeout));
+                        }
+                        outgoing.extend(vec![close_frame.clone().unwrap_or_default()]);
+                    }
+                    None => break,
+                }
+            }
+            match outgoing.write(|slices| stream.try_write_vectored(slices)) {
+                Ok(true) => {
+                    if close_frame.is_some() {
+                        // The close frame is out: the session is over.
+                        let _ = socket2_shutdown(stream);
+                        return closing.map_or(CloseReason::Internal, |(reason, _)| reason);
+                    }
+                }
+                Ok(false) => break,
+                Err(_) => return closing.map_or(CloseReason::ConnectionLost, |(reason, _)| reason),
+            }
+        }
+        let due = match (&closing, expiry) {
+            (Some((_, until)), _) => *until,
+            (None, Some(expiry)) => next_ping.min(expiry),
+            (None, None) => next_ping,
+        };
+        if timer.deadline() != due {
+            timer.as_mut().reset(due);
+        }
+        let interest = if outgoing.is_empty() {
+            Interest::READABLE
+        } else {
+            Interest::READABLE | Interest::WRITABLE
+        };
+        let wake = tokio::select! {
+            biased;
+            () = params.cancel.cancelled(), if closing.is_none() => Wake::Cancelled,
+            () = &mut timer => Wake::Timer,
+            ready = stream.ready(interest) => Wake::Socket(ready),
+            () = handle.queue().changed(), if outgoing.is_empty() && close_frame.is_none() => Wake::Queue,
+        };
+        match wake {
+            Wake::Cancelled => close(CloseReason::Shutdown, &mut closing),
+            Wake::Queue => {}
+            Wake::Timer => {
+                let now = Instant::now();
+                if let Some((reason, until)) = &closing {
+                    if now >= *until {
+                        // The close frame could not be written in time: drop the connection.
+                        return reason.clone();
+                    }
+                } else if expiry.is_some_and(|at| now >= at) {
+                    close(CloseReason::TokenExpired, &mut closing);
+                } else if now >= next_ping {
+                    if now.saturating_duration_since(last_seen) >= config.pong_timeout {
+                        close(CloseReason::PongTimeout, &mut closing);
+                    } else {
+                        handle.send_control(ws::encode(OpCode::Ping, b""));
+                        next_ping = now + interval;
+                    }
+                }
+            }
+            Wake::Socket(Err(_)) => {
+                return closing.map_or(CloseReason::ConnectionLost, |(reason, _)| reason);
+            }
+            Wake::Socket(Ok(ready)) => {
+                if ready.is_readable() || ready.is_read_closed() {
+                    match read_available(stream, &mut input) {
+                        Ok(0) => {
+                            return closing
+                                .map_or(CloseReason::ConnectionLost, |(reason, _)| reason);
+                        }
+                        Ok(_) => last_seen = Instant::now(),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(_) => {
+                            return closing
+                                .map_or(CloseReason::ConnectionLost, |(reason, _)| reason);
+                        }
+                    }
+                    if closing.is_some() {
+                        // Nothing more is read from a closing session but its close reply.
+                        input.clear();
+                    }
+                }
+            }
+        }
     }
-    params.directory.detach(&subscriber, state.patterns());
-    reason
+}
+
+/// Shuts down the write side (a FIN after the close frame), ignoring errors.
+fn socket2_shutdown(stream: &TcpStream) -> std::io::Result<()> {
+    let socket = socket2::SockRef::from(stream);
+    socket.shutdown(std::net::Shutdown::Write)
 }

@@ -1,173 +1,151 @@
-//! A session's writer task: takes everything queued at once and writes it with vectored
-//! writes, so a burst of events costs one system call rather than one per frame.
+//! The frames a session has taken from its queue and not yet written, written with vectored
+//! writes as far as the socket takes them: a burst of events costs one system call, not one
+//! per frame.
 
-use std::io::IoSlice;
+use std::io::{self, IoSlice};
 
 use bytes::Bytes;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
-
-use crate::queue::{Next, Queue};
 
 /// How many buffers one vectored write carries at most (Linux's `IOV_MAX` is 1024).
-const MAX_IOVECS: usize = 256;
+const MAX_IOVECS: usize = 64;
 
-/// How the writer ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum WriterEnd {
-    /// The close frame was written and the write side shut down.
-    Closed,
-    /// A write failed: the connection is gone.
-    Failed,
+/// Frames being written, and how far.
+#[derive(Debug, Default)]
+pub(crate) struct Outgoing {
+    frames: Vec<Bytes>,
+    /// The first frame not completely written.
+    index: usize,
+    /// Bytes of `frames[index]` already written.
+    offset: usize,
 }
 
-/// Writes every frame of `frames` in order, many per system call.
-///
-/// # Cancel safety
-/// Not cancel-safe: a cancelled call may have written part of the frames.
-pub(crate) async fn write_all<W: AsyncWrite + Unpin>(
-    writer: &mut W,
-    frames: &[Bytes],
-) -> std::io::Result<()> {
-    let mut index = 0;
-    let mut offset = 0;
-    while index < frames.len() {
-        let end = (index + MAX_IOVECS).min(frames.len());
-        let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(end - index);
-        slices.push(IoSlice::new(&frames[index][offset..]));
-        slices.extend(frames[index + 1..end].iter().map(|f| IoSlice::new(f)));
-        let mut written = writer.write_vectored(&slices).await?;
-        if written == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        // Advance past what was written.
-        while written > 0 && index < frames.len() {
-            let left = frames[index].len() - offset;
-            if written >= left {
-                written -= left;
-                index += 1;
-                offset = 0;
-            } else {
-                offset += written;
-                written = 0;
-            }
-        }
-        // Skip empty frames so the first slice is never empty.
-        while index < frames.len() && frames[index].len() == offset {
-            index += 1;
-            offset = 0;
+impl Outgoing {
+    /// Whether everything taken was written.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.index >= self.frames.len()
+    }
+
+    /// Takes `frames` to write after what is pending.
+    pub(crate) fn extend(&mut self, frames: Vec<Bytes>) {
+        if self.is_empty() {
+            self.frames = frames;
+            self.index = 0;
+            self.offset = 0;
+        } else {
+            self.frames.extend(frames);
         }
     }
-    Ok(())
-}
 
-/// Drains `queue` into `writer` until the queue is closed or a write fails.
-///
-/// # Cancel safety
-/// Not cancel-safe (see [`write_all`]); it ends by itself when the queue closes.
-pub(crate) async fn run<W: AsyncWrite + Unpin>(
-    queue: &Queue,
-    writer: &mut W,
-    close_timeout: std::time::Duration,
-) -> WriterEnd {
-    loop {
-        match queue.next().await {
-            Next::Frames(frames) => {
-                if write_all(writer, &frames).await.is_err() {
-                    return WriterEnd::Failed;
+    /// Writes with `write` (a vectored, non-blocking write) until everything is written or
+    /// the socket would block. Answers whether everything was written.
+    ///
+    /// # Errors
+    /// The write's error, other than `WouldBlock`.
+    pub(crate) fn write(
+        &mut self,
+        mut write: impl FnMut(&[IoSlice<'_>]) -> io::Result<usize>,
+    ) -> io::Result<bool> {
+        while !self.is_empty() {
+            let end = (self.index + MAX_IOVECS).min(self.frames.len());
+            let mut slices: [IoSlice<'_>; MAX_IOVECS] = [IoSlice::new(&[]); MAX_IOVECS];
+            slices[0] = IoSlice::new(&self.frames[self.index][self.offset..]);
+            for (slot, frame) in slices[1..]
+                .iter_mut()
+                .zip(&self.frames[self.index + 1..end])
+            {
+                *slot = IoSlice::new(frame);
+            }
+            let mut written = match write(&slices[..end - self.index]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(e),
+            };
+            while written > 0 && !self.is_empty() {
+                let left = self.frames[self.index].len() - self.offset;
+                if written >= left {
+                    written -= left;
+                    self.index += 1;
+                    self.offset = 0;
+                } else {
+                    self.offset += written;
+                    written = 0;
                 }
             }
-            Next::Close(frame) => {
-                let closed = async {
-                    writer.write_all(&frame).await?;
-                    writer.shutdown().await
-                };
-                return match tokio::time::timeout(close_timeout, closed).await {
-                    Ok(Ok(())) => WriterEnd::Closed,
-                    _ => WriterEnd::Failed,
-                };
+            // Skip empty frames so the first slice always has bytes.
+            while !self.is_empty() && self.frames[self.index].len() == self.offset {
+                self.index += 1;
+                self.offset = 0;
             }
         }
+        // Give the buffers back: an idle session keeps nothing here.
+        self.frames = Vec::new();
+        self.index = 0;
+        self.offset = 0;
+        Ok(true)
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::pin::Pin;
-    use std::task::{Context, Poll};
-
     use super::*;
 
-    /// A writer that takes at most `chunk` bytes per call, to exercise partial writes.
-    struct Trickle {
-        out: Vec<u8>,
-        chunk: usize,
-        calls: usize,
-    }
-
-    impl AsyncWrite for Trickle {
-        fn poll_write(
-            mut self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-            buf: &[u8],
-        ) -> Poll<std::io::Result<usize>> {
-            let n = buf.len().min(self.chunk);
-            self.out.extend_from_slice(&buf[..n]);
-            self.calls += 1;
-            Poll::Ready(Ok(n))
-        }
-
-        fn poll_write_vectored(
-            mut self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-            bufs: &[IoSlice<'_>],
-        ) -> Poll<std::io::Result<usize>> {
-            let mut budget = self.chunk;
-            let mut n = 0;
-            for buf in bufs {
-                let take = buf.len().min(budget);
-                self.out.extend_from_slice(&buf[..take]);
-                budget -= take;
-                n += take;
-                if budget == 0 {
-                    break;
-                }
+    /// A socket that takes `chunk` bytes per call and says "would block" every `block_every`
+    /// calls.
+    fn writes(frames: &[Bytes], chunk: usize, block_every: usize) -> (Vec<u8>, usize) {
+        let mut out = Vec::new();
+        let mut calls = 0;
+        let mut outgoing = Outgoing::default();
+        outgoing.extend(frames.to_vec());
+        loop {
+            let done = outgoing
+                .write(|slices| {
+                    calls += 1;
+                    if block_every > 0 && calls % block_every == 0 {
+                        return Err(io::ErrorKind::WouldBlock.into());
+                    }
+                    let mut budget = chunk;
+                    let mut n = 0;
+                    for s in slices {
+                        let take = s.len().min(budget);
+                        out.extend_from_slice(&s[..take]);
+                        budget -= take;
+                        n += take;
+                        if budget == 0 {
+                            break;
+                        }
+                    }
+                    Ok(n)
+                })
+                .expect("no error");
+            if done {
+                return (out, calls);
             }
-            self.calls += 1;
-            Poll::Ready(Ok(n))
-        }
-
-        fn is_write_vectored(&self) -> bool {
-            true
-        }
-
-        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-
-        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-            Poll::Ready(Ok(()))
         }
     }
 
-    #[tokio::test]
-    async fn partial_vectored_writes_keep_order() {
-        let frames: Vec<Bytes> = (0..600u32)
+    #[test]
+    fn partial_and_blocked_writes_keep_order() {
+        let frames: Vec<Bytes> = (0..300u32)
             .map(|i| Bytes::from(format!("frame-{i};")))
             .chain([Bytes::new(), Bytes::from_static(b"end")])
             .collect();
         let expected: Vec<u8> = frames.iter().flat_map(|f| f.to_vec()).collect();
-        for chunk in [1, 7, 100, 1 << 20] {
-            let mut w = Trickle {
-                out: Vec::new(),
-                chunk,
-                calls: 0,
-            };
-            write_all(&mut w, &frames).await.expect("writes");
-            assert_eq!(w.out, expected, "chunk {chunk}");
+        for (chunk, block_every) in [(1, 0), (7, 3), (100, 2), (1 << 20, 0)] {
+            let (out, calls) = writes(&frames, chunk, block_every);
+            assert_eq!(out, expected, "chunk {chunk}");
             if chunk == 1 << 20 {
-                // 602 frames in batches of 256 buffers: three calls.
-                assert_eq!(w.calls, 3);
+                // 302 frames in batches of 64 buffers: five calls.
+                assert_eq!(calls, 5);
             }
         }
+    }
+
+    #[test]
+    fn errors_other_than_would_block_surface() {
+        let mut outgoing = Outgoing::default();
+        outgoing.extend(vec![Bytes::from_static(b"x")]);
+        let got = outgoing.write(|_| Err(io::ErrorKind::BrokenPipe.into()));
+        assert_eq!(got.map_err(|e| e.kind()), Err(io::ErrorKind::BrokenPipe));
     }
 }

@@ -68,16 +68,11 @@ fn missing_type_is_an_agent_and_other_hmacs_verify() {
 fn direct_token() {
     let claims = json!({"type":"direct","direct":{"customer_id":C,"resource_type":"webchat_widget","resource_id":A,"allowed_resource_types":["webchat_session"]},"expire":FUTURE});
     let identity = verify(&sign(&claims)).expect("valid");
-    let Kind::Direct {
-        allowed_resource_types,
-        resource_type,
-        ..
-    } = identity.kind
-    else {
+    let Kind::Direct(direct) = identity.kind else {
         panic!("not direct: {identity:?}");
     };
-    assert_eq!(allowed_resource_types, ["webchat_session"]);
-    assert_eq!(resource_type, "webchat_widget");
+    assert_eq!(direct.allowed_resource_types, ["webchat_session"]);
+    assert_eq!(direct.resource_type, "webchat_widget");
 }
 
 #[test]

@@ -29,12 +29,12 @@ fn agent(permission: u64) -> Identity {
 fn direct(allowed_resource_id: Option<&str>) -> Identity {
     Identity {
         customer_id: uuid(OWN),
-        kind: Kind::Direct {
+        kind: Kind::Direct(Box::new(crate::identity::Direct {
             resource_type: "webchat_widget".into(),
             resource_id: None,
             allowed_resource_types: vec!["webchat_session".into()],
             allowed_resource_id: allowed_resource_id.map(str::to_owned),
-        },
+        })),
         expires_at: None,
     }
 }

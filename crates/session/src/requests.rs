@@ -1,0 +1,161 @@
+//! What a session does with the messages its client sends: subscribe and unsubscribe
+//! (permission check, topic cap, applied whole or not at all), the rate limit, refusals and
+//! their count, pings and closes.
+
+use fanout_auth::{Identity, permit};
+use fanout_protocol::client::{self, Action, ErrorCode, Refusal};
+use fanout_protocol::ws::{self, Message, OpCode};
+use fanout_protocol::{Pattern, server};
+use tokio::time::Instant;
+
+use crate::close::CloseReason;
+use crate::config::SessionConfig;
+use crate::hub::Subscriber;
+use crate::session::{Directory, SessionHandle, SessionParams};
+
+/// A token bucket limiting client messages (its rate and burst come from the configuration,
+/// so every session holds only its level and the time it was last filled).
+struct Bucket {
+    tokens: f32,
+    last: Instant,
+}
+
+impl Bucket {
+    fn new(burst: u32, now: Instant) -> Self {
+        Bucket {
+            tokens: burst.max(1) as f32,
+            last: now,
+        }
+    }
+
+    fn take(&mut self, rate: u32, burst: u32, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f32();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * rate.max(1) as f32).min(burst.max(1) as f32);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// A session's request state.
+pub(crate) struct Requests<'a> {
+    identity: &'a Identity,
+    config: &'a SessionConfig,
+    directory: &'a dyn Directory,
+    handle: &'a std::sync::Arc<SessionHandle>,
+    subscriber: Subscriber,
+    patterns: Vec<Pattern>,
+    refusals: u32,
+    bucket: Bucket,
+}
+
+impl<'a> Requests<'a> {
+    pub(crate) fn new(
+        params: &'a SessionParams,
+        handle: &'a std::sync::Arc<SessionHandle>,
+    ) -> Self {
+        Requests {
+            identity: &params.identity,
+            config: &params.config,
+            directory: params.directory.as_ref(),
+            handle,
+            subscriber: Subscriber(handle.clone()),
+            patterns: Vec::new(),
+            refusals: 0,
+            bucket: Bucket::new(params.config.message_burst, Instant::now()),
+        }
+    }
+
+    /// The patterns the session holds.
+    pub(crate) fn patterns(&self) -> &[Pattern] {
+        &self.patterns
+    }
+
+    /// Handles one message from the client; answers why the session must close, if it must.
+    pub(crate) fn on_message(&mut self, message: Message) -> Option<CloseReason> {
+        match message {
+            Message::Text(text) => self.on_request(&text),
+            Message::Binary(_) => Some(CloseReason::Binary),
+            Message::Ping(payload) => {
+                self.handle.send_control(ws::encode(OpCode::Pong, &payload));
+                None
+            }
+            Message::Pong(_) => None,
+            Message::Close(..) => Some(CloseReason::ClientClosed),
+        }
+    }
+
+    fn refuse(&mut self, refusal: Refusal) -> Option<CloseReason> {
+        metrics::counter!("fanout_requests_refused_total", "code" => refusal.code.as_str())
+            .increment(1);
+        self.handle.send_control(server::error_frame(&refusal));
+        self.refusals += 1;
+        (self.refusals > self.config.max_refusals).then_some(CloseReason::TooManyRefusals)
+    }
+
+    fn on_request(&mut self, text: &[u8]) -> Option<CloseReason> {
+        if !self.bucket.take(
+            self.config.messages_per_second,
+            self.config.message_burst,
+            Instant::now(),
+        ) {
+            return self.refuse(Refusal::new(
+                ErrorCode::RateLimited,
+                "too many messages; slow down",
+            ));
+        }
+        let request = match client::parse_request(text) {
+            Ok(request) => request,
+            Err(refusal) => return self.refuse(refusal),
+        };
+        match request.action {
+            Action::Subscribe => {
+                let forbidden: Vec<String> = request
+                    .topics
+                    .iter()
+                    .filter(|p| !permit(self.identity, p))
+                    .map(|p| p.as_str().to_owned())
+                    .collect();
+                if !forbidden.is_empty() {
+                    return self.refuse(Refusal::with_topics(
+                        ErrorCode::ForbiddenTopic,
+                        "not permitted to subscribe to these topics",
+                        forbidden,
+                    ));
+                }
+                let mut new: Vec<Pattern> = Vec::new();
+                for pattern in request.topics {
+                    if !self.patterns.contains(&pattern) && !new.contains(&pattern) {
+                        new.push(pattern);
+                    }
+                }
+                if self.patterns.len() + new.len() > self.config.max_topics {
+                    return self.refuse(Refusal::new(
+                        ErrorCode::TooManyTopics,
+                        format!(
+                            "a session may hold at most {} topics",
+                            self.config.max_topics
+                        ),
+                    ));
+                }
+                for pattern in new {
+                    self.directory.subscribe(&self.subscriber, &pattern);
+                    self.patterns.push(pattern);
+                }
+            }
+            Action::Unsubscribe => {
+                for pattern in request.topics {
+                    if let Some(i) = self.patterns.iter().position(|p| *p == pattern) {
+                        let pattern = self.patterns.swap_remove(i);
+                        self.directory.unsubscribe(&self.subscriber, &pattern);
+                    }
+                }
+            }
+        }
+        None
+    }
+}
