@@ -16,6 +16,8 @@ error_log $dir/error.log warn;
 events { worker_connections 20000; multi_accept on; }
 http {
   access_log off;
+  keepalive_requests 10000000;
+  keepalive_timeout 300s;
   nchan_shared_memory_size 512M;
   server {
     listen 127.0.0.1:$port backlog=4096;

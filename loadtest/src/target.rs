@@ -216,6 +216,8 @@ impl Target {
         let child = Command::new(repo.join("loadtest/peers/nchan.sh"))
             .arg(port.to_string())
             .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
             .kill_on_drop(true)
             .spawn()
             .context("starting nchan (loadtest/peers/install.sh installs it)")?;
@@ -228,31 +230,34 @@ impl Target {
         for _ in 0..16 {
             let rx = rx.clone();
             tokio::spawn(async move {
-                let Ok(stream) = TcpStream::connect(addr).await else {
-                    return;
-                };
-                let _ = stream.set_nodelay(true);
-                let Ok((mut sender, conn)) =
-                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                        .await
-                else {
-                    return;
-                };
-                tokio::spawn(conn);
-                loop {
-                    let next = rx.lock().await.recv().await;
-                    let Some((c, body)) = next else { return };
-                    let Ok(req) = hyper::Request::post(format!("/pub/c{c}"))
-                        .header(hyper::header::HOST, "127.0.0.1")
-                        .body(Full::new(body))
-                    else {
-                        continue;
+                // One keep-alive connection, reopened whenever nginx closes it.
+                'connection: loop {
+                    let Ok(stream) = TcpStream::connect(addr).await else {
+                        return;
                     };
-                    match sender.send_request(req).await {
-                        Ok(response) => {
-                            let _ = response.into_body().collect().await;
+                    let _ = stream.set_nodelay(true);
+                    let Ok((mut sender, conn)) =
+                        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                            .await
+                    else {
+                        return;
+                    };
+                    tokio::spawn(conn);
+                    loop {
+                        let next = rx.lock().await.recv().await;
+                        let Some((c, body)) = next else { return };
+                        let Ok(req) = hyper::Request::post(format!("/pub/c{c}"))
+                            .header(hyper::header::HOST, "127.0.0.1")
+                            .body(Full::new(body))
+                        else {
+                            continue;
+                        };
+                        match sender.send_request(req).await {
+                            Ok(response) => {
+                                let _ = response.into_body().collect().await;
+                            }
+                            Err(_) => continue 'connection,
                         }
-                        Err(_) => return,
                     }
                 }
             });
@@ -277,6 +282,8 @@ impl Target {
             .arg(port.to_string())
             .arg(ws_port.to_string())
             .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
             .kill_on_drop(true)
             .spawn()
             .context("starting nats-server (loadtest/peers/install.sh installs it)")?;
@@ -404,19 +411,26 @@ impl Target {
 
     /// Stops the server.
     pub(crate) async fn stop(mut self) {
-        let _ = self.child.start_kill();
-        let _ = self.child.wait().await;
+        self.terminate();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
+    }
+
+    /// Asks every server process to stop (nginx's workers do not die with a killed master).
+    fn terminate(&mut self) {
+        for pid in &self.pids {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
         if let Some((_, cancel)) = &self._sim {
             cancel.cancel();
         }
-        if self.which == Which::Nchan {
-            // nginx's workers follow their master.
-            for pid in &self.pids {
-                let _ = std::process::Command::new("kill")
-                    .arg(pid.to_string())
-                    .status();
-            }
-        }
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        self.terminate();
     }
 }
 

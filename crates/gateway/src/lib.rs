@@ -50,8 +50,6 @@ pub struct Gateway {
     ready: Arc<AtomicBool>,
     /// Stops the listeners.
     accept: CancellationToken,
-    /// Closes the sessions (1001).
-    sessions: CancellationToken,
     /// Closes the upstreams.
     upstreams: CancellationToken,
     tasks: TaskTracker,
@@ -113,7 +111,6 @@ impl Gateway {
             ),
         );
         let upstreams = CancellationToken::new();
-        let sessions = CancellationToken::new();
         let accept = CancellationToken::new();
         let registry = Registry::new(upstream, config.upstream.linger, upstreams.clone());
         let endpoint = Arc::new(Endpoint::new(
@@ -125,7 +122,6 @@ impl Gateway {
                 handshake_burst: config.limits.handshake_burst,
             },
             registry.clone(),
-            sessions.clone(),
         ));
         let listener = TcpListener::bind(config.listen)
             .await
@@ -162,7 +158,6 @@ impl Gateway {
             registry,
             ready,
             accept,
-            sessions,
             upstreams,
             tasks,
         })
@@ -198,7 +193,7 @@ impl Gateway {
             tokio::time::sleep(self.config.shutdown.ready_delay).await;
         }
         self.accept.cancel();
-        self.sessions.cancel();
+        self.endpoint.shut_down();
         let tracker = self.endpoint.tracker();
         tracker.close();
         if tokio::time::timeout(self.config.shutdown.drain_timeout, tracker.wait())

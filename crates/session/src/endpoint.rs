@@ -2,6 +2,7 @@
 //! credential, the JSON error envelopes of protocol.md §1.1, the upgrade, and a session task
 //! per accepted connection.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -17,7 +18,6 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::SessionConfig;
@@ -58,8 +58,10 @@ pub struct Endpoint {
     config: Arc<SessionConfig>,
     limits: AcceptLimits,
     directory: Arc<dyn Directory>,
-    cancel: CancellationToken,
     tracker: TaskTracker,
+    /// Open sessions, to close them on shutdown (beside the hot path: touched at open and
+    /// close only).
+    live: Mutex<HashMap<u64, Arc<SessionHandle>>>,
     draining: AtomicBool,
     open: AtomicUsize,
     next_id: AtomicU64,
@@ -126,21 +128,20 @@ pub fn request_credential<B>(req: &Request<B>) -> Option<Credential> {
 }
 
 impl Endpoint {
-    /// An endpoint; sessions close with 1001 when `cancel` is cancelled.
+    /// An endpoint; [`Endpoint::shut_down`] closes its sessions with 1001.
     pub fn new(
         auth: Authenticator,
         config: SessionConfig,
         limits: AcceptLimits,
         directory: Arc<dyn Directory>,
-        cancel: CancellationToken,
     ) -> Self {
         Endpoint {
             auth,
             config: Arc::new(config),
             limits,
             directory,
-            cancel,
             tracker: TaskTracker::new(),
+            live: Mutex::new(HashMap::new()),
             draining: AtomicBool::new(false),
             open: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
@@ -164,6 +165,20 @@ impl Endpoint {
     /// Whether it refuses new sessions.
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Refuses new sessions and closes every open one with 1001; each writes what it has
+    /// queued first.
+    pub fn shut_down(&self) {
+        self.drain();
+        let live: Vec<Arc<SessionHandle>> = self.lock_live().values().cloned().collect();
+        for handle in live {
+            handle.shut_down();
+        }
+    }
+
+    fn lock_live(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<SessionHandle>>> {
+        self.live.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Sessions open now.
@@ -208,7 +223,7 @@ impl Endpoint {
         if req.method() != Method::GET {
             return self.refuse(HttpError::NOT_WEBSOCKET, "not_websocket", &request_id);
         }
-        if self.is_draining() || self.cancel.is_cancelled() {
+        if self.is_draining() {
             return self.refuse(HttpError::UNAVAILABLE, "draining", &request_id);
         }
         if self.open.load(Ordering::Relaxed) >= self.limits.max_sessions {
@@ -288,9 +303,14 @@ impl Endpoint {
             identity,
             config: self.config.clone(),
             directory: self.directory.clone(),
-            cancel: self.cancel.clone(),
         };
+        self.lock_live().insert(id, handle.clone());
+        if self.is_draining() {
+            // Shutdown began while this one was upgrading.
+            handle.shut_down();
+        }
         let reason = session::run(params, handle, stream, pending).await;
+        self.lock_live().remove(&id);
         metrics::gauge!("fanout_sessions").decrement(1.0);
         metrics::counter!("fanout_sessions_closed_total", "reason" => reason.label()).increment(1);
         tracing::info!(session_id = id, %customer_id, reason = reason.label(), code = reason.code(), "Session closed");

@@ -50,10 +50,21 @@ pub struct Published {
 }
 
 /// One customer's sessions, indexed by pattern.
-#[derive(Debug)]
 pub struct Hub {
     customer_id: Uuid,
     trie: Trie<Subscriber>,
+    // Metric handles, registered once: the publish path does no registry lookups.
+    events_in: metrics::Counter,
+    deliveries: metrics::Counter,
+    fanout_seconds: metrics::Histogram,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("customer_id", &self.customer_id)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Hub {
@@ -62,6 +73,9 @@ impl Hub {
         Hub {
             customer_id,
             trie: Trie::new(),
+            events_in: metrics::counter!("fanout_events_in_total"),
+            deliveries: metrics::counter!("fanout_deliveries_total"),
+            fanout_seconds: metrics::histogram!("fanout_fanout_seconds"),
         }
     }
 
@@ -123,9 +137,9 @@ impl Hub {
                 published.overflowed += 1;
             }
         });
-        metrics::counter!("fanout_events_in_total").increment(1);
-        metrics::counter!("fanout_deliveries_total").increment(published.delivered as u64);
-        metrics::histogram!("fanout_fanout_seconds").record(started.elapsed().as_secs_f64());
+        self.events_in.increment(1);
+        self.deliveries.increment(published.delivered as u64);
+        self.fanout_seconds.record(started.elapsed().as_secs_f64());
         published
     }
 }

@@ -2,7 +2,7 @@
 //! patterns with, and [`run`], which drives the session until it ends.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
@@ -12,7 +12,6 @@ use fanout_protocol::ws::{self, Decoder, OpCode, Role};
 use tokio::io::{Interest, Ready};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::close::CloseReason;
@@ -35,13 +34,18 @@ pub trait Directory: Send + Sync + 'static {
     fn detach(&self, session: &Subscriber, patterns: &[Pattern]);
 }
 
+/// Why a session's queue was closed from outside the session.
+const CLOSED_SLOW: u8 = 1;
+const CLOSED_SHUTDOWN: u8 = 2;
+
 /// The part of a session the fan-out holds: its identity and its queue.
 #[derive(Debug)]
 pub struct SessionHandle {
     id: u64,
     customer_id: Uuid,
     queue: Queue,
-    slow: AtomicBool,
+    /// Set when the queue is closed from outside: too slow, or shutdown.
+    closed_by: AtomicU8,
 }
 
 impl SessionHandle {
@@ -51,7 +55,7 @@ impl SessionHandle {
             id,
             customer_id,
             queue: Queue::new(config.queue_frames, config.queue_bytes),
-            slow: AtomicBool::new(false),
+            closed_by: AtomicU8::new(0),
         }
     }
 
@@ -72,7 +76,11 @@ impl SessionHandle {
             Push::Queued => true,
             Push::Closed => false,
             Push::Full => {
-                if !self.slow.swap(true, Ordering::Relaxed) {
+                if self
+                    .closed_by
+                    .compare_exchange(0, CLOSED_SLOW, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+                {
                     metrics::counter!("fanout_slow_consumers_total").increment(1);
                     self.close(&CloseReason::SlowConsumer, true);
                 }
@@ -97,8 +105,24 @@ impl SessionHandle {
         &self.queue
     }
 
-    pub(crate) fn was_slow(&self) -> bool {
-        self.slow.load(Ordering::Relaxed)
+    /// Closes the session for shutdown (1001): it writes what is queued, then the close frame.
+    pub fn shut_down(&self) {
+        if self
+            .closed_by
+            .compare_exchange(0, CLOSED_SHUTDOWN, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            self.close(&CloseReason::Shutdown, false);
+        }
+    }
+
+    /// Why the queue was closed from outside, if it was.
+    fn closed_reason(&self) -> Option<CloseReason> {
+        match self.closed_by.load(Ordering::Relaxed) {
+            CLOSED_SLOW => Some(CloseReason::SlowConsumer),
+            CLOSED_SHUTDOWN => Some(CloseReason::Shutdown),
+            _ => None,
+        }
     }
 }
 
@@ -110,8 +134,6 @@ pub struct SessionParams {
     pub config: Arc<SessionConfig>,
     /// Where its patterns go.
     pub directory: Arc<dyn Directory>,
-    /// Cancelled on shutdown: the session closes with 1001.
-    pub cancel: CancellationToken,
 }
 
 /// Bytes read per system call.
@@ -139,11 +161,12 @@ fn read_available(stream: &TcpStream, buf: &mut BytesMut) -> std::io::Result<usi
 ///
 /// One task does everything: it reads and decodes client frames, handles requests, pings and
 /// the pong deadline, token expiry and shutdown, and writes what the fan-out queued with
-/// non-blocking vectored writes. It waits on socket readiness, the queue, one timer and the
-/// cancellation token, all cancel-safe.
+/// non-blocking vectored writes. It waits on socket readiness, its queue and one timer, all
+/// cancel-safe; shutdown reaches it through its queue like events do, so no lock shared by
+/// all sessions is taken on its path.
 ///
 /// # Cancel safety
-/// Not meant to be cancelled: cancel `params.cancel` instead, and it closes with 1001.
+/// Not meant to be cancelled: [`SessionHandle::shut_down`] closes it with 1001.
 pub async fn run(
     params: SessionParams,
     handle: Arc<SessionHandle>,
@@ -160,7 +183,6 @@ pub async fn run(
 
 /// What the session is waiting for besides its socket.
 enum Wake {
-    Cancelled,
     Timer,
     Socket(std::io::Result<Ready>),
     Queue,
@@ -224,12 +246,8 @@ async fn drive(
                     Some(Next::Close(frame)) => {
                         close_frame = Some(frame);
                         if closing.is_none() {
-                            // The fan-out closed the queue: the session could not keep up.
-                            let reason = if handle.was_slow() {
-                                CloseReason::SlowConsumer
-                            } else {
-                                CloseReason::Internal
-                            };
+                            // Closed from outside: too slow, or shutdown.
+                            let reason = handle.closed_reason().unwrap_or(CloseReason::Internal);
                             closing = Some((reason, Instant::now() + config.close_timeout));
                         }
                         outgoing.extend(vec![close_frame.clone().unwrap_or_default()]);
@@ -264,13 +282,11 @@ async fn drive(
         };
         let wake = tokio::select! {
             biased;
-            () = params.cancel.cancelled(), if closing.is_none() => Wake::Cancelled,
             () = &mut timer => Wake::Timer,
             ready = stream.ready(interest) => Wake::Socket(ready),
             () = handle.queue().changed(), if outgoing.is_empty() && close_frame.is_none() => Wake::Queue,
         };
         match wake {
-            Wake::Cancelled => close(CloseReason::Shutdown, &mut closing),
             Wake::Queue => {}
             Wake::Timer => {
                 let now = Instant::now();

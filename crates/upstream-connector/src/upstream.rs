@@ -309,6 +309,12 @@ async fn connected(
     // Frames the reader must have sent (pongs, the close reply) go through the writer here.
     let (obligated_tx, mut obligated_rx) = mpsc::channel::<(OpCode, Vec<u8>)>(16);
     let customer_id = shared.customer_id;
+    let shapes = [
+        metrics::counter!("fanout_upstream_events_total", "shape" => "envelope"),
+        metrics::counter!("fanout_upstream_events_total", "shape" => "webhook"),
+        metrics::counter!("fanout_upstream_events_total", "shape" => "bare"),
+    ];
+    let undecodable = metrics::counter!("fanout_events_dropped_total", "reason" => "undecodable");
     let mut reader = tokio::spawn({
         let last_seen = last_seen.clone();
         let bare = bare.clone();
@@ -342,11 +348,16 @@ async fn connected(
                         };
                         match upstream::decode(&bytes, &cx) {
                             Ok(event) => {
-                                metrics::counter!("fanout_upstream_events_total", "shape" => shape_label(event.shape)).increment(1);
+                                let shape = match event.shape {
+                                    upstream::Shape::Envelope => 0,
+                                    upstream::Shape::Webhook => 1,
+                                    upstream::Shape::Bare => 2,
+                                };
+                                shapes[shape].increment(1);
                                 sink.publish(event);
                             }
                             Err(error) => {
-                                metrics::counter!("fanout_events_dropped_total", "reason" => "undecodable").increment(1);
+                                undecodable.increment(1);
                                 tracing::debug!(%customer_id, %error, "Upstream frame dropped");
                             }
                         }
@@ -429,12 +440,4 @@ async fn connected(
     };
     reader.abort();
     ended
-}
-
-fn shape_label(shape: upstream::Shape) -> &'static str {
-    match shape {
-        upstream::Shape::Envelope => "envelope",
-        upstream::Shape::Webhook => "webhook",
-        upstream::Shape::Bare => "bare",
-    }
 }
