@@ -295,12 +295,7 @@ impl Endpoint {
         let customer_id = identity.customer_id;
         let kind = identity.kind_label();
         let agent_id = identity.agent_id();
-        let handle = Arc::new(SessionHandle::new(
-            id,
-            customer_id,
-            &self.config,
-            Arc::new(stream),
-        ));
+        let handle = Arc::new(SessionHandle::new(id, customer_id, &self.config));
         metrics::gauge!("fanout_sessions").increment(1.0);
         metrics::counter!("fanout_sessions_opened_total").increment(1);
         tracing::info!(session_id = id, %customer_id, kind, agent_id = ?agent_id, "Session opened");
@@ -314,7 +309,7 @@ impl Endpoint {
             // Shutdown began while this one was upgrading.
             handle.shut_down();
         }
-        let reason = session::run(params, handle, pending).await;
+        let reason = session::run(params, handle, stream, pending).await;
         self.lock_live().remove(&id);
         metrics::gauge!("fanout_sessions").decrement(1.0);
         metrics::counter!("fanout_sessions_closed_total", "reason" => reason.label()).increment(1);

@@ -42,8 +42,6 @@ struct State {
     frames: VecDeque<Bytes>,
     bytes: usize,
     close: Option<Bytes>,
-    /// The writer took frames it has not finished writing: nothing may overtake them.
-    writing: bool,
 }
 
 /// A bounded multi-producer, single-consumer queue of frames.
@@ -93,35 +91,6 @@ impl Queue {
         self.push_with(frame, 0)
     }
 
-    /// Writes an event frame at once with `write` (a non-blocking write to the session's
-    /// socket) when nothing is queued or being written, which saves waking the session's task;
-    /// whatever the socket does not take is queued for the task. Otherwise queues it.
-    pub fn push_or_write(
-        &self,
-        frame: Bytes,
-        write: impl FnOnce(&[u8]) -> std::io::Result<usize>,
-    ) -> Push {
-        let mut state = self.lock();
-        if state.close.is_some() {
-            return Push::Closed;
-        }
-        if !state.frames.is_empty() || state.writing {
-            drop(state);
-            return self.push(frame);
-        }
-        let rest = match write(&frame) {
-            Ok(n) if n >= frame.len() => return Push::Queued,
-            Ok(n) => frame.slice(n..),
-            // Would block, or failed: the task writes it, or finds the error.
-            Err(_) => frame,
-        };
-        state.bytes += rest.len();
-        state.frames.push_back(rest);
-        drop(state);
-        self.notify.notify_one();
-        Push::Queued
-    }
-
     /// Queues a control or error frame, which may use a little room beyond the limits.
     pub fn push_control(&self, frame: Bytes) -> Push {
         self.push_with(frame, CONTROL_HEADROOM)
@@ -161,20 +130,14 @@ impl Queue {
 
     /// Takes what is queued now: frames, else the close frame once everything before it is
     /// taken, else nothing.
-    ///
-    /// Taking frames marks the writer busy until a call that finds nothing, so that no frame
-    /// is written directly ([`Queue::push_or_write`]) before the ones taken.
     pub fn try_next(&self) -> Option<Next> {
         let mut state = self.lock();
         if !state.frames.is_empty() {
             let frames: Vec<Bytes> = std::mem::take(&mut state.frames).into();
             state.bytes = 0;
-            state.writing = true;
             return Some(Next::Frames(frames));
         }
-        let close = state.close.as_ref().map(|close| Next::Close(close.clone()));
-        state.writing = close.is_some();
-        close
+        state.close.as_ref().map(|close| Next::Close(close.clone()))
     }
 
     /// Resolves after the next push or close (or at once if one happened since the last
@@ -248,50 +211,6 @@ mod tests {
         queue.push(frame(1));
         queue.close(frame(2), true);
         assert!(matches!(queue.next().await, Next::Close(_)));
-    }
-
-    #[test]
-    fn writes_directly_only_when_nothing_is_ahead() {
-        let queue = Queue::new(10, 1000);
-        let mut written = Vec::new();
-        // Idle: written at once, nothing queued.
-        assert_eq!(
-            queue.push_or_write(frame(3), |b| {
-                written.push(b.len());
-                Ok(b.len())
-            }),
-            Push::Queued
-        );
-        assert!(queue.is_empty());
-        // A partial write queues the rest.
-        assert_eq!(
-            queue.push_or_write(Bytes::from_static(b"abcdef"), |_| Ok(2)),
-            Push::Queued
-        );
-        assert_eq!(queue.len(), 1);
-        // With frames queued, nothing overtakes them.
-        let overtaking =
-            queue.push_or_write(frame(1), |_| panic!("must not write past queued frames"));
-        assert_eq!(overtaking, Push::Queued);
-        let Some(Next::Frames(frames)) = queue.try_next() else {
-            panic!("frames")
-        };
-        assert_eq!(frames[0], Bytes::from_static(b"cdef"));
-        // While the writer holds taken frames, nothing is written directly either.
-        assert_eq!(
-            queue.push_or_write(frame(1), |_| panic!("writer busy")),
-            Push::Queued
-        );
-        assert!(matches!(queue.try_next(), Some(Next::Frames(_))));
-        assert!(queue.try_next().is_none());
-        // Writer idle again.
-        assert_eq!(queue.push_or_write(frame(2), |b| Ok(b.len())), Push::Queued);
-        assert!(queue.is_empty());
-        // Would block: queued whole.
-        let blocked = queue.push_or_write(frame(2), |_| Err(std::io::ErrorKind::WouldBlock.into()));
-        assert_eq!(blocked, Push::Queued);
-        assert_eq!(queue.len(), 1);
-        assert_eq!(written, [3]);
     }
 
     #[tokio::test]

@@ -38,27 +38,23 @@ pub trait Directory: Send + Sync + 'static {
 const CLOSED_SLOW: u8 = 1;
 const CLOSED_SHUTDOWN: u8 = 2;
 
-/// The part of a session the fan-out holds: its identity, its queue and its socket.
+/// The part of a session the fan-out holds: its identity and its queue.
 #[derive(Debug)]
 pub struct SessionHandle {
     id: u64,
     customer_id: Uuid,
     queue: Queue,
-    /// Shared with the session's task: the fan-out writes to it directly when the session has
-    /// nothing queued (see [`Queue::push_or_write`]).
-    socket: Arc<TcpStream>,
     /// Set when the queue is closed from outside: too slow, or shutdown.
     closed_by: AtomicU8,
 }
 
 impl SessionHandle {
-    /// A handle for a session on `socket`, with an empty queue bounded as `config` says.
-    pub fn new(id: u64, customer_id: Uuid, config: &SessionConfig, socket: Arc<TcpStream>) -> Self {
+    /// A handle with an empty queue bounded as `config` says.
+    pub fn new(id: u64, customer_id: Uuid, config: &SessionConfig) -> Self {
         SessionHandle {
             id,
             customer_id,
             queue: Queue::new(config.queue_frames, config.queue_bytes),
-            socket,
             closed_by: AtomicU8::new(0),
         }
     }
@@ -76,10 +72,7 @@ impl SessionHandle {
     /// Offers an event frame; false if it was not queued. A full queue closes the session
     /// with 1013, dropping what it had queued.
     pub fn offer(&self, frame: Bytes) -> bool {
-        match self
-            .queue
-            .push_or_write(frame, |bytes| self.socket.try_write(bytes))
-        {
+        match self.queue.push(frame) {
             Push::Queued => true,
             Push::Closed => false,
             Push::Full => {
@@ -163,7 +156,7 @@ fn read_available(stream: &TcpStream, buf: &mut BytesMut) -> std::io::Result<usi
     Ok(n)
 }
 
-/// Runs a session on its handle's connection until it ends; `pending` holds bytes the client
+/// Runs a session on an upgraded connection until it ends; `pending` holds bytes the client
 /// sent right after the handshake. Returns why it ended.
 ///
 /// One task does everything: it reads and decodes client frames, handles requests, pings and
@@ -174,14 +167,16 @@ fn read_available(stream: &TcpStream, buf: &mut BytesMut) -> std::io::Result<usi
 ///
 /// # Cancel safety
 /// Not meant to be cancelled: [`SessionHandle::shut_down`] closes it with 1001.
-pub async fn run(params: SessionParams, handle: Arc<SessionHandle>, pending: Bytes) -> CloseReason {
+pub async fn run(
+    params: SessionParams,
+    handle: Arc<SessionHandle>,
+    stream: TcpStream,
+    pending: Bytes,
+) -> CloseReason {
     let subscriber = Subscriber(handle.clone());
     params.directory.attach(&subscriber);
     let mut requests = Requests::new(&params, &handle);
-    let stream = handle.socket.clone();
     let reason = drive(&params, &handle, &mut requests, &stream, pending).await;
-    // Nothing more is queued or written to a session that ended.
-    handle.close(&reason, true);
     params.directory.detach(&subscriber, requests.patterns());
     reason
 }
