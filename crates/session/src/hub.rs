@@ -123,14 +123,22 @@ impl Hub {
             return published;
         }
         let head = EnvelopeHead::new(&event.event_type, &event.timestamp);
-        let mut frames: Vec<Option<Bytes>> = vec![None; event.topics.len()];
+        // One encoded frame per topic, made on first use (events have at most four topics;
+        // more share the last slot's miss path and are encoded per use).
+        let mut frames: [Option<Bytes>; 4] = Default::default();
         self.trie.match_topics(&event.topics, |subscriber, index| {
-            let frame = frames[index]
-                .get_or_insert_with(|| {
+            let frame = match frames.get_mut(index) {
+                Some(slot) => slot
+                    .get_or_insert_with(|| {
+                        published.encoded += 1;
+                        head.frame(&event.topics[index], &event.data)
+                    })
+                    .clone(),
+                None => {
                     published.encoded += 1;
                     head.frame(&event.topics[index], &event.data)
-                })
-                .clone();
+                }
+            };
             if subscriber.0.offer(frame) {
                 published.delivered += 1;
             } else {

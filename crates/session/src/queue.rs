@@ -5,7 +5,8 @@
 //! system calls as it can. The queue is bounded in frames and in bytes; a push that would
 //! overflow it fails, and the caller closes the session as too slow.
 //!
-//! An idle queue holds no allocation: the deque gives its buffer back once drained.
+//! An idle queue that never carried an event holds no allocation; once it has, its deque and
+//! the writer's swap buffers rather than allocating per batch.
 
 use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard};
@@ -28,13 +29,15 @@ pub enum Push {
     Closed,
 }
 
-/// What the writer gets next.
-#[derive(Debug)]
-pub enum Next {
-    /// Frames to write, in order.
-    Frames(Vec<Bytes>),
+/// What [`Queue::take_into`] took.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Taken {
+    /// Frames, now in the caller's deque.
+    Frames,
     /// Everything queued is written: write this close frame and end.
     Close(Bytes),
+    /// Nothing is queued.
+    Nothing,
 }
 
 #[derive(Debug, Default)]
@@ -128,48 +131,30 @@ impl Queue {
         self.len() == 0
     }
 
-    /// Takes what is queued now: frames, else the close frame once everything before it is
-    /// taken, else nothing.
-    pub fn try_next(&self) -> Option<Next> {
+    /// Takes what is queued now into `out` (which must be empty) by swapping deques, so
+    /// neither side allocates once both have held frames: frames, else the close frame once
+    /// everything before it is taken, else nothing.
+    pub fn take_into(&self, out: &mut VecDeque<Bytes>) -> Taken {
         let mut state = self.lock();
         if !state.frames.is_empty() {
-            let frames: Vec<Bytes> = std::mem::take(&mut state.frames).into();
+            out.clear();
+            std::mem::swap(&mut state.frames, out);
             state.bytes = 0;
-            return Some(Next::Frames(frames));
+            return Taken::Frames;
         }
-        state.close.as_ref().map(|close| Next::Close(close.clone()))
+        match &state.close {
+            Some(close) => Taken::Close(close.clone()),
+            None => Taken::Nothing,
+        }
     }
 
     /// Resolves after the next push or close (or at once if one happened since the last
-    /// wait). Use after [`Queue::try_next`] found nothing.
+    /// wait). Use after [`Queue::take_into`] found nothing.
     ///
     /// # Cancel safety
     /// Cancel-safe: a wake-up that was not consumed stays for the next call.
     pub async fn changed(&self) {
         self.notify.notified().await;
-    }
-
-    /// Waits for frames or the close, and takes them.
-    ///
-    /// # Cancel safety
-    /// Cancel-safe: nothing is taken until it is returned.
-    pub async fn next(&self) -> Next {
-        loop {
-            {
-                let mut state = self.lock();
-                if !state.frames.is_empty() {
-                    let frames: Vec<Bytes> = std::mem::take(&mut state.frames).into();
-                    state.bytes = 0;
-                    return Next::Frames(frames);
-                }
-                if let Some(close) = &state.close {
-                    return Next::Close(close.clone());
-                }
-            }
-            // `notify_one` keeps a permit when nobody waits, so no wake-up is lost between
-            // the check above and this wait.
-            self.notify.notified().await;
-        }
     }
 }
 
@@ -181,36 +166,56 @@ mod tests {
         Bytes::from(vec![0u8; n])
     }
 
-    #[tokio::test]
-    async fn bounded_in_frames_and_bytes() {
+    fn take(queue: &Queue) -> (Taken, Vec<usize>) {
+        let mut out = VecDeque::new();
+        let taken = queue.take_into(&mut out);
+        (taken, out.iter().map(Bytes::len).collect())
+    }
+
+    #[test]
+    fn bounded_in_frames_and_bytes() {
         let queue = Queue::new(3, 100);
         assert_eq!(queue.push(frame(10)), Push::Queued);
         assert_eq!(queue.push(frame(10)), Push::Queued);
         assert_eq!(queue.push(frame(10)), Push::Queued);
         assert_eq!(queue.push(frame(10)), Push::Full);
         assert_eq!(queue.push_control(frame(2)), Push::Queued);
-        let Next::Frames(frames) = queue.next().await else {
-            panic!("frames expected");
-        };
-        assert_eq!(frames.len(), 4);
+        assert_eq!(take(&queue), (Taken::Frames, vec![10, 10, 10, 2]));
         assert_eq!(queue.push(frame(101)), Push::Full);
         assert_eq!(queue.push(frame(100)), Push::Queued);
     }
 
-    #[tokio::test]
-    async fn close_after_queued_frames_or_discarding_them() {
+    #[test]
+    fn close_after_queued_frames_or_discarding_them() {
         let queue = Queue::new(10, 1000);
         queue.push(frame(1));
         assert!(queue.close(frame(2), false));
         assert!(!queue.close(frame(3), true));
         assert_eq!(queue.push(frame(1)), Push::Closed);
-        assert!(matches!(queue.next().await, Next::Frames(f) if f.len() == 1));
-        assert!(matches!(queue.next().await, Next::Close(c) if c.len() == 2));
+        assert_eq!(take(&queue), (Taken::Frames, vec![1]));
+        assert_eq!(take(&queue), (Taken::Close(frame(2)), vec![]));
 
         let queue = Queue::new(10, 1000);
         queue.push(frame(1));
         queue.close(frame(2), true);
-        assert!(matches!(queue.next().await, Next::Close(_)));
+        assert_eq!(take(&queue), (Taken::Close(frame(2)), vec![]));
+    }
+
+    #[test]
+    fn take_into_swaps_buffers() {
+        let queue = Queue::new(10, 1000);
+        let mut out = VecDeque::new();
+        assert_eq!(queue.take_into(&mut out), Taken::Nothing);
+        queue.push(frame(1));
+        queue.push(frame(2));
+        assert_eq!(queue.take_into(&mut out), Taken::Frames);
+        assert_eq!(out.len(), 2);
+        let reused = out.capacity();
+        out.clear();
+        queue.push(frame(3));
+        assert_eq!(queue.take_into(&mut out), Taken::Frames);
+        assert_eq!(out.iter().map(Bytes::len).collect::<Vec<_>>(), [3]);
+        assert!(reused > 0);
     }
 
     #[tokio::test]
@@ -218,10 +223,18 @@ mod tests {
         let queue = std::sync::Arc::new(Queue::new(10, 1000));
         let waiter = tokio::spawn({
             let queue = queue.clone();
-            async move { matches!(queue.next().await, Next::Frames(f) if f.len() == 1) }
+            async move {
+                loop {
+                    let mut out = VecDeque::new();
+                    if queue.take_into(&mut out) == Taken::Frames {
+                        return out.len();
+                    }
+                    queue.changed().await;
+                }
+            }
         });
         tokio::task::yield_now().await;
         queue.push(frame(5));
-        assert!(waiter.await.expect("joins"));
+        assert_eq!(waiter.await.expect("joins"), 1);
     }
 }

@@ -17,7 +17,7 @@ use uuid::Uuid;
 use crate::close::CloseReason;
 use crate::config::SessionConfig;
 use crate::hub::Subscriber;
-use crate::queue::{Next, Push, Queue};
+use crate::queue::{Push, Queue, Taken};
 use crate::requests::Requests;
 use crate::writer::Outgoing;
 
@@ -241,18 +241,18 @@ async fn drive(
         // Everything queued, as far as the socket takes it.
         loop {
             if outgoing.is_empty() && close_frame.is_none() {
-                match handle.queue().try_next() {
-                    Some(Next::Frames(frames)) => outgoing.extend(frames),
-                    Some(Next::Close(frame)) => {
-                        close_frame = Some(frame);
+                match handle.queue().take_into(outgoing.refill()) {
+                    Taken::Frames => {}
+                    Taken::Close(frame) => {
                         if closing.is_none() {
                             // Closed from outside: too slow, or shutdown.
                             let reason = handle.closed_reason().unwrap_or(CloseReason::Internal);
                             closing = Some((reason, Instant::now() + config.close_timeout));
                         }
-                        outgoing.extend(vec![close_frame.clone().unwrap_or_default()]);
+                        outgoing.push(frame.clone());
+                        close_frame = Some(frame);
                     }
-                    None => break,
+                    Taken::Nothing => break,
                 }
             }
             match outgoing.write(|slices| stream.try_write_vectored(slices)) {

@@ -2,6 +2,7 @@
 //! writes as far as the socket takes them: a burst of events costs one system call, not one
 //! per frame.
 
+use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 
 use bytes::Bytes;
@@ -9,10 +10,11 @@ use bytes::Bytes;
 /// How many buffers one vectored write carries at most (Linux's `IOV_MAX` is 1024).
 const MAX_IOVECS: usize = 64;
 
-/// Frames being written, and how far.
+/// Frames being written, and how far. The deque is swapped with the session's queue (see
+/// [`crate::queue::Queue::take_into`]), so its buffer is reused rather than reallocated.
 #[derive(Debug, Default)]
 pub(crate) struct Outgoing {
-    frames: Vec<Bytes>,
+    frames: VecDeque<Bytes>,
     /// The first frame not completely written.
     index: usize,
     /// Bytes of `frames[index]` already written.
@@ -25,15 +27,17 @@ impl Outgoing {
         self.index >= self.frames.len()
     }
 
-    /// Takes `frames` to write after what is pending.
-    pub(crate) fn extend(&mut self, frames: Vec<Bytes>) {
-        if self.is_empty() {
-            self.frames = frames;
-            self.index = 0;
-            self.offset = 0;
-        } else {
-            self.frames.extend(frames);
-        }
+    /// The deque to take the next frames into; only while everything was written.
+    pub(crate) fn refill(&mut self) -> &mut VecDeque<Bytes> {
+        self.frames.clear();
+        self.index = 0;
+        self.offset = 0;
+        &mut self.frames
+    }
+
+    /// Adds one frame to write after what is pending.
+    pub(crate) fn push(&mut self, frame: Bytes) {
+        self.frames.push_back(frame);
     }
 
     /// Writes with `write` (a vectored, non-blocking write) until everything is written or
@@ -51,7 +55,7 @@ impl Outgoing {
             slices[0] = IoSlice::new(&self.frames[self.index][self.offset..]);
             for (slot, frame) in slices[1..]
                 .iter_mut()
-                .zip(&self.frames[self.index + 1..end])
+                .zip(self.frames.range(self.index + 1..end))
             {
                 *slot = IoSlice::new(frame);
             }
@@ -78,8 +82,8 @@ impl Outgoing {
                 self.offset = 0;
             }
         }
-        // Give the buffers back: an idle session keeps nothing here.
-        self.frames = Vec::new();
+        // Drop the frames but keep the deque's buffer for the next batch.
+        self.frames.clear();
         self.index = 0;
         self.offset = 0;
         Ok(true)
@@ -96,7 +100,7 @@ mod tests {
         let mut out = Vec::new();
         let mut calls = 0;
         let mut outgoing = Outgoing::default();
-        outgoing.extend(frames.to_vec());
+        outgoing.refill().extend(frames.iter().cloned());
         loop {
             let done = outgoing
                 .write(|slices| {
@@ -144,7 +148,7 @@ mod tests {
     #[test]
     fn errors_other_than_would_block_surface() {
         let mut outgoing = Outgoing::default();
-        outgoing.extend(vec![Bytes::from_static(b"x")]);
+        outgoing.push(Bytes::from_static(b"x"));
         let got = outgoing.write(|_| Err(io::ErrorKind::BrokenPipe.into()));
         assert_eq!(got.map_err(|e| e.kind()), Err(io::ErrorKind::BrokenPipe));
     }

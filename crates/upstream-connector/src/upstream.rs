@@ -339,7 +339,12 @@ async fn connected(
                 last_seen.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
                 match frame.opcode {
                     OpCode::Text => {
-                        let bytes = Bytes::copy_from_slice(&frame.payload);
+                        // The frame's own buffer becomes the event's: no copy.
+                        let bytes = match frame.payload {
+                            fastwebsockets::Payload::Bytes(b) => b.freeze(),
+                            fastwebsockets::Payload::Owned(v) => Bytes::from(v),
+                            other => Bytes::copy_from_slice(&other),
+                        };
                         let bare_resource = bare.lock().unwrap_or_else(|e| e.into_inner()).clone();
                         let cx = Context {
                             customer_id,
