@@ -62,11 +62,20 @@ impl Shared {
         })
     }
 
-    fn record(&self, shard: usize, micros: u64) {
+    /// Adds what one session read in one go: a count and its latencies, under one lock.
+    fn add_batch(&self, shard: usize, batch: &mut Batch) {
+        if batch.len == 0 {
+            return;
+        }
+        self.delivered
+            .fetch_add(batch.len as u64, Ordering::Relaxed);
         let mut h = self.latency[shard % SHARDS]
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        let _ = h.record(micros.max(1));
+        for micros in &batch.micros[..batch.len] {
+            let _ = h.record((*micros).max(1));
+        }
+        batch.len = 0;
     }
 
     /// Takes the latency recorded so far (microseconds) and starts afresh.
@@ -78,6 +87,29 @@ impl Shared {
             h.reset();
         }
         out
+    }
+}
+
+/// Latencies a session collected since its last flush (flushed per read, or when full), so
+/// the tester's threads do not meet on a lock and a counter for every event.
+struct Batch {
+    micros: [u64; 64],
+    len: usize,
+}
+
+impl Batch {
+    fn new() -> Self {
+        Batch {
+            micros: [0; 64],
+            len: 0,
+        }
+    }
+
+    /// Records one event's latency; true when the batch is full and must be flushed.
+    fn push(&mut self, sent: u64) -> bool {
+        self.micros[self.len] = now_ns().saturating_sub(sent) / 1000;
+        self.len += 1;
+        self.len == self.micros.len()
     }
 }
 
@@ -207,6 +239,7 @@ pub(crate) async fn run(
     let mut decoder = Decoder::new(Role::Client, 16 * 1024 * 1024);
     let mut nats = BytesMut::new();
     let mut ready = matches!(protocol, Protocol::Plain);
+    let mut batch = Batch::new();
     loop {
         loop {
             let message = match decoder.decode(&mut buf) {
@@ -221,12 +254,13 @@ pub(crate) async fn run(
                 Message::Text(payload) | Message::Binary(payload) => match &protocol {
                     Protocol::Nats { .. } => {
                         nats.extend_from_slice(&payload);
-                        nats_lines(&mut nats, &shared, shard, &mut ready)
+                        nats_lines(&mut nats, &shared, shard, &mut ready, &mut batch)
                     }
                     _ => {
                         if let Some(sent) = sent_ns(&payload) {
-                            shared.delivered.fetch_add(1, Ordering::Relaxed);
-                            shared.record(shard, now_ns().saturating_sub(sent) / 1000);
+                            if batch.push(sent) {
+                                shared.add_batch(shard, &mut batch);
+                            }
                         } else if !ready
                             && memchr::memmem::find(&payload, b"unknown_type").is_some()
                         {
@@ -251,6 +285,7 @@ pub(crate) async fn run(
                 return;
             }
         }
+        shared.add_batch(shard, &mut batch);
         tokio::select! {
             () = stop.cancelled() => return,
             read = stream.read_buf(&mut buf) => match read {
@@ -270,6 +305,7 @@ fn nats_lines(
     shared: &Shared,
     shard: usize,
     ready: &mut bool,
+    batch: &mut Batch,
 ) -> Option<Bytes> {
     let mut reply = None;
     loop {
@@ -289,9 +325,10 @@ fn nats_lines(
                 return reply;
             }
             let payload = &pending[eol + 2..eol + 2 + len];
-            if let Some(sent) = sent_ns(payload) {
-                shared.delivered.fetch_add(1, Ordering::Relaxed);
-                shared.record(shard, now_ns().saturating_sub(sent) / 1000);
+            if let Some(sent) = sent_ns(payload)
+                && batch.push(sent)
+            {
+                shared.add_batch(shard, batch);
             }
             pending.advance(eol + 2 + len + 2);
             continue;
@@ -381,12 +418,14 @@ mod tests {
         let mut ready = false;
         let mut pending = BytesMut::new();
         let mut pongs = 0;
+        let mut batch = Batch::new();
         for chunk in stream.chunks(5) {
             pending.extend_from_slice(chunk);
-            if nats_lines(&mut pending, &shared, 0, &mut ready).is_some() {
+            if nats_lines(&mut pending, &shared, 0, &mut ready, &mut batch).is_some() {
                 pongs += 1;
             }
         }
+        shared.add_batch(0, &mut batch);
         assert!(ready);
         assert_eq!(pongs, 1);
         assert_eq!(shared.delivered.load(Ordering::Relaxed), 2);
