@@ -153,6 +153,9 @@ pub struct LimitsSection {
     /// Deadline for a client to send its request headers. Default `10s`.
     #[serde(with = "humantime_serde")]
     pub header_timeout: Duration,
+    /// The listen backlog of the WebSocket listener (capped by the kernel's `somaxconn`).
+    /// Default 4096.
+    pub listen_backlog: u32,
 }
 
 impl Default for LimitsSection {
@@ -162,6 +165,7 @@ impl Default for LimitsSection {
             handshakes_per_second: 50_000,
             handshake_burst: 50_000,
             header_timeout: Duration::from_secs(10),
+            listen_backlog: 4096,
         }
     }
 }

@@ -53,6 +53,10 @@ pub struct Gateway {
     /// Closes the upstreams.
     upstreams: CancellationToken,
     tasks: TaskTracker,
+    /// The WebSocket listener, to shut down on shutdown.
+    listener: std::net::TcpListener,
+    /// The thread accepting on it.
+    acceptor: Option<std::thread::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -123,8 +127,7 @@ impl Gateway {
             },
             registry.clone(),
         ));
-        let listener = TcpListener::bind(config.listen)
-            .await
+        let listener = server::bind(config.listen, config.limits.listen_backlog)
             .with_context(|| format!("binding listen address {}", config.listen))?;
         let admin = TcpListener::bind(config.admin_listen)
             .await
@@ -133,12 +136,13 @@ impl Gateway {
         let admin_addr = admin.local_addr()?;
         let ready = Arc::new(AtomicBool::new(false));
         let tasks = TaskTracker::new();
-        tasks.spawn(server::serve_ws(
-            listener,
+        let acceptor = server::spawn_ws_acceptor(
+            listener.try_clone()?,
+            tokio::runtime::Handle::current(),
             endpoint.clone(),
             accept.clone(),
             config.limits.header_timeout,
-        ));
+        )?;
         tasks.spawn(server::serve_admin(
             admin,
             server::AdminState {
@@ -160,6 +164,8 @@ impl Gateway {
             accept,
             upstreams,
             tasks,
+            listener,
+            acceptor: Some(acceptor),
         })
     }
 
@@ -184,7 +190,7 @@ impl Gateway {
     }
 
     /// Shuts down gracefully (see the module docs) and returns when done.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         let open = self.endpoint.open_sessions();
         tracing::info!(open_sessions = open, "Gateway draining");
         self.ready.store(false, Ordering::SeqCst);
@@ -193,6 +199,10 @@ impl Gateway {
             tokio::time::sleep(self.config.shutdown.ready_delay).await;
         }
         self.accept.cancel();
+        server::stop_accepting(&self.listener);
+        if let Some(acceptor) = self.acceptor.take() {
+            let _ = tokio::task::spawn_blocking(move || acceptor.join()).await;
+        }
         self.endpoint.shut_down();
         let tracker = self.endpoint.tracker();
         tracker.close();

@@ -16,7 +16,9 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use std::net::SocketAddr;
+
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::registry::Registry;
@@ -30,6 +32,35 @@ fn text(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) 
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
+}
+
+/// Serves one connection over HTTP/1.1 with upgrades until it upgrades, closes or `stop`.
+async fn serve_connection<F, Fut>(
+    stream: TcpStream,
+    stop: CancellationToken,
+    header_timeout: Duration,
+    handle: F,
+) where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Answer> + Send + 'static,
+{
+    let service = service_fn(move |req| {
+        let handle = handle.clone();
+        async move { Ok::<_, Infallible>(handle(req).await) }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        () = stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(1), conn).await;
+        }
+    }
 }
 
 /// Accepts until `stop`, serving each connection over HTTP/1.1 with upgrades.
@@ -47,68 +78,109 @@ async fn accept_loop<F, Fut>(
             () = stop.cancelled() => return,
             accepted = listener.accept() => accepted,
         };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
+        match accepted {
+            Ok((stream, _)) => {
+                tokio::spawn(serve_connection(
+                    stream,
+                    stop.clone(),
+                    header_timeout,
+                    handle.clone(),
+                ));
+            }
             Err(error) => {
                 // Typically out of file descriptors: pause instead of spinning.
                 metrics::counter!("fanout_accept_errors_total").increment(1);
                 tracing::warn!(%error, "Accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
             }
-        };
-        let handle = handle.clone();
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let handle = handle.clone();
-                async move { Ok::<_, Infallible>(handle(req).await) }
-            });
-            let conn = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_timeout)
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades();
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                () = stop.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(Duration::from_secs(1), conn).await;
-                }
-            }
-        });
+        }
     }
 }
 
-/// Serves the WebSocket listener until `stop`.
-pub async fn serve_ws(
-    listener: TcpListener,
+/// Binds `addr` with a listen backlog of `backlog` (tokio's default, 1024, overflows in a
+/// reconnect storm and costs the dropped clients a one-second SYN retry).
+///
+/// # Errors
+/// When the address cannot be bound.
+pub fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<std::net::TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    Ok(socket.into())
+}
+
+/// Accepts WebSocket clients on a thread of its own, so that accepting never waits behind
+/// busy session tasks (in a reconnect storm that wait overflows the backlog), and hands each
+/// connection to the runtime. Returns when `stop` is cancelled and the listener is shut down
+/// (see [`stop_accepting`]).
+pub fn spawn_ws_acceptor(
+    listener: std::net::TcpListener,
+    runtime: tokio::runtime::Handle,
     endpoint: Arc<Endpoint>,
     stop: CancellationToken,
     header_timeout: Duration,
-) {
-    accept_loop(
-        listener,
-        stop,
-        header_timeout,
-        move |req: Request<Incoming>| {
-            let endpoint = endpoint.clone();
-            async move {
-                if Endpoint::serves(req.uri().path()) {
-                    endpoint.handle(req).await
-                } else {
-                    let error = HttpError::NOT_FOUND;
-                    text(
-                        StatusCode::NOT_FOUND,
-                        "application/json",
-                        error.body(&fanout_protocol::rest::request_id(None, rand::random())),
-                    )
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("fanout-accept".into())
+        .spawn(move || {
+            let handle = ws_handler(endpoint);
+            loop {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        if stream.set_nonblocking(true).is_err() {
+                            continue;
+                        }
+                        let (stop, handle) = (stop.clone(), handle.clone());
+                        runtime.spawn(async move {
+                            if let Ok(stream) = TcpStream::from_std(stream) {
+                                serve_connection(stream, stop, header_timeout, handle).await;
+                            }
+                        });
+                    }
+                    Err(_) if stop.is_cancelled() => return,
+                    Err(error) => {
+                        metrics::counter!("fanout_accept_errors_total").increment(1);
+                        tracing::warn!(%error, "Accept failed");
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
                 }
             }
-        },
-    )
-    .await;
+        })
+}
+
+/// Wakes the acceptor thread out of `accept` so it sees `stop` (shutting a listening socket
+/// down makes a blocked `accept` fail at once).
+pub fn stop_accepting(listener: &std::net::TcpListener) {
+    let _ = socket2::SockRef::from(listener).shutdown(std::net::Shutdown::Both);
+}
+
+fn ws_handler(
+    endpoint: Arc<Endpoint>,
+) -> impl Fn(Request<Incoming>) -> std::pin::Pin<Box<dyn std::future::Future<Output = Answer> + Send>>
++ Clone
++ Send
++ Sync
++ 'static {
+    move |req: Request<Incoming>| {
+        let endpoint = endpoint.clone();
+        Box::pin(async move {
+            if Endpoint::serves(req.uri().path()) {
+                endpoint.handle(req).await
+            } else {
+                let error = HttpError::NOT_FOUND;
+                text(
+                    StatusCode::NOT_FOUND,
+                    "application/json",
+                    error.body(&fanout_protocol::rest::request_id(None, rand::random())),
+                )
+            }
+        })
+    }
 }
 
 /// What the admin endpoints read.
