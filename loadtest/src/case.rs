@@ -99,7 +99,7 @@ fn default_concurrency() -> usize {
     1000
 }
 fn default_sources() -> u8 {
-    4
+    16
 }
 
 impl Case {

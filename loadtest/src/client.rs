@@ -287,7 +287,12 @@ pub(crate) async fn run(
         }
         shared.add_batch(shard, &mut batch);
         tokio::select! {
-            () = stop.cancelled() => return,
+            () = stop.cancelled() => {
+                // Reset rather than close: a run leaves no TIME_WAIT behind to crowd the next
+                // run's source ports (thousands per run on a few source addresses).
+                let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+                return;
+            }
             read = stream.read_buf(&mut buf) => match read {
                 Ok(0) | Err(_) => {
                     shared.closed.fetch_add(1, Ordering::Relaxed);

@@ -214,9 +214,12 @@ async fn measure_target(case: &Case, target: &Target) -> anyhow::Result<RunResul
             }
         }
         Kind::Storm => {
-            // Drop every session at once, then reconnect them all at once.
+            // Drop every session at once, let the server finish tearing them down (a storm
+            // lands on a node whose clients just lost another), then reconnect them all at
+            // once.
             stop.cancel();
             while sessions.join_next().await.is_some() {}
+            tokio::time::sleep(Duration::from_secs(2)).await;
             let shared = Shared::new();
             let stop = CancellationToken::new();
             let (latency, took, mut wave_sessions) = client::open_all(

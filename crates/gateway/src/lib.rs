@@ -124,6 +124,7 @@ impl Gateway {
                 max_sessions: config.limits.max_sessions,
                 handshakes_per_second: config.limits.handshakes_per_second,
                 handshake_burst: config.limits.handshake_burst,
+                header_timeout: config.limits.header_timeout,
             },
             registry.clone(),
         ));
@@ -141,7 +142,6 @@ impl Gateway {
             tokio::runtime::Handle::current(),
             endpoint.clone(),
             accept.clone(),
-            config.limits.header_timeout,
         )?;
         tasks.spawn(server::serve_admin(
             admin,

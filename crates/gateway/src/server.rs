@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use fanout_protocol::rest::HttpError;
 use fanout_session::Endpoint;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -116,31 +115,28 @@ pub fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<std::net::TcpList
 
 /// Accepts WebSocket clients on a thread of its own, so that accepting never waits behind
 /// busy session tasks (in a reconnect storm that wait overflows the backlog), and hands each
-/// connection to the runtime. Returns when `stop` is cancelled and the listener is shut down
-/// (see [`stop_accepting`]).
+/// connection to the endpoint on the runtime. Returns when `stop` is cancelled and the
+/// listener is shut down (see [`stop_accepting`]).
 pub fn spawn_ws_acceptor(
     listener: std::net::TcpListener,
     runtime: tokio::runtime::Handle,
     endpoint: Arc<Endpoint>,
     stop: CancellationToken,
-    header_timeout: Duration,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("fanout-accept".into())
         .spawn(move || {
-            let handle = ws_handler(endpoint);
             loop {
                 match listener.accept() {
                     Ok((stream, _)) => {
                         if stream.set_nonblocking(true).is_err() {
                             continue;
                         }
-                        let (stop, handle) = (stop.clone(), handle.clone());
-                        runtime.spawn(async move {
-                            if let Ok(stream) = TcpStream::from_std(stream) {
-                                serve_connection(stream, stop, header_timeout, handle).await;
-                            }
-                        });
+                        let endpoint = endpoint.clone();
+                        let _guard = runtime.enter();
+                        if let Ok(stream) = TcpStream::from_std(stream) {
+                            endpoint.spawn_connection(stream);
+                        }
                     }
                     Err(_) if stop.is_cancelled() => return,
                     Err(error) => {
@@ -157,30 +153,6 @@ pub fn spawn_ws_acceptor(
 /// down makes a blocked `accept` fail at once).
 pub fn stop_accepting(listener: &std::net::TcpListener) {
     let _ = socket2::SockRef::from(listener).shutdown(std::net::Shutdown::Both);
-}
-
-fn ws_handler(
-    endpoint: Arc<Endpoint>,
-) -> impl Fn(Request<Incoming>) -> std::pin::Pin<Box<dyn std::future::Future<Output = Answer> + Send>>
-+ Clone
-+ Send
-+ Sync
-+ 'static {
-    move |req: Request<Incoming>| {
-        let endpoint = endpoint.clone();
-        Box::pin(async move {
-            if Endpoint::serves(req.uri().path()) {
-                endpoint.handle(req).await
-            } else {
-                let error = HttpError::NOT_FOUND;
-                text(
-                    StatusCode::NOT_FOUND,
-                    "application/json",
-                    error.body(&fanout_protocol::rest::request_id(None, rand::random())),
-                )
-            }
-        })
-    }
 }
 
 /// What the admin endpoints read.

@@ -1,6 +1,6 @@
-//! The HTTP side of `/v1.0/ws` (and its alias `/v1.0/service_agents/ws`): limits, the
-//! credential, the JSON error envelopes of protocol.md §1.1, the upgrade, and a session task
-//! per accepted connection.
+//! The WebSocket listener's connections: the upgrade request (`/v1.0/ws` and its alias
+//! `/v1.0/service_agents/ws`), limits, the credential, the JSON error envelopes of
+//! protocol.md §1.1, the 101, and the session, all in one task per connection.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,17 +10,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use fanout_auth::Authenticator;
-use fanout_auth::credential::{self, Credential};
+use fanout_auth::credential;
 use fanout_protocol::rest::{self, HttpError};
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::header::{self, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio_util::task::TaskTracker;
 
 use crate::config::SessionConfig;
+use crate::handshake::{self, ReadError};
 use crate::session::{self, Directory, SessionHandle, SessionParams};
 
 /// The paths that upgrade to a session.
@@ -35,6 +31,8 @@ pub struct AcceptLimits {
     pub handshakes_per_second: u32,
     /// Handshakes in a burst.
     pub handshake_burst: u32,
+    /// Deadline for a client's request head.
+    pub header_timeout: Duration,
 }
 
 impl Default for AcceptLimits {
@@ -43,6 +41,7 @@ impl Default for AcceptLimits {
             max_sessions: 100_000,
             handshakes_per_second: 50_000,
             handshake_burst: 50_000,
+            header_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -74,57 +73,6 @@ impl std::fmt::Debug for Endpoint {
             .field("open", &self.open.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
-}
-
-type Answer = Response<Full<Bytes>>;
-
-fn answer(error: HttpError, request_id: &str) -> Answer {
-    let mut response = Response::new(Full::new(Bytes::from(error.body(request_id))));
-    *response.status_mut() =
-        StatusCode::from_u16(error.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    if error.code == 429 || error.code == 503 {
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    }
-    response
-}
-
-/// The `Sec-WebSocket-Accept` value for a version-13 upgrade request (RFC 6455 §4.2.2), or
-/// `None` when the key or version is missing or wrong. Computed here rather than through
-/// fastwebsockets' upgrade, which builds (and drops) an 8 KiB reader per handshake.
-fn accept_key<B>(req: &Request<B>) -> Option<HeaderValue> {
-    use base64::Engine;
-    use sha1::Digest;
-    const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
-    if req.headers().get(header::SEC_WEBSOCKET_VERSION)?.as_bytes() != b"13" {
-        return None;
-    }
-    let key = req.headers().get(header::SEC_WEBSOCKET_KEY)?.as_bytes();
-    let mut sha1 = sha1::Sha1::new();
-    sha1.update(key);
-    sha1.update(GUID);
-    let accept = base64::engine::general_purpose::STANDARD.encode(sha1.finalize());
-    HeaderValue::from_str(&accept).ok()
-}
-
-/// The credential of a request, from the sources VoIPBIN reads.
-pub fn request_credential<B>(req: &Request<B>) -> Option<Credential> {
-    let cookies: Vec<&str> = req
-        .headers()
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    let authorization = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    credential::find(&cookies, req.uri().query(), authorization)
 }
 
 impl Endpoint {
@@ -186,9 +134,16 @@ impl Endpoint {
         self.open.load(Ordering::Relaxed)
     }
 
-    /// The tracker of session tasks, to wait for them on shutdown.
+    /// The tracker of connection and session tasks, to wait for them on shutdown.
     pub fn tracker(&self) -> &TaskTracker {
         &self.tracker
+    }
+
+    /// Serves `stream` on the current runtime, tracked for shutdown.
+    pub fn spawn_connection(self: &Arc<Self>, stream: TcpStream) {
+        let endpoint = self.clone();
+        self.tracker
+            .spawn(async move { endpoint.serve_connection(stream).await });
     }
 
     fn take_handshake(&self) -> bool {
@@ -207,86 +162,130 @@ impl Endpoint {
         }
     }
 
-    fn refuse(&self, error: HttpError, reason: &'static str, request_id: &str) -> Answer {
-        metrics::counter!("fanout_handshakes_refused_total", "reason" => reason).increment(1);
-        answer(error, request_id)
-    }
-
-    /// Answers one request to a WebSocket path: an HTTP error, or 101 with a session started.
-    pub async fn handle(self: &Arc<Self>, mut req: Request<Incoming>) -> Answer {
-        let request_id = rest::request_id(
-            req.headers()
-                .get("x-request-id")
-                .and_then(|v| v.to_str().ok()),
-            rand::random(),
-        );
-        if req.method() != Method::GET {
-            return self.refuse(HttpError::NOT_WEBSOCKET, "not_websocket", &request_id);
+    /// Serves one accepted connection: reads the upgrade request, answers it (an HTTP error
+    /// and close, or 101), and runs the session until it ends.
+    ///
+    /// # Cancel safety
+    /// Not meant to be cancelled; [`Endpoint::shut_down`] ends the session with 1001.
+    pub async fn serve_connection(&self, stream: TcpStream) {
+        let (request, pending) =
+            match handshake::read_request(&stream, self.limits.header_timeout).await {
+                Ok(read) => read,
+                Err(error) => {
+                    if matches!(error, ReadError::Malformed | ReadError::TooLarge) {
+                        let id = rest::request_id(None, rand::random());
+                        self.refuse(&stream, HttpError::BAD_REQUEST, "malformed", &id)
+                            .await;
+                    }
+                    return;
+                }
+            };
+        let request_id = rest::request_id(request.request_id.as_deref(), rand::random());
+        if !Self::serves(&request.path) {
+            return self
+                .refuse(&stream, HttpError::NOT_FOUND, "not_found", &request_id)
+                .await;
+        }
+        if !request.get {
+            return self
+                .refuse(
+                    &stream,
+                    HttpError::NOT_WEBSOCKET,
+                    "not_websocket",
+                    &request_id,
+                )
+                .await;
         }
         if self.is_draining() {
-            return self.refuse(HttpError::UNAVAILABLE, "draining", &request_id);
+            return self
+                .refuse(&stream, HttpError::UNAVAILABLE, "draining", &request_id)
+                .await;
         }
         if self.open.load(Ordering::Relaxed) >= self.limits.max_sessions {
-            return self.refuse(HttpError::RESOURCE_EXHAUSTED, "max_sessions", &request_id);
+            return self
+                .refuse(
+                    &stream,
+                    HttpError::RESOURCE_EXHAUSTED,
+                    "max_sessions",
+                    &request_id,
+                )
+                .await;
         }
         if !self.take_handshake() {
-            return self.refuse(HttpError::RESOURCE_EXHAUSTED, "handshake_rate", &request_id);
+            return self
+                .refuse(
+                    &stream,
+                    HttpError::RESOURCE_EXHAUSTED,
+                    "handshake_rate",
+                    &request_id,
+                )
+                .await;
         }
-        let credential = request_credential(&req);
+        let cookies: Vec<&str> = request.cookies.iter().map(String::as_str).collect();
+        let credential = credential::find(
+            &cookies,
+            request.query.as_deref(),
+            request.authorization.as_deref(),
+        );
         let identity = match self
             .auth
             .authenticate(credential.as_ref(), SystemTime::now(), Instant::now())
             .await
         {
             Ok(identity) => identity,
-            Err(error) => return self.refuse(error.http(), error.label(), &request_id),
+            Err(error) => {
+                return self
+                    .refuse(&stream, error.http(), error.label(), &request_id)
+                    .await;
+            }
         };
-        if !fastwebsockets::upgrade::is_upgrade_request(&req) {
-            return self.refuse(HttpError::NOT_WEBSOCKET, "not_websocket", &request_id);
+        let (true, Some(key)) = (request.is_upgrade(), request.websocket_key.as_deref()) else {
+            return self
+                .refuse(
+                    &stream,
+                    HttpError::NOT_WEBSOCKET,
+                    "not_websocket",
+                    &request_id,
+                )
+                .await;
+        };
+        if handshake::write_all(&stream, &handshake::switching_protocols(key))
+            .await
+            .is_err()
+        {
+            return;
         }
-        let Some(accept) = accept_key(&req) else {
-            return self.refuse(HttpError::NOT_WEBSOCKET, "not_websocket", &request_id);
-        };
-        let upgrade = hyper::upgrade::on(&mut req);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let endpoint = self.clone();
         self.open.fetch_add(1, Ordering::Relaxed);
-        self.tracker.spawn(async move {
-            endpoint.serve(id, identity, upgrade).await;
-            endpoint.open.fetch_sub(1, Ordering::Relaxed);
-        });
-        let mut response = Response::new(Full::new(Bytes::new()));
-        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-        let headers = response.headers_mut();
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
-        response
+        self.run_session(id, identity, stream, Bytes::from(pending))
+            .await;
+        self.open.fetch_sub(1, Ordering::Relaxed);
     }
 
-    async fn serve(
+    async fn refuse(
+        &self,
+        stream: &TcpStream,
+        error: HttpError,
+        reason: &'static str,
+        request_id: &str,
+    ) {
+        metrics::counter!("fanout_handshakes_refused_total", "reason" => reason).increment(1);
+        let answer = handshake::error_response(error, request_id);
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            handshake::write_all(stream, &answer),
+        )
+        .await;
+        let _ = socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write);
+    }
+
+    async fn run_session(
         &self,
         id: u64,
         identity: fanout_auth::Identity,
-        upgrade: hyper::upgrade::OnUpgrade,
+        stream: TcpStream,
+        pending: Bytes,
     ) {
-        let upgraded = match tokio::time::timeout(Duration::from_secs(10), upgrade).await {
-            Ok(Ok(upgraded)) => upgraded,
-            _ => {
-                metrics::counter!("fanout_handshakes_refused_total", "reason" => "upgrade_failed")
-                    .increment(1);
-                return;
-            }
-        };
-        let Ok(parts) = upgraded.downcast::<TokioIo<TcpStream>>() else {
-            tracing::error!(session_id = id, "Upgraded connection is not a TCP stream");
-            return;
-        };
-        let stream = parts.io.into_inner();
-        // `read_buf` is a view into hyper's whole read buffer (8 KiB or more): copy what the
-        // client sent early and let the buffer go, or every session would keep one.
-        let pending = Bytes::copy_from_slice(&parts.read_buf);
-        drop(parts.read_buf);
         let _ = stream.set_nodelay(true);
         if self.config.unsent_bytes > 0 {
             // Bounds what a frozen browser holds in our kernel on top of its bounded queue.
@@ -314,30 +313,5 @@ impl Endpoint {
         metrics::gauge!("fanout_sessions").decrement(1.0);
         metrics::counter!("fanout_sessions_closed_total", "reason" => reason.label()).increment(1);
         tracing::info!(session_id = id, %customer_id, reason = reason.label(), code = reason.code(), "Session closed");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn accept_key_of_rfc_6455() {
-        // The example of RFC 6455 §1.3.
-        let req = Request::get("/v1.0/ws")
-            .header(header::SEC_WEBSOCKET_KEY, "dGhlIHNhbXBsZSBub25jZQ==")
-            .header(header::SEC_WEBSOCKET_VERSION, "13")
-            .body(())
-            .expect("request");
-        assert_eq!(
-            accept_key(&req).expect("accepted"),
-            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
-        );
-        let old = Request::get("/")
-            .header(header::SEC_WEBSOCKET_KEY, "x")
-            .header(header::SEC_WEBSOCKET_VERSION, "8")
-            .body(())
-            .expect("request");
-        assert!(accept_key(&old).is_none());
     }
 }

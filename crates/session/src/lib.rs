@@ -1,7 +1,8 @@
 //! One browser WebSocket session, and the per-customer fan-out hub sessions hang off.
 //!
-//! - [`endpoint`]: the HTTP side of `/v1.0/ws`: credentials, the JSON error envelopes, limits,
-//!   the upgrade; it starts a session per accepted connection.
+//! - [`endpoint`]: a connection on the WebSocket listener: credentials, the JSON error
+//!   envelopes, limits, the upgrade ([`handshake`] parses and answers it without an HTTP
+//!   stack), then the session.
 //! - [`session`](mod@session): a session is one task: it reads and decodes client frames,
 //!   handles requests, keepalive and expiry, and writes what the fan-out put in its bounded
 //!   [`queue`] of ready-made frames, many per system call.
@@ -21,6 +22,7 @@
 pub mod close;
 pub mod config;
 pub mod endpoint;
+pub mod handshake;
 pub mod hub;
 pub mod queue;
 mod requests;
