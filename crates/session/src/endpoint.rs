@@ -168,28 +168,43 @@ impl Endpoint {
     /// # Cancel safety
     /// Not meant to be cancelled; [`Endpoint::shut_down`] ends the session with 1001.
     pub async fn serve_connection(&self, stream: TcpStream) {
+        // Boxed, and everything it read dropped with it: nothing of the handshake (the
+        // request's strings, the token) stays allocated for the session's lifetime.
+        let Some((identity, pending)) = Box::pin(self.handshake(&stream)).await else {
+            return;
+        };
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.open.fetch_add(1, Ordering::Relaxed);
+        self.run_session(id, identity, stream, pending).await;
+        self.open.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Reads and answers the upgrade request: the identity and the bytes that followed the
+    /// request when the answer is 101, `None` when it was an error (already answered).
+    async fn handshake(&self, stream: &TcpStream) -> Option<(fanout_auth::Identity, Bytes)> {
         let (request, pending) =
-            match handshake::read_request(&stream, self.limits.header_timeout).await {
+            match handshake::read_request(stream, self.limits.header_timeout).await {
                 Ok(read) => read,
                 Err(error) => {
                     if matches!(error, ReadError::Malformed | ReadError::TooLarge) {
                         let id = rest::request_id(None, rand::random());
-                        self.refuse(&stream, HttpError::BAD_REQUEST, "malformed", &id)
+                        return self
+                            .refuse(stream, HttpError::BAD_REQUEST, "malformed", &id)
                             .await;
                     }
-                    return;
+                    return None;
                 }
             };
         let request_id = rest::request_id(request.request_id.as_deref(), rand::random());
         if !Self::serves(&request.path) {
             return self
-                .refuse(&stream, HttpError::NOT_FOUND, "not_found", &request_id)
+                .refuse(stream, HttpError::NOT_FOUND, "not_found", &request_id)
                 .await;
         }
         if !request.get {
             return self
                 .refuse(
-                    &stream,
+                    stream,
                     HttpError::NOT_WEBSOCKET,
                     "not_websocket",
                     &request_id,
@@ -198,13 +213,13 @@ impl Endpoint {
         }
         if self.is_draining() {
             return self
-                .refuse(&stream, HttpError::UNAVAILABLE, "draining", &request_id)
+                .refuse(stream, HttpError::UNAVAILABLE, "draining", &request_id)
                 .await;
         }
         if self.open.load(Ordering::Relaxed) >= self.limits.max_sessions {
             return self
                 .refuse(
-                    &stream,
+                    stream,
                     HttpError::RESOURCE_EXHAUSTED,
                     "max_sessions",
                     &request_id,
@@ -214,7 +229,7 @@ impl Endpoint {
         if !self.take_handshake() {
             return self
                 .refuse(
-                    &stream,
+                    stream,
                     HttpError::RESOURCE_EXHAUSTED,
                     "handshake_rate",
                     &request_id,
@@ -235,40 +250,34 @@ impl Endpoint {
             Ok(identity) => identity,
             Err(error) => {
                 return self
-                    .refuse(&stream, error.http(), error.label(), &request_id)
+                    .refuse(stream, error.http(), error.label(), &request_id)
                     .await;
             }
         };
         let (true, Some(key)) = (request.is_upgrade(), request.websocket_key.as_deref()) else {
             return self
                 .refuse(
-                    &stream,
+                    stream,
                     HttpError::NOT_WEBSOCKET,
                     "not_websocket",
                     &request_id,
                 )
                 .await;
         };
-        if handshake::write_all(&stream, &handshake::switching_protocols(key))
+        handshake::write_all(stream, &handshake::switching_protocols(key))
             .await
-            .is_err()
-        {
-            return;
-        }
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.open.fetch_add(1, Ordering::Relaxed);
-        self.run_session(id, identity, stream, Bytes::from(pending))
-            .await;
-        self.open.fetch_sub(1, Ordering::Relaxed);
+            .ok()?;
+        Some((identity, Bytes::from(pending)))
     }
 
-    async fn refuse(
+    /// Answers with `error` and closes; always `None`, for `return self.refuse(…).await`.
+    async fn refuse<T>(
         &self,
         stream: &TcpStream,
         error: HttpError,
         reason: &'static str,
         request_id: &str,
-    ) {
+    ) -> Option<T> {
         metrics::counter!("fanout_handshakes_refused_total", "reason" => reason).increment(1);
         let answer = handshake::error_response(error, request_id);
         let _ = tokio::time::timeout(
@@ -277,6 +286,7 @@ impl Endpoint {
         )
         .await;
         let _ = socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write);
+        None
     }
 
     async fn run_session(

@@ -140,10 +140,9 @@ pub async fn read_request(
         let mut buf: Vec<u8> = Vec::with_capacity(1024);
         loop {
             stream.readable().await?;
-            let mut chunk = [0u8; READ_CHUNK];
-            match stream.try_read(&mut chunk) {
+            match read_available(stream, &mut buf) {
                 Ok(0) => return Err(ReadError::Closed),
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Err(e.into()),
             }
@@ -158,6 +157,15 @@ pub async fn read_request(
     tokio::time::timeout(timeout, read)
         .await
         .map_err(|_| ReadError::Timeout)?
+}
+
+/// Reads what the socket holds into `buf` through a stack buffer (a plain function, so the
+/// buffer is never part of a future).
+fn read_available(stream: &TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
+    let mut chunk = [0u8; READ_CHUNK];
+    let n = stream.try_read(&mut chunk)?;
+    buf.extend_from_slice(&chunk[..n]);
+    Ok(n)
 }
 
 /// Writes all of `bytes` to the socket.
