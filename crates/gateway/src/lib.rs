@@ -125,11 +125,13 @@ impl Gateway {
                 handshakes_per_second: config.limits.handshakes_per_second,
                 handshake_burst: config.limits.handshake_burst,
                 header_timeout: config.limits.header_timeout,
+                listener_configured: true,
             },
             registry.clone(),
         ));
         let listener = server::bind(config.listen, config.limits.listen_backlog)
             .with_context(|| format!("binding listen address {}", config.listen))?;
+        fanout_session::endpoint::configure_listener(&listener, &config.session);
         let admin = TcpListener::bind(config.admin_listen)
             .await
             .with_context(|| format!("binding admin address {}", config.admin_listen))?;
