@@ -114,7 +114,7 @@ impl Batch {
 }
 
 /// How a session speaks once the WebSocket is open.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) enum Protocol {
     /// The gateway: subscribe, then a marker request whose error answer says the subscription
     /// is in place; each text frame after that is one event.
@@ -132,7 +132,7 @@ pub(crate) enum Protocol {
 }
 
 /// Where and how a session connects.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) struct SessionSpec {
     /// The server.
     pub(crate) addr: SocketAddr,
@@ -351,11 +351,12 @@ fn nats_lines(
 }
 
 /// Opens `count` sessions with at most `concurrency` handshakes in flight, spread over
-/// `sources`; each runs until `stop`. Answers the handshake latencies (µs) and how long the
+/// `sources` source addresses from 127.0.0.(2+`source_base`); each runs until `stop`. Answers the handshake latencies (µs) and how long the
 /// whole wave took.
 pub(crate) async fn open_all(
     specs: Arc<dyn Fn(u32) -> SessionSpec + Send + Sync>,
     count: u32,
+    source_base: u8,
     sources: u8,
     concurrency: usize,
     shared: Arc<Shared>,
@@ -367,7 +368,13 @@ pub(crate) async fn open_all(
     for i in 0..count {
         let permit = permits.clone().acquire_owned().await?;
         let spec = specs(i);
-        let source = IpAddr::from([127, 0, 0, 2 + (i % u32::from(sources.max(1))) as u8]);
+        let source = IpAddr::from([
+            127,
+            0,
+            0,
+            2u8.saturating_add(source_base)
+                .saturating_add((i % u32::from(sources.max(1))) as u8),
+        ]);
         handshakes.spawn(async move {
             let begun = Instant::now();
             let mut result = handshake(&spec, source).await;

@@ -14,6 +14,7 @@
 
 mod case;
 mod client;
+mod fleet;
 mod measure;
 mod report;
 mod run;
@@ -33,8 +34,11 @@ use crate::target::Which;
 #[command(version)]
 struct Args {
     /// The scenario file (`loadtest/cases/*.toml`).
-    #[arg(long)]
-    case: PathBuf,
+    #[arg(long, required_unless_present = "worker")]
+    case: Option<PathBuf>,
+    /// Run as a worker process of another run (reads its sessions on stdin).
+    #[arg(long, hide = true)]
+    worker: bool,
     /// Servers to run the scenario against, one after the other: gateway, nchan, nats.
     #[arg(long = "target", default_value = "gateway")]
     targets: Vec<Which>,
@@ -56,6 +60,10 @@ struct Args {
     /// The gateway binary [default: fanout-gateway next to this binary].
     #[arg(long)]
     gateway_bin: Option<PathBuf>,
+    /// Sessions one process holds; more are spread over worker processes (a process may hold
+    /// ~20k open files here).
+    #[arg(long, default_value_t = fleet::PER_PROCESS)]
+    per_process: usize,
     /// The repository root, for the peer scripts [default: the current directory].
     #[arg(long, default_value = ".")]
     repo: PathBuf,
@@ -71,13 +79,18 @@ fn shrink(case: &mut Case) {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
     let args = Args::parse();
-    let mut case = Case::load(&args.case)?;
+    if args.worker {
+        return fleet::worker_main().await;
+    }
+    let mut case = Case::load(&args.case.context("--case is required")?)?;
     if args.smoke {
         shrink(&mut case);
     }
@@ -101,7 +114,7 @@ async fn main() -> anyhow::Result<()> {
     let mut results = Vec::new();
     for which in &args.targets {
         println!("== {} against {which}: {}", case.name, case.goal);
-        let result = run::run(&case, *which, &args.repo, &gateway_bin).await?;
+        let result = run::run(&case, *which, &args.repo, &gateway_bin, args.per_process).await?;
         results.push(result);
     }
     let out = args

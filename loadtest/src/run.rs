@@ -1,17 +1,17 @@
 //! One scenario against one server: open the sessions, then measure what the scenario is for.
 
 use std::path::Path;
-use std::sync::Arc;
+
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use tokio_util::sync::CancellationToken;
 
 use crate::case::{Case, Kind, Step};
-use crate::client::{self, SessionSpec, Shared};
+use crate::client::{SessionSpec, Shared};
+use crate::fleet::Fleet;
 use crate::measure;
 use crate::target::{Target, Which};
 
@@ -137,36 +137,32 @@ pub(crate) async fn run(
     which: Which,
     repo: &Path,
     gateway_bin: &Path,
+    per_process: usize,
 ) -> anyhow::Result<RunResult> {
     let target = Target::start(which, case.customers, repo, gateway_bin).await?;
-    let result = measure_target(case, &target).await;
+    let result = measure_target(case, &target, per_process).await;
     target.stop().await;
     result
 }
 
-async fn measure_target(case: &Case, target: &Target) -> anyhow::Result<RunResult> {
+async fn measure_target(
+    case: &Case,
+    target: &Target,
+    per_process: usize,
+) -> anyhow::Result<RunResult> {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let pids = target.pids.clone();
     let rss_before_kib = measure::rss_total(&pids);
-    let specs: Arc<Vec<SessionSpec>> = Arc::new(
-        (0..case.sessions)
-            .map(|i| target.session(i % case.customers))
-            .collect(),
-    );
+    let specs: Vec<SessionSpec> = (0..case.sessions)
+        .map(|i| target.session(i % case.customers))
+        .collect();
     let shared = Shared::new();
-    let stop = CancellationToken::new();
-    let spec_of = {
-        let specs = specs.clone();
-        Arc::new(move |i: u32| specs[i as usize].clone())
-            as Arc<dyn Fn(u32) -> SessionSpec + Send + Sync>
-    };
-    let (latency, took, mut sessions) = client::open_all(
-        spec_of.clone(),
-        case.sessions,
+    let (mut fleet, latency, took) = Fleet::open(
+        specs,
+        per_process,
         case.sources,
         case.connect_concurrency,
         shared.clone(),
-        stop.clone(),
     )
     .await?;
     let connect = wave(&latency, case.sessions, took);
@@ -205,7 +201,8 @@ async fn measure_target(case: &Case, target: &Target) -> anyhow::Result<RunResul
             let mut saturation = 0.0;
             for step in &case.steps {
                 let measured =
-                    throughput_step(case, target, &shared, &pids, *step, saturation).await;
+                    throughput_step(case, target, &shared, &fleet, &pids, *step, saturation)
+                        .await?;
                 if matches!(step, Step::Max(_)) {
                     saturation = measured.events_per_s;
                 }
@@ -217,32 +214,23 @@ async fn measure_target(case: &Case, target: &Target) -> anyhow::Result<RunResul
             // Drop every session at once, let the server finish tearing them down (a storm
             // lands on a node whose clients just lost another), then reconnect them all at
             // once.
-            stop.cancel();
-            while sessions.join_next().await.is_some() {}
-            tokio::time::sleep(Duration::from_secs(2)).await;
-            let shared = Shared::new();
-            let stop = CancellationToken::new();
-            let (latency, took, mut wave_sessions) = client::open_all(
-                spec_of,
-                case.sessions,
-                case.sources,
+            let wave_shared = Shared::new();
+            let (latency, took) = fleet.reconnect(wave_shared.clone()).await?;
+            wait_ready(
+                &wave_shared,
                 case.sessions as usize,
-                shared.clone(),
-                stop.clone(),
+                Duration::from_secs(120),
             )
             .await?;
-            wait_ready(&shared, case.sessions as usize, Duration::from_secs(120)).await?;
             result.storm = Some(wave(&latency, case.sessions, took));
-            result.closed_by_server += shared.closed.load(Ordering::Relaxed);
-            stop.cancel();
-            while wave_sessions.join_next().await.is_some() {}
+            result.closed_by_server += wave_shared.closed.load(Ordering::Relaxed);
+            fleet.stop().await;
             return Ok(result);
         }
     }
     result.closed_by_server = shared.closed.load(Ordering::Relaxed);
     result.unexpected_frames = shared.unexpected.load(Ordering::Relaxed);
-    stop.cancel();
-    while sessions.join_next().await.is_some() {}
+    fleet.stop().await;
     Ok(result)
 }
 
@@ -250,11 +238,12 @@ async fn throughput_step(
     case: &Case,
     target: &Target,
     shared: &Shared,
+    fleet: &Fleet,
     pids: &[u32],
     step: Step,
     saturation: f64,
-) -> StepResult {
-    let _ = shared.take_latency();
+) -> anyhow::Result<StepResult> {
+    let _ = fleet.take_latency().await?;
     let delivered_at_start = shared.delivered.load(Ordering::Relaxed);
     let cpu_at_start = measure::cpu_total(pids);
     let started = Instant::now();
@@ -314,8 +303,8 @@ async fn throughput_step(
     let cpu = measure::cpu_total(pids)
         .saturating_sub(cpu_at_start)
         .as_secs_f64();
-    let latency = shared.take_latency();
-    StepResult {
+    let latency = fleet.take_latency().await?;
+    Ok(StepResult {
         step: step.to_string(),
         events_per_s: seq as f64 / publishing.as_secs_f64(),
         deliveries_per_s: delivered_in_window as f64 / publishing.as_secs_f64(),
@@ -329,5 +318,5 @@ async fn throughput_step(
         } else {
             0.0
         },
-    }
+    })
 }
