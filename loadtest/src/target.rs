@@ -85,24 +85,14 @@ enum Publisher {
     Nats(mpsc::Sender<Bytes>),
 }
 
-fn sign(secret: &str, claims: &Value) -> anyhow::Result<String> {
-    let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes())?;
-    Ok(jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        claims,
-        &key,
-    )?)
-}
-
 fn agent_token(secret: &str, customer: Uuid, permission: u64) -> anyhow::Result<String> {
-    sign(
-        secret,
-        &json!({
-            "type": "agent",
-            "agent": {"id": Uuid::new_v4(), "customer_id": customer, "permission": permission},
-            "expire": "2099-01-01T00:00:00.000000Z",
-        }),
-    )
+    let claims = fanout_auth::jwt::agent_claims(
+        customer,
+        Uuid::new_v4(),
+        permission,
+        "2099-01-01T00:00:00.000000Z",
+    );
+    Ok(fanout_auth::jwt::sign(secret.as_bytes(), &claims)?)
 }
 
 /// Waits for a TCP port to accept connections.

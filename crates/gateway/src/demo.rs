@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use fanout_auth::permission_bits;
-use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 use voipbin_sim::{SimConfig, Simulator};
@@ -33,15 +32,6 @@ pub struct DemoOptions {
     pub event_rate: u32,
 }
 
-fn sign(secret: &str, claims: &serde_json::Value) -> anyhow::Result<String> {
-    let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes())?;
-    Ok(jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        claims,
-        &key,
-    )?)
-}
-
 fn agent_token(
     secret: &str,
     customer: Uuid,
@@ -51,14 +41,8 @@ fn agent_token(
     let expire = fanout_protocol::timestamp::format(
         std::time::SystemTime::now() + Duration::from_secs(7 * 24 * 3600),
     );
-    sign(
-        secret,
-        &json!({
-            "type": "agent",
-            "agent": {"id": agent, "customer_id": customer, "permission": permission, "username": "demo"},
-            "expire": expire,
-        }),
-    )
+    let claims = fanout_auth::jwt::agent_claims(customer, agent, permission, &expire);
+    Ok(fanout_auth::jwt::sign(secret.as_bytes(), &claims)?)
 }
 
 /// What a running demo is made of.

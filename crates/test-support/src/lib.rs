@@ -17,7 +17,6 @@ use hyper::header::{CONNECTION, HOST, UPGRADE};
 use hyper::upgrade::Upgraded;
 use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
-use jsonwebtoken::{EncodingKey, Header};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpStream;
@@ -55,8 +54,7 @@ pub fn expire_in(after: Duration) -> String {
 
 /// Signs `claims` with HS256 and `secret`.
 pub fn sign(secret: &str, claims: &Value) -> String {
-    let key = EncodingKey::from_secret(secret.as_bytes()).expect("non-empty secret");
-    jsonwebtoken::encode(&Header::default(), claims, &key).expect("claims encode")
+    fanout_auth::jwt::sign(secret.as_bytes(), claims).expect("non-empty secret")
 }
 
 /// An agent token of `customer` with `permission`, valid until `expire`.
@@ -69,11 +67,7 @@ pub fn agent_token(
 ) -> String {
     sign(
         secret,
-        &json!({
-            "type": "agent",
-            "agent": {"id": agent, "customer_id": customer, "permission": permission, "username": "test"},
-            "expire": expire,
-        }),
+        &fanout_auth::jwt::agent_claims(customer, agent, permission, expire),
     )
 }
 
