@@ -173,11 +173,6 @@ impl Registry {
         }
     }
 
-    /// The hub of `customer`, if the node serves it.
-    pub fn hub(&self, customer: Uuid) -> Option<Arc<Hub>> {
-        self.lock().get(&customer).map(|e| e.hub.clone())
-    }
-
     /// A snapshot of every customer's entry.
     pub fn customers(&self) -> Vec<CustomerInfo> {
         self.lock()

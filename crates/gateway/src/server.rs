@@ -33,7 +33,7 @@ fn text(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) 
     response
 }
 
-/// Serves one connection over HTTP/1.1 with upgrades until it upgrades, closes or `stop`.
+/// Serves one admin connection over HTTP/1.1 until it closes or `stop`.
 async fn serve_connection<F, Fut>(
     stream: TcpStream,
     stop: CancellationToken,
@@ -50,8 +50,7 @@ async fn serve_connection<F, Fut>(
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout)
-        .serve_connection(TokioIo::new(stream), service)
-        .with_upgrades();
+        .serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);
     tokio::select! {
         _ = conn.as_mut() => {}
@@ -62,7 +61,7 @@ async fn serve_connection<F, Fut>(
     }
 }
 
-/// Accepts until `stop`, serving each connection over HTTP/1.1 with upgrades.
+/// Accepts admin connections until `stop`, serving each over HTTP/1.1.
 async fn accept_loop<F, Fut>(
     listener: TcpListener,
     stop: CancellationToken,

@@ -216,45 +216,8 @@ impl Endpoint {
                 }
             };
         let request_id = rest::request_id(request.request_id.as_deref(), rand::random());
-        if !Self::serves(&request.path) {
-            return self
-                .refuse(stream, HttpError::NOT_FOUND, "not_found", &request_id)
-                .await;
-        }
-        if !request.get {
-            return self
-                .refuse(
-                    stream,
-                    HttpError::NOT_WEBSOCKET,
-                    "not_websocket",
-                    &request_id,
-                )
-                .await;
-        }
-        if self.is_draining() {
-            return self
-                .refuse(stream, HttpError::UNAVAILABLE, "draining", &request_id)
-                .await;
-        }
-        if self.open.load(Ordering::Relaxed) >= self.limits.max_sessions {
-            return self
-                .refuse(
-                    stream,
-                    HttpError::RESOURCE_EXHAUSTED,
-                    "max_sessions",
-                    &request_id,
-                )
-                .await;
-        }
-        if !self.take_handshake() {
-            return self
-                .refuse(
-                    stream,
-                    HttpError::RESOURCE_EXHAUSTED,
-                    "handshake_rate",
-                    &request_id,
-                )
-                .await;
+        if let Err((error, reason)) = self.admit(&request) {
+            return self.refuse(stream, error, reason, &request_id).await;
         }
         let cookies: Vec<&str> = request.cookies.iter().map(String::as_str).collect();
         let credential = credential::find(
@@ -274,7 +237,7 @@ impl Endpoint {
                     .await;
             }
         };
-        let (true, Some(key)) = (request.is_upgrade(), request.websocket_key.as_deref()) else {
+        if !request.is_upgrade() {
             return self
                 .refuse(
                     stream,
@@ -283,11 +246,35 @@ impl Endpoint {
                     &request_id,
                 )
                 .await;
-        };
+        }
+        // An upgrade request carries its key (`is_upgrade`).
+        let key = request.websocket_key.as_deref().unwrap_or_default();
         handshake::write_all(stream, &handshake::switching_protocols(key))
             .await
             .ok()?;
         Some((identity, Bytes::from(pending)))
+    }
+
+    /// The checks that need no credential, in the order the answers take precedence: the
+    /// path, the method, draining, the limits. (The upgrade headers are checked after the
+    /// credential, as VoIPBIN answers 401 before 400.)
+    fn admit(&self, request: &handshake::UpgradeRequest) -> Result<(), (HttpError, &'static str)> {
+        if !Self::serves(&request.path) {
+            return Err((HttpError::NOT_FOUND, "not_found"));
+        }
+        if !request.get {
+            return Err((HttpError::NOT_WEBSOCKET, "not_websocket"));
+        }
+        if self.is_draining() {
+            return Err((HttpError::UNAVAILABLE, "draining"));
+        }
+        if self.open.load(Ordering::Relaxed) >= self.limits.max_sessions {
+            return Err((HttpError::RESOURCE_EXHAUSTED, "max_sessions"));
+        }
+        if !self.take_handshake() {
+            return Err((HttpError::RESOURCE_EXHAUSTED, "handshake_rate"));
+        }
+        Ok(())
     }
 
     /// Answers with `error` and closes; always `None`, for `return self.refuse(…).await`.

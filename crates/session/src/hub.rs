@@ -122,29 +122,30 @@ impl Hub {
                 .increment(1);
             return published;
         }
-        let head = EnvelopeHead::new(&event.event_type, &event.timestamp);
-        // One encoded frame per topic, made on first use (events have at most four topics;
-        // more share the last slot's miss path and are encoded per use).
-        let mut frames: [Option<Bytes>; 4] = Default::default();
+        // The head is made on the first match only: an event nobody here subscribed to costs
+        // no encoding. Then one frame per topic, made on first use and shared (events have at
+        // most five topics; a longer list is encoded per use past the slots).
+        let mut head: Option<EnvelopeHead> = None;
+        let mut encode = |index: usize| {
+            published.encoded += 1;
+            head.get_or_insert_with(|| EnvelopeHead::new(&event.event_type, &event.timestamp))
+                .frame(&event.topics[index], &event.data)
+        };
+        let mut frames: [Option<Bytes>; 5] = Default::default();
+        let (mut delivered, mut overflowed) = (0, 0);
         self.trie.match_topics(&event.topics, |subscriber, index| {
             let frame = match frames.get_mut(index) {
-                Some(slot) => slot
-                    .get_or_insert_with(|| {
-                        published.encoded += 1;
-                        head.frame(&event.topics[index], &event.data)
-                    })
-                    .clone(),
-                None => {
-                    published.encoded += 1;
-                    head.frame(&event.topics[index], &event.data)
-                }
+                Some(slot) => slot.get_or_insert_with(|| encode(index)).clone(),
+                None => encode(index),
             };
             if subscriber.0.offer(frame) {
-                published.delivered += 1;
+                delivered += 1;
             } else {
-                published.overflowed += 1;
+                overflowed += 1;
             }
         });
+        published.delivered = delivered;
+        published.overflowed = overflowed;
         self.events_in.increment(1);
         self.deliveries.increment(published.delivered as u64);
         self.fanout_seconds.record(started.elapsed().as_secs_f64());

@@ -116,11 +116,6 @@ impl Queue {
         true
     }
 
-    /// Whether the queue was closed.
-    pub fn is_closed(&self) -> bool {
-        self.lock().close.is_some()
-    }
-
     /// Frames queued now.
     pub fn len(&self) -> usize {
         self.lock().frames.len()

@@ -93,7 +93,6 @@ struct Shared {
     wanted: Mutex<BTreeMap<Pattern, usize>>,
     changed: Notify,
     state: AtomicU8,
-    connects: AtomicU64,
     cancel: CancellationToken,
 }
 
@@ -145,7 +144,6 @@ impl Upstream {
             wanted: Mutex::new(BTreeMap::new()),
             changed: Notify::new(),
             state: AtomicU8::new(State::Connecting as u8),
-            connects: AtomicU64::new(0),
             cancel: cancel.child_token(),
         });
         metrics::gauge!("fanout_upstream_connections", "state" => State::Connecting.label())
@@ -162,11 +160,6 @@ impl Upstream {
     /// Where the connection stands.
     pub fn state(&self) -> State {
         State::from_u8(self.shared.state.load(Ordering::Relaxed))
-    }
-
-    /// How many times it connected.
-    pub fn connects(&self) -> u64 {
-        self.shared.connects.load(Ordering::Relaxed)
     }
 
     /// One more user needs `pattern`; the first one subscribes it.
@@ -239,7 +232,6 @@ async fn run(shared: Arc<Shared>, config: Arc<UpstreamConfig>, sink: Arc<dyn Eve
         };
         match opened {
             Ok(ws) => {
-                shared.connects.fetch_add(1, Ordering::Relaxed);
                 shared.set_state(State::Connected);
                 let since = Instant::now();
                 let ended = connected(&shared, &config, sink.clone(), ws).await;

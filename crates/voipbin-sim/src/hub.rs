@@ -409,20 +409,6 @@ impl Simulator {
         sent
     }
 
-    /// Frames queued to `customer`'s connections and not yet written.
-    pub fn queued(&self, customer: Uuid) -> usize {
-        lock(&self.registry)
-            .by_customer
-            .get(&customer)
-            .map(|conns| {
-                conns
-                    .iter()
-                    .map(|c| c.tx.max_capacity() - c.tx.capacity())
-                    .sum()
-            })
-            .unwrap_or(0)
-    }
-
     /// Drops every connection of `customer` without a close frame; answers how many.
     pub fn drop_customer(&self, customer: Uuid) -> usize {
         let conns = lock(&self.registry)
