@@ -69,7 +69,7 @@ async fn wait_while_stalled(conn: &Conn) {
 
 async fn read_loop(
     sim: &Simulator,
-    conn: &Conn,
+    conn: &Arc<Conn>,
     reader: &mut fastwebsockets::WebSocketRead<tokio::io::ReadHalf<TokioIo<Upgraded>>>,
     started: Instant,
     last_seen: &AtomicU64,
@@ -131,7 +131,7 @@ fn refuse(sim: &Simulator, conn: &Conn, refusal: &Refusal) -> bool {
     conn.tx.try_send(server::error_frame(refusal)).is_ok()
 }
 
-fn handle_message(sim: &Simulator, conn: &Conn, text: &[u8]) {
+fn handle_message(sim: &Simulator, conn: &Arc<Conn>, text: &[u8]) {
     let request = match client::parse_request(text) {
         Ok(request) => request,
         Err(refusal) => {
@@ -156,17 +156,20 @@ fn handle_message(sim: &Simulator, conn: &Conn, text: &[u8]) {
             return;
         }
     }
-    let mut subscriptions = conn.subscriptions();
-    for pattern in request.topics {
-        let held = subscriptions.iter().position(|p| *p == pattern);
-        match (request.action, held) {
-            (Action::Subscribe, None) => subscriptions.push(pattern),
-            (Action::Unsubscribe, Some(i)) => {
-                subscriptions.remove(i);
+    {
+        let mut subscriptions = conn.subscriptions();
+        for pattern in request.topics {
+            let held = subscriptions.iter().position(|p| *p == pattern);
+            match (request.action, held) {
+                (Action::Subscribe, None) => subscriptions.push(pattern),
+                (Action::Unsubscribe, Some(i)) => {
+                    subscriptions.remove(i);
+                }
+                _ => {}
             }
-            _ => {}
         }
     }
+    sim.refile(conn);
 }
 
 async fn write_loop(

@@ -51,9 +51,30 @@ pub(crate) struct Conn {
     pub(crate) tx: mpsc::Sender<Bytes>,
     pub(crate) cancel: CancellationToken,
     pub(crate) stalled_until: Mutex<Option<tokio::time::Instant>>,
+    /// The customers it is filed under in the registry (see [`Conn::serves`]).
+    filed_under: Mutex<Vec<Uuid>>,
 }
 
 impl Conn {
+    /// The customers whose stream this connection carries: the owners of its `customer_id:`
+    /// subscriptions, or, while it holds none, its credential's customer. A gateway holding
+    /// one service token for every customer thus shows each customer's upstream under that
+    /// customer, as an access key would.
+    fn serves(&self) -> Vec<Uuid> {
+        let mut customers: Vec<Uuid> = self
+            .subscriptions()
+            .iter()
+            .filter(|p| p.scope() == fanout_protocol::Scope::Customer)
+            .map(Pattern::owner)
+            .collect();
+        customers.sort();
+        customers.dedup();
+        if customers.is_empty() {
+            customers.push(self.identity.customer_id);
+        }
+        customers
+    }
+
     pub(crate) fn subscriptions(&self) -> MutexGuard<'_, Vec<Pattern>> {
         lock(&self.subscriptions)
     }
@@ -75,9 +96,34 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 #[derive(Default)]
 struct Registry {
+    /// Connections by the customers they serve ([`Conn::serves`]).
     by_customer: HashMap<Uuid, Vec<Arc<Conn>>>,
     /// Super-admin connections may subscribe to any customer's topics.
     super_admins: Vec<Arc<Conn>>,
+}
+
+impl Registry {
+    fn file(&mut self, conn: &Arc<Conn>) {
+        let customers = conn.serves();
+        for customer in &customers {
+            self.by_customer
+                .entry(*customer)
+                .or_default()
+                .push(conn.clone());
+        }
+        *lock(&conn.filed_under) = customers;
+    }
+
+    fn unfile(&mut self, conn: &Conn) {
+        for customer in std::mem::take(&mut *lock(&conn.filed_under)) {
+            if let Some(list) = self.by_customer.get_mut(&customer) {
+                list.retain(|c| c.id != conn.id);
+                if list.is_empty() {
+                    self.by_customer.remove(&customer);
+                }
+            }
+        }
+    }
 }
 
 /// A running simulator.
@@ -192,13 +238,10 @@ impl Simulator {
             tx,
             cancel: self.cancel.child_token(),
             stalled_until: Mutex::new(None),
+            filed_under: Mutex::new(Vec::new()),
         });
         let mut registry = lock(&self.registry);
-        registry
-            .by_customer
-            .entry(conn.identity.customer_id)
-            .or_default()
-            .push(conn.clone());
+        registry.file(&conn);
         if conn.is_super_admin() {
             registry.super_admins.push(conn.clone());
         }
@@ -208,13 +251,15 @@ impl Simulator {
 
     pub(crate) fn unregister(&self, conn: &Conn) {
         let mut registry = lock(&self.registry);
-        if let Some(list) = registry.by_customer.get_mut(&conn.identity.customer_id) {
-            list.retain(|c| c.id != conn.id);
-            if list.is_empty() {
-                registry.by_customer.remove(&conn.identity.customer_id);
-            }
-        }
+        registry.unfile(conn);
         registry.super_admins.retain(|c| c.id != conn.id);
+    }
+
+    /// Files `conn` anew under the customers it serves, after its subscriptions changed.
+    pub(crate) fn refile(&self, conn: &Arc<Conn>) {
+        let mut registry = lock(&self.registry);
+        registry.unfile(conn);
+        registry.file(conn);
     }
 
     fn customer_conns(&self, customer: Uuid) -> Vec<Arc<Conn>> {
@@ -225,7 +270,7 @@ impl Simulator {
             .cloned()
             .unwrap_or_default();
         for admin in &registry.super_admins {
-            if admin.identity.customer_id != customer {
+            if !conns.iter().any(|c| c.id == admin.id) {
                 conns.push(admin.clone());
             }
         }
@@ -441,7 +486,7 @@ impl Simulator {
     pub fn stats(&self) -> Stats {
         let registry = lock(&self.registry);
         let mut customers = BTreeMap::new();
-        let mut connections = 0;
+        let mut distinct = std::collections::HashSet::new();
         for (customer, conns) in &registry.by_customer {
             let mut subscriptions: Vec<String> = conns
                 .iter()
@@ -453,7 +498,7 @@ impl Simulator {
                 })
                 .collect();
             subscriptions.sort();
-            connections += conns.len();
+            distinct.extend(conns.iter().map(|c| c.id));
             customers.insert(
                 customer.to_string(),
                 CustomerStats {
@@ -463,7 +508,7 @@ impl Simulator {
             );
         }
         Stats {
-            connections,
+            connections: distinct.len(),
             connections_total: self.connections_total.load(Ordering::Relaxed),
             published: self.published.load(Ordering::Relaxed),
             frames_sent: self.frames_sent.load(Ordering::Relaxed),

@@ -521,3 +521,54 @@ async fn random_stream_flows_to_subscribers() {
     }
     assert!(types.len() >= 4, "a varied stream: {types:?}");
 }
+
+#[tokio::test]
+async fn a_service_tokens_connections_are_filed_under_the_customers_they_subscribe_to() {
+    let sim = start().await;
+    // One project super-admin token for two customers' connections, as a gateway holds.
+    let service = agent_token(
+        SECRET,
+        tutorial_customer(),
+        Uuid::new_v4(),
+        perm::PROJECT_SUPER_ADMIN,
+        &far_future(),
+    );
+    let (d, e) = (Uuid::new_v4(), Uuid::new_v4());
+    let mut for_d = Client::connect_token(sim.addr(), &service).await;
+    let mut for_e = Client::connect_token(sim.addr(), &service).await;
+    for_d.subscribe(&[&format!("customer_id:{d}:call:*")]).await;
+    for_e.subscribe(&[&format!("customer_id:{e}")]).await;
+    wait_subscribed(sim.addr(), d, 1).await;
+    wait_subscribed(sim.addr(), e, 1).await;
+    let stats = sim_stats(sim.addr()).await;
+    assert_eq!(stats["connections"], 2);
+    assert_eq!(stats["customers"][d.to_string()]["connections"], 1);
+    assert_eq!(
+        stats["customers"][d.to_string()]["subscriptions"],
+        json!([format!("customer_id:{d}:call:*")])
+    );
+    // Neither sits under the token's own customer any more.
+    assert!(
+        stats["customers"][tutorial_customer().to_string()].is_null(),
+        "{stats}"
+    );
+    // Each event reaches its own customer's connection once.
+    publish(sim.addr(), &call_event(d, "kd", None)).await;
+    assert_eq!(for_d.recv_event().await["data"]["id"], "kd");
+    for_e.expect_silence(Duration::from_millis(200)).await;
+    // Dropping D's upstream leaves E's alone.
+    let (status, body) = http(
+        sim.addr(),
+        "POST",
+        &format!("/_sim/drop?customer_id={d}"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, body["dropped"].as_u64()),
+        (StatusCode::OK, Some(1))
+    );
+    assert_eq!(for_d.recv_close().await, (None, "eof".to_owned()));
+    publish(sim.addr(), &call_event(e, "ke", None)).await;
+    assert_eq!(for_e.recv_event().await["data"]["id"], "ke");
+}
