@@ -156,6 +156,18 @@ pub struct LimitsSection {
     /// The listen backlog of the WebSocket listener (capped by the kernel's `somaxconn`).
     /// Default 4096.
     pub listen_backlog: u32,
+    /// Connections accepted but not yet upgraded, at most; past it the oldest of them is
+    /// closed to make room. Default 4096.
+    pub max_pending: usize,
+    /// Connections not yet upgraded from one source address, at most; past it new ones from
+    /// that address are closed at accept. Behind a proxy that hides clients' addresses, all
+    /// come from the proxy: raise it. Default 256.
+    pub max_pending_per_source: usize,
+    /// File descriptors kept out of the WebSocket listener's reach, for the admin listener,
+    /// upstream connections (one per customer with sessions here) and access-key lookups:
+    /// connections past the process's descriptor limit less this are closed at accept.
+    /// Default 1024.
+    pub reserved_descriptors: usize,
 }
 
 impl Default for LimitsSection {
@@ -166,6 +178,9 @@ impl Default for LimitsSection {
             handshake_burst: 50_000,
             header_timeout: Duration::from_secs(10),
             listen_backlog: 4096,
+            max_pending: 4096,
+            max_pending_per_source: 256,
+            reserved_descriptors: 1024,
         }
     }
 }
@@ -379,6 +394,11 @@ impl Config {
             ("session.queue_frames", self.session.queue_frames),
             ("session.queue_bytes", self.session.queue_bytes),
             ("limits.max_sessions", self.limits.max_sessions),
+            ("limits.max_pending", self.limits.max_pending),
+            (
+                "limits.max_pending_per_source",
+                self.limits.max_pending_per_source,
+            ),
             ("upstream.max_frame_bytes", self.upstream.max_frame_bytes),
             ("accesskeys.cache_entries", self.accesskeys.cache_entries),
         ];
@@ -386,6 +406,22 @@ impl Config {
             if value == 0 {
                 problems.push(format!("{name} must be more than zero"));
             }
+        }
+        let budgets = [
+            ("session.frames_per_second", self.session.frames_per_second),
+            ("session.frame_burst", self.session.frame_burst),
+            ("session.bytes_per_second", self.session.bytes_per_second),
+        ];
+        for (name, value) in budgets {
+            if value == 0 {
+                problems.push(format!("{name} must be more than zero"));
+            }
+        }
+        let frame_max = self.session.max_message_bytes.saturating_add(14);
+        if (self.session.byte_burst as usize) < frame_max {
+            problems.push(format!(
+                "session.byte_burst must be at least session.max_message_bytes + 14 ({frame_max}), or no message of the largest size could be read"
+            ));
         }
         if self.session.messages_per_second == 0 || self.session.message_burst == 0 {
             problems.push(

@@ -96,6 +96,28 @@ pub fn upstream_config(config: &Config) -> anyhow::Result<UpstreamConfig> {
     Ok(upstream)
 }
 
+/// Raises the soft descriptor limit to the hard one and answers how many connections the
+/// WebSocket listener may hold: the limit less `reserved` (at least a quarter of it is
+/// always usable, so a small limit still serves).
+pub fn connection_budget(reserved: usize) -> usize {
+    let limit = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => limit,
+        Err(error) => {
+            tracing::warn!(%error, "Could not read or raise the descriptor limit");
+            return usize::MAX;
+        }
+    };
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let budget = limit.saturating_sub(reserved).max(limit / 4);
+    metrics::gauge!("fanout_descriptor_limit").set(limit as f64);
+    tracing::info!(
+        descriptor_limit = limit,
+        connection_budget = budget,
+        "Descriptor budget"
+    );
+    budget
+}
+
 impl Gateway {
     /// Binds the listeners and starts serving.
     ///
@@ -125,6 +147,9 @@ impl Gateway {
                 handshakes_per_second: config.limits.handshakes_per_second,
                 handshake_burst: config.limits.handshake_burst,
                 header_timeout: config.limits.header_timeout,
+                max_pending: config.limits.max_pending,
+                max_pending_per_source: config.limits.max_pending_per_source,
+                max_connections: connection_budget(config.limits.reserved_descriptors),
                 listener_configured: true,
             },
             registry.clone(),

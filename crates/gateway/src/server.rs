@@ -71,6 +71,7 @@ async fn accept_loop<F, Fut>(
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: std::future::Future<Output = Answer> + Send + 'static,
 {
+    let mut failures: u32 = 0;
     loop {
         let accepted = tokio::select! {
             () = stop.cancelled() => return,
@@ -78,6 +79,7 @@ async fn accept_loop<F, Fut>(
         };
         match accepted {
             Ok((stream, _)) => {
+                failures = 0;
                 tokio::spawn(serve_connection(
                     stream,
                     stop.clone(),
@@ -89,7 +91,8 @@ async fn accept_loop<F, Fut>(
                 // Typically out of file descriptors: pause instead of spinning.
                 metrics::counter!("fanout_accept_errors_total").increment(1);
                 tracing::warn!(%error, "Accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                tokio::time::sleep(accept_backoff(failures)).await;
+                failures = failures.saturating_add(1);
             }
         }
     }
@@ -125,27 +128,54 @@ pub fn spawn_ws_acceptor(
     std::thread::Builder::new()
         .name("fanout-accept".into())
         .spawn(move || {
+            let mut failures: u32 = 0;
             loop {
                 match listener.accept() {
-                    Ok((stream, _)) => {
+                    Ok((stream, peer)) => {
+                        failures = 0;
                         if stream.set_nonblocking(true).is_err() {
                             continue;
                         }
-                        let endpoint = endpoint.clone();
                         let _guard = runtime.enter();
-                        if let Ok(stream) = TcpStream::from_std(stream) {
-                            endpoint.spawn_connection(stream);
+                        if let Ok(stream) = TcpStream::from_std(stream)
+                            && let Err(turned) = endpoint.spawn_connection(stream, peer)
+                        {
+                            tracing::debug!(%peer, reason = turned.label(), "Connection closed at accept");
                         }
                     }
                     Err(_) if stop.is_cancelled() => return,
                     Err(error) => {
+                        // Typically out of descriptors (EMFILE): back off, doubling up to a
+                        // second, rather than spin on a backlog that stays full.
                         metrics::counter!("fanout_accept_errors_total").increment(1);
-                        tracing::warn!(%error, "Accept failed");
-                        std::thread::sleep(Duration::from_millis(50));
+                        let pause = accept_backoff(failures);
+                        failures = failures.saturating_add(1);
+                        tracing::warn!(%error, pause_ms = pause.as_millis() as u64, "Accept failed");
+                        std::thread::sleep(pause);
                     }
                 }
             }
         })
+}
+
+/// The pause after `failures` accept errors in a row: 5 ms, doubling, at most a second.
+fn accept_backoff(failures: u32) -> Duration {
+    Duration::from_millis(5)
+        .saturating_mul(1u32 << failures.min(8))
+        .min(Duration::from_secs(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_backoff_doubles_to_a_second() {
+        assert_eq!(accept_backoff(0), Duration::from_millis(5));
+        assert_eq!(accept_backoff(3), Duration::from_millis(40));
+        assert_eq!(accept_backoff(10), Duration::from_secs(1));
+        assert_eq!(accept_backoff(u32::MAX), Duration::from_secs(1));
+    }
 }
 
 /// Wakes the acceptor thread out of `accept` so it sees `stop` (shutting a listening socket

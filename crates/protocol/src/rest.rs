@@ -55,6 +55,13 @@ impl HttpError {
         reason: "WEBSOCKET_UPGRADE_REQUIRED",
         message: "This endpoint only accepts WebSocket upgrade requests.",
     };
+    /// 426: a WebSocket version other than 13 (answered with `Sec-WebSocket-Version: 13`).
+    pub const UNSUPPORTED_VERSION: HttpError = HttpError {
+        code: 426,
+        status: "FAILED_PRECONDITION",
+        reason: "UNSUPPORTED_WEBSOCKET_VERSION",
+        message: "Only WebSocket version 13 is supported.",
+    };
     /// 400: a malformed request body or parameter.
     pub const BAD_REQUEST: HttpError = HttpError {
         code: 400,

@@ -78,6 +78,14 @@ pub mod close_code {
     pub const INTERNAL: u16 = 1011;
     /// Try again later: the session could not keep up with its events.
     pub const TRY_AGAIN_LATER: u16 = 1013;
+
+    /// Whether a peer may send `code` in a close frame (RFC 6455 §7.4): the defined codes
+    /// other than those reserved for local use only (1004, 1005, 1006, 1015), the ones IANA
+    /// registered since (1012 to 1014), and the ranges for libraries (3000–3999) and
+    /// applications (4000–4999).
+    pub fn is_valid_on_wire(code: u16) -> bool {
+        matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+    }
 }
 
 /// The size of a frame header for a payload of `len` bytes, without a mask.
@@ -196,6 +204,9 @@ pub struct Decoder {
     max_message: usize,
     /// The opcode and gathered payload of a fragmented message in progress.
     partial: Option<(OpCode, BytesMut)>,
+    /// Frames decoded since [`Decoder::take_frames`] last asked: control frames and
+    /// fragments included, so a caller can bound what a peer makes it do per frame.
+    frames: u32,
 }
 
 impl Decoder {
@@ -205,7 +216,13 @@ impl Decoder {
             role,
             max_message,
             partial: None,
+            frames: 0,
         }
+    }
+
+    /// How many frames (of any kind, fragments included) were decoded since the last call.
+    pub fn take_frames(&mut self) -> u32 {
+        std::mem::take(&mut self.frames)
     }
 
     /// How many more bytes the caller should hold at most before a frame must be complete:
@@ -288,6 +305,7 @@ impl Decoder {
             return Ok(None);
         }
         buf.advance(at);
+        self.frames = self.frames.saturating_add(1);
         let mut payload = buf.split_to(len);
         if let Some(key) = mask {
             for (i, byte) in payload.iter_mut().enumerate() {
@@ -357,6 +375,9 @@ fn close_message(payload: Bytes) -> Result<Message, FrameError> {
         1 => Err(FrameError::Protocol("close frame with a one-byte payload")),
         _ => {
             let code = u16::from_be_bytes([payload[0], payload[1]]);
+            if !close_code::is_valid_on_wire(code) {
+                return Err(FrameError::Protocol("invalid close code"));
+            }
             let reason = payload.slice(2..);
             if std::str::from_utf8(&reason).is_err() {
                 return Err(FrameError::InvalidUtf8);
@@ -456,9 +477,66 @@ mod tests {
             ),
             (encode_masked(OpCode::Close, b"\x03", [0; 4]).to_vec(), 1002),
         ];
+        // Close codes a peer may not send: 1002 back, never 1000.
+        let invalid = [
+            0u16, 999, 1004, 1005, 1006, 1015, 1016, 2000, 2999, 5000, 65535,
+        ];
+        let cases = cases.into_iter().chain(invalid.iter().map(|code| {
+            let payload = code.to_be_bytes();
+            (
+                encode_masked(OpCode::Close, &payload, [7; 4]).to_vec(),
+                1002,
+            )
+        }));
         for (input, code) in cases {
             let got = decode_all(Role::Server, 100, &input);
             assert_eq!(got.map_err(FrameError::close_code), Err(code), "{input:x?}");
+        }
+    }
+
+    #[test]
+    fn every_frame_is_counted_fragments_and_control_frames_included() {
+        let mut input = Vec::new();
+        let mut first = encode_masked(OpCode::Text, b"a", [1; 4]).to_vec();
+        first[0] &= 0x7F;
+        input.extend_from_slice(&first);
+        for _ in 0..10 {
+            let mut empty = encode_masked(OpCode::Continuation, b"", [2; 4]).to_vec();
+            empty[0] &= 0x7F;
+            input.extend_from_slice(&empty);
+        }
+        input.extend_from_slice(&encode_masked(OpCode::Ping, b"", [3; 4]));
+        input.extend_from_slice(&encode_masked(OpCode::Continuation, b"b", [4; 4]));
+        let mut decoder = Decoder::new(Role::Server, 100);
+        let mut buf = BytesMut::from(&input[..]);
+        let mut messages = Vec::new();
+        while let Some(message) = decoder.decode(&mut buf).expect("valid") {
+            messages.push(message);
+        }
+        assert_eq!(
+            messages,
+            vec![
+                Message::Ping(Bytes::new()),
+                Message::Text(Bytes::from_static(b"ab"))
+            ]
+        );
+        assert_eq!(decoder.take_frames(), 13);
+        assert_eq!(decoder.take_frames(), 0);
+    }
+
+    #[test]
+    fn valid_close_codes_are_read() {
+        for code in [
+            1000u16, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 3000, 3999,
+            4000, 4999,
+        ] {
+            let frame = encode_masked(OpCode::Close, &code.to_be_bytes(), [3; 4]);
+            let got = decode_all(Role::Server, 100, &frame);
+            assert_eq!(
+                got,
+                Ok(vec![Message::Close(Some(code), Bytes::new())]),
+                "{code}"
+            );
         }
     }
 

@@ -39,6 +39,8 @@ pub enum CloseReason {
     InvalidUtf8,
     /// The session's queue overflowed: it could not keep up with its events.
     SlowConsumer,
+    /// The client sent more frames or bytes than its budget allows.
+    Flood,
     /// A fault inside the gateway.
     Internal,
 }
@@ -49,7 +51,9 @@ impl CloseReason {
         match self {
             CloseReason::ClientClosed | CloseReason::ConnectionLost => close_code::NORMAL,
             CloseReason::Shutdown | CloseReason::PongTimeout => close_code::GOING_AWAY,
-            CloseReason::TokenExpired | CloseReason::TooManyRefusals => close_code::POLICY,
+            CloseReason::TokenExpired | CloseReason::TooManyRefusals | CloseReason::Flood => {
+                close_code::POLICY
+            }
             CloseReason::Binary => close_code::UNSUPPORTED_DATA,
             CloseReason::TooBig => close_code::TOO_BIG,
             CloseReason::Protocol => close_code::PROTOCOL_ERROR,
@@ -72,6 +76,7 @@ impl CloseReason {
             CloseReason::Protocol => "protocol error",
             CloseReason::InvalidUtf8 => "invalid utf-8",
             CloseReason::SlowConsumer => "too slow to keep up",
+            CloseReason::Flood => "sending too fast",
             CloseReason::Internal => "internal error",
         }
     }
@@ -89,7 +94,8 @@ impl CloseReason {
             CloseReason::TooBig => "too_big",
             CloseReason::Protocol => "protocol",
             CloseReason::InvalidUtf8 => "invalid_utf8",
-            CloseReason::SlowConsumer => "slow_consumer",
+            CloseReason::SlowConsumer => "too_slow",
+            CloseReason::Flood => "flood",
             CloseReason::Internal => "internal",
         }
     }
@@ -104,7 +110,8 @@ impl CloseReason {
             | CloseReason::TooBig
             | CloseReason::Protocol
             | CloseReason::InvalidUtf8
-            | CloseReason::SlowConsumer => Origin::Downstream,
+            | CloseReason::SlowConsumer
+            | CloseReason::Flood => Origin::Downstream,
             CloseReason::Shutdown | CloseReason::TokenExpired | CloseReason::TooManyRefusals => {
                 Origin::Gateway
             }

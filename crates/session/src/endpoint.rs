@@ -2,7 +2,8 @@
 //! `/v1.0/service_agents/ws`), limits, the credential, the JSON error envelopes of
 //! protocol.md §1.1, the 101, and the session, all in one task per connection.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -13,6 +14,7 @@ use fanout_auth::Authenticator;
 use fanout_auth::credential;
 use fanout_protocol::rest::{self, HttpError};
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 use tokio_util::task::TaskTracker;
 
 use crate::config::SessionConfig;
@@ -33,6 +35,17 @@ pub struct AcceptLimits {
     pub handshake_burst: u32,
     /// Deadline for a client's request head.
     pub header_timeout: Duration,
+    /// Connections accepted and not yet upgraded, at most; past it the oldest of them is
+    /// dropped to make room (an honest handshake takes milliseconds, so the oldest are the
+    /// idle ones).
+    pub max_pending: usize,
+    /// Connections not yet upgraded from one source address, at most; past it new ones
+    /// from that address are closed at accept.
+    pub max_pending_per_source: usize,
+    /// Connections (pending and sessions) at most: the process's descriptor limit less what
+    /// is kept in reserve for the admin listener, upstreams and access-key lookups. Past it
+    /// new connections are closed at accept.
+    pub max_connections: usize,
     /// The listener already carries `TCP_NODELAY` and `TCP_NOTSENT_LOWAT` (see
     /// [`configure_listener`]), which accepted sockets inherit on Linux: two system calls less
     /// per connection.
@@ -46,6 +59,9 @@ impl Default for AcceptLimits {
             handshakes_per_second: 50_000,
             handshake_burst: 50_000,
             header_timeout: Duration::from_secs(10),
+            max_pending: 4096,
+            max_pending_per_source: 256,
+            max_connections: usize::MAX,
             listener_configured: false,
         }
     }
@@ -54,6 +70,59 @@ impl Default for AcceptLimits {
 struct Bucket {
     tokens: f64,
     last: Instant,
+}
+
+/// Why a connection was closed at accept, before anything was read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Turned {
+    /// Its source address already has `max_pending_per_source` connections pending.
+    SourceCap,
+    /// The node holds `max_connections` connections (sessions, pending ones, and evicted ones
+    /// not yet closed).
+    Descriptors,
+}
+
+impl Turned {
+    /// The label of the `reason` metric dimension.
+    pub fn label(self) -> &'static str {
+        match self {
+            Turned::SourceCap => "source_cap",
+            Turned::Descriptors => "descriptors",
+        }
+    }
+}
+
+/// The connections that have not finished their handshake: how many per source address,
+/// and each one's eviction signal in the order they came.
+#[derive(Default)]
+struct Pending {
+    by_source: HashMap<IpAddr, usize>,
+    order: BTreeMap<u64, Arc<Notify>>,
+    next: u64,
+}
+
+/// A pending connection's place in [`Pending`], given back on drop.
+struct PendingGuard {
+    endpoint: Arc<Endpoint>,
+    id: u64,
+    source: IpAddr,
+    evicted: Arc<Notify>,
+}
+
+impl Drop for PendingGuard {
+    fn drop(&mut self) {
+        let mut pending = self.endpoint.lock_pending();
+        pending.order.remove(&self.id);
+        if let Some(count) = pending.by_source.get_mut(&self.source) {
+            *count -= 1;
+            if *count == 0 {
+                pending.by_source.remove(&self.source);
+            }
+        }
+        drop(pending);
+        self.endpoint.pending_count.fetch_sub(1, Ordering::Relaxed);
+        metrics::gauge!("fanout_pending_connections").decrement(1.0);
+    }
 }
 
 /// Accepts WebSocket sessions.
@@ -70,6 +139,8 @@ pub struct Endpoint {
     open: AtomicUsize,
     next_id: AtomicU64,
     handshakes: Mutex<Bucket>,
+    pending: Mutex<Pending>,
+    pending_count: AtomicUsize,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -117,6 +188,8 @@ impl Endpoint {
                 tokens: f64::from(limits.handshake_burst.max(1)),
                 last: Instant::now(),
             }),
+            pending: Mutex::new(Pending::default()),
+            pending_count: AtomicUsize::new(0),
         }
     }
 
@@ -159,11 +232,81 @@ impl Endpoint {
         &self.tracker
     }
 
-    /// Serves `stream` on the current runtime, tracked for shutdown.
-    pub fn spawn_connection(self: &Arc<Self>, stream: TcpStream) {
+    fn lock_pending(&self) -> std::sync::MutexGuard<'_, Pending> {
+        // The counts stay consistent even if a holder panicked.
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn turn(turned: Turned) -> Turned {
+        metrics::counter!("fanout_connections_refused_total", "reason" => turned.label())
+            .increment(1);
+        turned
+    }
+
+    /// Connections accepted that have not finished their handshake.
+    pub fn pending_connections(&self) -> usize {
+        self.pending_count.load(Ordering::Relaxed)
+    }
+
+    /// Takes a just-accepted connection from `peer`, before anything is read from it:
+    /// applies the descriptor and per-source caps (a refused connection is dropped, which
+    /// closes it) and makes room under the pending cap by evicting the oldest pending one.
+    /// The admitted connection is then served on the current runtime, tracked for shutdown.
+    ///
+    /// # Errors
+    /// [`Turned`] says why the connection was closed.
+    pub fn spawn_connection(
+        self: &Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+    ) -> Result<(), Turned> {
+        let source = peer.ip();
+        let guard = {
+            let mut pending = self.lock_pending();
+            if pending.by_source.get(&source).copied().unwrap_or(0)
+                >= self.limits.max_pending_per_source.max(1)
+            {
+                drop(pending);
+                return Err(Self::turn(Turned::SourceCap));
+            }
+            // Evicted connections hold their descriptor until their task drops it: they
+            // count until then (`pending_count`), and eviction starts an eighth below the
+            // limit so that it lands before the limit is reached.
+            let held =
+                self.open.load(Ordering::Relaxed) + self.pending_count.load(Ordering::Relaxed);
+            let limit = self.limits.max_connections;
+            if held >= limit {
+                drop(pending);
+                return Err(Self::turn(Turned::Descriptors));
+            }
+            if pending.order.len() >= self.limits.max_pending.max(1) || held >= limit - limit / 8 {
+                // Make room by dropping the oldest connection still in its handshake: an
+                // honest one finishes in milliseconds, so the oldest are the idle ones.
+                if let Some((_, oldest)) = pending.order.pop_first() {
+                    // It leaves `order` now; its guard gives back its counts when it goes.
+                    oldest.notify_one();
+                    metrics::counter!("fanout_connections_refused_total", "reason" => "pending_evicted")
+                        .increment(1);
+                }
+            }
+            let id = pending.next;
+            pending.next += 1;
+            let evicted = Arc::new(Notify::new());
+            pending.order.insert(id, evicted.clone());
+            *pending.by_source.entry(source).or_insert(0) += 1;
+            self.pending_count.fetch_add(1, Ordering::Relaxed);
+            metrics::gauge!("fanout_pending_connections").increment(1.0);
+            PendingGuard {
+                endpoint: self.clone(),
+                id,
+                source,
+                evicted,
+            }
+        };
         let endpoint = self.clone();
         self.tracker
-            .spawn(async move { endpoint.serve_connection(stream).await });
+            .spawn(async move { endpoint.serve_connection(stream, guard).await });
+        Ok(())
     }
 
     fn take_handshake(&self) -> bool {
@@ -187,10 +330,15 @@ impl Endpoint {
     ///
     /// # Cancel safety
     /// Not meant to be cancelled; [`Endpoint::shut_down`] ends the session with 1001.
-    pub async fn serve_connection(&self, stream: TcpStream) {
+    async fn serve_connection(&self, stream: TcpStream, guard: PendingGuard) {
         // Boxed, and everything it read dropped with it: nothing of the handshake (the
         // request's strings, the token) stays allocated for the session's lifetime.
-        let Some((identity, pending)) = Box::pin(self.handshake(&stream)).await else {
+        let handshake = tokio::select! {
+            handshake = Box::pin(self.handshake(&stream)) => handshake,
+            () = guard.evicted.notified() => None,
+        };
+        drop(guard);
+        let Some((identity, pending)) = handshake else {
             return;
         };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -237,15 +385,28 @@ impl Endpoint {
                     .await;
             }
         };
-        if !request.is_upgrade() {
-            return self
-                .refuse(
-                    stream,
-                    HttpError::NOT_WEBSOCKET,
-                    "not_websocket",
-                    &request_id,
-                )
-                .await;
+        match request.check() {
+            Ok(()) => {}
+            Err(handshake::NotUpgrade::Invalid) => {
+                return self
+                    .refuse(
+                        stream,
+                        HttpError::NOT_WEBSOCKET,
+                        "not_websocket",
+                        &request_id,
+                    )
+                    .await;
+            }
+            Err(handshake::NotUpgrade::Version) => {
+                return self
+                    .refuse(
+                        stream,
+                        HttpError::UNSUPPORTED_VERSION,
+                        "websocket_version",
+                        &request_id,
+                    )
+                    .await;
+            }
         }
         // An upgrade request carries its key (`is_upgrade`).
         let key = request.websocket_key.as_deref().unwrap_or_default();

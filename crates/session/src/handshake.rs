@@ -11,8 +11,8 @@ use tokio::net::TcpStream;
 
 /// The largest request head accepted, in bytes.
 pub const MAX_REQUEST: usize = 16 * 1024;
-/// Headers read at most.
-const MAX_HEADERS: usize = 48;
+/// Headers read at most: browsers behind a chain of proxies send far more than 48.
+pub const MAX_HEADERS: usize = 128;
 /// Bytes read per system call.
 const READ_CHUNK: usize = 4096;
 
@@ -31,25 +31,68 @@ pub struct UpgradeRequest {
     pub authorization: Option<String>,
     /// The `X-Request-Id` header.
     pub request_id: Option<String>,
-    /// `Sec-WebSocket-Key`.
+    /// `Sec-WebSocket-Key`, when it is a base64 16-byte nonce (RFC 6455 §4.1).
     pub websocket_key: Option<String>,
+    /// A `Sec-WebSocket-Key` header was there, valid or not.
+    pub key_present: bool,
     /// `Sec-WebSocket-Version` is 13.
     pub version_13: bool,
+    /// A `Sec-WebSocket-Version` header was there, whatever its value.
+    pub version_present: bool,
+    /// The request is HTTP/1.1 (an upgrade needs it; HTTP/1.0 has none).
+    pub http11: bool,
     /// `Upgrade: websocket`.
     pub upgrade_websocket: bool,
     /// `Connection` holds the `upgrade` token.
     pub connection_upgrade: bool,
 }
 
+/// What is wrong with a request as a WebSocket upgrade.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotUpgrade {
+    /// Not an upgrade at all, HTTP/1.0, or a `Sec-WebSocket-Key` that is no 16-byte nonce
+    /// (400).
+    Invalid,
+    /// An upgrade to a WebSocket version other than 13 (426, naming 13).
+    Version,
+}
+
 impl UpgradeRequest {
     /// Whether it asks for a WebSocket upgrade RFC 6455 accepts.
     pub fn is_upgrade(&self) -> bool {
-        self.get
-            && self.upgrade_websocket
-            && self.connection_upgrade
-            && self.version_13
-            && self.websocket_key.is_some()
+        self.check().is_ok()
     }
+
+    /// Why it is not an upgrade RFC 6455 accepts, if it is not.
+    ///
+    /// # Errors
+    /// [`NotUpgrade`] says which answer the request gets.
+    pub fn check(&self) -> Result<(), NotUpgrade> {
+        if !(self.get && self.http11 && self.upgrade_websocket && self.connection_upgrade) {
+            return Err(NotUpgrade::Invalid);
+        }
+        if !self.version_13 {
+            // A client that asks for another version is told which one we speak.
+            return Err(if self.version_present {
+                NotUpgrade::Version
+            } else {
+                NotUpgrade::Invalid
+            });
+        }
+        if self.websocket_key.is_none() {
+            return Err(NotUpgrade::Invalid);
+        }
+        Ok(())
+    }
+}
+
+/// Whether `key` is the base64 encoding of 16 bytes, as `Sec-WebSocket-Key` must be.
+fn is_nonce(key: &str) -> bool {
+    use base64::Engine;
+    key.len() == 24
+        && base64::engine::general_purpose::STANDARD
+            .decode(key)
+            .is_ok_and(|nonce| nonce.len() == 16)
 }
 
 /// Why no request could be read.
@@ -96,6 +139,7 @@ pub fn parse(buf: &[u8]) -> Result<Option<(UpgradeRequest, usize)>, ReadError> {
     };
     let mut out = UpgradeRequest {
         get: request.method == Some("GET"),
+        http11: request.version == Some(1),
         path: path.to_owned(),
         query,
         ..UpgradeRequest::default()
@@ -109,8 +153,10 @@ pub fn parse(buf: &[u8]) -> Result<Option<(UpgradeRequest, usize)>, ReadError> {
         } else if name.eq_ignore_ascii_case("x-request-id") {
             out.request_id = text(header.value);
         } else if name.eq_ignore_ascii_case("sec-websocket-key") {
-            out.websocket_key = text(header.value);
+            out.key_present = true;
+            out.websocket_key = text(header.value).filter(|key| is_nonce(key));
         } else if name.eq_ignore_ascii_case("sec-websocket-version") {
+            out.version_present = true;
             out.version_13 = text(header.value).as_deref() == Some("13");
         } else if name.eq_ignore_ascii_case("upgrade") {
             out.upgrade_websocket =
@@ -214,17 +260,18 @@ pub fn error_response(error: HttpError, request_id: &str) -> Vec<u8> {
         401 => "Unauthorized",
         403 => "Forbidden",
         404 => "Not Found",
+        426 => "Upgrade Required",
         429 => "Too Many Requests",
         503 => "Service Unavailable",
         _ => "Error",
     };
-    let retry = if matches!(error.code, 429 | 503) {
-        "Retry-After: 1\r\n"
-    } else {
-        ""
+    let extra = match error.code {
+        429 | 503 => "Retry-After: 1\r\n",
+        426 => "Sec-WebSocket-Version: 13\r\n",
+        _ => "",
     };
     format!(
-        "HTTP/1.1 {} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{retry}Connection: close\r\n\r\n{body}",
+        "HTTP/1.1 {} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{body}",
         error.code,
         body.len()
     )
@@ -267,14 +314,69 @@ mod tests {
             .expect("valid")
             .expect("complete");
         assert!(!plain.is_upgrade());
-        let (post, _) = parse(b"POST /v1.0/ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\nSec-WebSocket-Key: k\r\nSec-WebSocket-Version: 13\r\n\r\n")
-            .expect("valid")
-            .expect("complete");
-        assert!(!post.is_upgrade());
-        let (old, _) = parse(b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\nSec-WebSocket-Key: k\r\nSec-WebSocket-Version: 8\r\n\r\n")
-            .expect("valid")
-            .expect("complete");
-        assert!(!old.is_upgrade());
+        let check = |raw: &str| {
+            parse(raw.as_bytes())
+                .expect("valid")
+                .expect("complete")
+                .0
+                .check()
+        };
+        let key = "dGhlIHNhbXBsZSBub25jZQ==";
+        let upgrade = |method: &str, version: &str, key: &str, ws: &str| {
+            format!(
+                "{method} /v1.0/ws {version}\r\nUpgrade: websocket\r\nConnection: upgrade\r\nSec-WebSocket-Key: {key}\r\n{ws}\r\n"
+            )
+        };
+        let v13 = "Sec-WebSocket-Version: 13\r\n";
+        assert_eq!(check(&upgrade("GET", "HTTP/1.1", key, v13)), Ok(()));
+        assert_eq!(
+            check(&upgrade("POST", "HTTP/1.1", key, v13)),
+            Err(NotUpgrade::Invalid)
+        );
+        assert_eq!(
+            check(&upgrade("GET", "HTTP/1.0", key, v13)),
+            Err(NotUpgrade::Invalid)
+        );
+        assert_eq!(
+            check(&upgrade(
+                "GET",
+                "HTTP/1.1",
+                key,
+                "Sec-WebSocket-Version: 8\r\n"
+            )),
+            Err(NotUpgrade::Version)
+        );
+        assert_eq!(
+            check(&upgrade("GET", "HTTP/1.1", key, "")),
+            Err(NotUpgrade::Invalid)
+        );
+        // Keys that are not a base64 16-byte nonce.
+        for bad in [
+            "k",
+            "dGhlIHNhbXBsZSBub25jZQ",
+            "dGhlIHNhbXBsZSBub25jZSE=",
+            "!GhlIHNhbXBsZSBub25jZQ==",
+            "dGhlIHNhbXBsZSBub25jZSEhIQ==",
+        ] {
+            assert_eq!(
+                check(&upgrade("GET", "HTTP/1.1", bad, v13)),
+                Err(NotUpgrade::Invalid),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_hundred_headers_are_read() {
+        let mut raw = String::from(
+            "GET /v1.0/ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n",
+        );
+        for i in 0..96 {
+            raw.push_str(&format!("X-Forwarded-{i}: 10.0.0.{i}\r\n"));
+        }
+        raw.push_str("\r\n");
+        let (request, _) = parse(raw.as_bytes()).expect("valid").expect("complete");
+        assert!(request.is_upgrade());
     }
 
     #[test]
@@ -282,6 +384,10 @@ mod tests {
         let text = String::from_utf8(error_response(HttpError::RESOURCE_EXHAUSTED, "req_1"))
             .expect("utf-8");
         assert!(text.starts_with("HTTP/1.1 429 Too Many Requests\r\n"));
+        let upgrade =
+            String::from_utf8(error_response(HttpError::UNSUPPORTED_VERSION, "r")).expect("utf-8");
+        assert!(upgrade.starts_with("HTTP/1.1 426 Upgrade Required\r\n"));
+        assert!(upgrade.contains("Sec-WebSocket-Version: 13\r\n"));
         assert!(text.contains("Retry-After: 1\r\n"));
         let body = text.split("\r\n\r\n").nth(1).expect("body");
         assert!(text.contains(&format!("Content-Length: {}\r\n", body.len())));

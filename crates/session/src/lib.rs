@@ -19,6 +19,7 @@
 //! - A subscribe or unsubscribe request is applied whole or not at all.
 //! - Every error that ends a session maps, in [`close`], to a close code and a metric label.
 
+mod budget;
 pub mod close;
 pub mod config;
 pub mod endpoint;

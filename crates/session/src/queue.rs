@@ -52,6 +52,9 @@ struct State {
 pub struct Queue {
     state: Mutex<State>,
     notify: Notify,
+    /// Wakes the consumer when the queue is closed, also while it is busy writing frames it
+    /// took earlier and so not waiting on `notify`.
+    closed: Notify,
     max_frames: usize,
     max_bytes: usize,
 }
@@ -62,6 +65,7 @@ impl Queue {
         Queue {
             state: Mutex::new(State::default()),
             notify: Notify::new(),
+            closed: Notify::new(),
             max_frames: max_frames.max(1),
             max_bytes: max_bytes.max(1),
         }
@@ -113,6 +117,7 @@ impl Queue {
         }
         drop(state);
         self.notify.notify_one();
+        self.closed.notify_one();
         true
     }
 
@@ -150,6 +155,14 @@ impl Queue {
     /// Cancel-safe: a wake-up that was not consumed stays for the next call.
     pub async fn changed(&self) {
         self.notify.notified().await;
+    }
+
+    /// Resolves once the queue is closed (at once if it was closed since the last wait).
+    ///
+    /// # Cancel safety
+    /// Cancel-safe, like [`Queue::changed`].
+    pub async fn closed(&self) {
+        self.closed.notified().await;
     }
 }
 

@@ -8,38 +8,11 @@ use fanout_protocol::ws::{self, Message, OpCode};
 use fanout_protocol::{Pattern, server};
 use tokio::time::Instant;
 
+use crate::budget::Bucket;
 use crate::close::CloseReason;
 use crate::config::SessionConfig;
 use crate::hub::Subscriber;
 use crate::session::{Directory, SessionHandle, SessionParams};
-
-/// A token bucket limiting client messages (its rate and burst come from the configuration,
-/// so every session holds only its level and the time it was last filled).
-struct Bucket {
-    tokens: f32,
-    last: Instant,
-}
-
-impl Bucket {
-    fn new(burst: u32, now: Instant) -> Self {
-        Bucket {
-            tokens: burst.max(1) as f32,
-            last: now,
-        }
-    }
-
-    fn take(&mut self, rate: u32, burst: u32, now: Instant) -> bool {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f32();
-        self.last = now;
-        self.tokens = (self.tokens + elapsed * rate.max(1) as f32).min(burst.max(1) as f32);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
 
 /// A session's request state.
 pub(crate) struct Requests<'a> {
@@ -99,6 +72,7 @@ impl<'a> Requests<'a> {
 
     fn on_request(&mut self, text: &[u8]) -> Option<CloseReason> {
         if !self.bucket.take(
+            1,
             self.config.messages_per_second,
             self.config.message_burst,
             Instant::now(),

@@ -14,6 +14,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use uuid::Uuid;
 
+use crate::budget::Bucket;
 use crate::close::CloseReason;
 use crate::config::SessionConfig;
 use crate::hub::Subscriber;
@@ -188,6 +189,34 @@ enum Wake {
     Queue,
 }
 
+/// What the client may still send: frames and bytes, each a token bucket.
+struct Budget {
+    frames: Bucket,
+    bytes: Bucket,
+}
+
+impl Budget {
+    fn new(config: &SessionConfig, now: Instant) -> Self {
+        Budget {
+            frames: Bucket::new(config.frame_burst, now),
+            bytes: Bucket::new(config.byte_burst, now),
+        }
+    }
+
+    fn take_bytes(&mut self, config: &SessionConfig, n: usize, now: Instant) -> bool {
+        let n = u32::try_from(n).unwrap_or(u32::MAX);
+        self.bytes
+            .take(n, config.bytes_per_second, config.byte_burst, now)
+    }
+
+    fn take_frames(&mut self, config: &SessionConfig, n: u32, now: Instant) -> bool {
+        n == 0
+            || self
+                .frames
+                .take(n, config.frames_per_second, config.frame_burst, now)
+    }
+}
+
 async fn drive(
     params: &SessionParams,
     handle: &SessionHandle,
@@ -203,6 +232,7 @@ async fn drive(
     let interval = config.ping_interval.max(Duration::from_millis(10));
     let mut last_seen = Instant::now();
     let mut next_ping = last_seen + interval;
+    let mut budget = Budget::new(config, last_seen);
     let expiry = params.identity.expires_at.map(deadline);
     // Set once the close frame is queued: why, and until when it may take to write.
     let mut closing: Option<(CloseReason, Instant)> = None;
@@ -216,7 +246,7 @@ async fn drive(
     let timer = tokio::time::sleep_until(next_ping);
     tokio::pin!(timer);
     loop {
-        // Everything the client sent so far.
+        // Everything the client sent so far, within its frame budget.
         if closing.is_none() {
             loop {
                 match decoder.decode(&mut input) {
@@ -233,10 +263,28 @@ async fn drive(
                     }
                 }
             }
+            if !budget.take_frames(config, decoder.take_frames(), Instant::now()) {
+                close(CloseReason::Flood, &mut closing);
+            }
+            if closing.is_some() {
+                input.clear();
+            }
         }
         if input.is_empty() && input.capacity() > 0 {
             // Give the buffer back while idle.
             input = BytesMut::new();
+        }
+        if closing.is_none()
+            && let Some(reason) = handle.closed_reason()
+        {
+            // Closed from outside (too slow, or shutdown), maybe while frames taken earlier
+            // are still being written: the deadline runs from now, whatever is pending.
+            if reason == CloseReason::SlowConsumer {
+                // Its queue was discarded; of what was taken, only a frame partly written
+                // must still go out before the close frame can.
+                outgoing.discard_unstarted();
+            }
+            closing = Some((reason, Instant::now() + config.close_timeout));
         }
         // Everything queued, as far as the socket takes it.
         loop {
@@ -245,7 +293,6 @@ async fn drive(
                     Taken::Frames => {}
                     Taken::Close(frame) => {
                         if closing.is_none() {
-                            // Closed from outside: too slow, or shutdown.
                             let reason = handle.closed_reason().unwrap_or(CloseReason::Internal);
                             closing = Some((reason, Instant::now() + config.close_timeout));
                         }
@@ -285,6 +332,7 @@ async fn drive(
             () = &mut timer => Wake::Timer,
             ready = stream.ready(interest) => Wake::Socket(ready),
             () = handle.queue().changed(), if outgoing.is_empty() && close_frame.is_none() => Wake::Queue,
+            () = handle.queue().closed(), if closing.is_none() => Wake::Queue,
         };
         match wake {
             Wake::Queue => {}
@@ -311,22 +359,36 @@ async fn drive(
             }
             Wake::Socket(Ok(ready)) => {
                 if ready.is_readable() || ready.is_read_closed() {
-                    match read_available(stream, &mut input) {
-                        Ok(0) => {
-                            return closing
-                                .map_or(CloseReason::ConnectionLost, |(reason, _)| reason);
-                        }
-                        Ok(_) => last_seen = Instant::now(),
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                        Err(_) => {
-                            return closing
-                                .map_or(CloseReason::ConnectionLost, |(reason, _)| reason);
+                    let lost = || {
+                        closing
+                            .clone()
+                            .map_or(CloseReason::ConnectionLost, |(reason, _)| reason)
+                    };
+                    let read = match read_available(stream, &mut input) {
+                        Ok(0) => return lost(),
+                        Ok(n) => n,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+                        Err(_) => return lost(),
+                    };
+                    if read > 0 {
+                        let now = Instant::now();
+                        last_seen = now;
+                        if !budget.take_bytes(config, read, now) {
+                            if closing.is_some() {
+                                // Still flooding after being told to stop: hang up.
+                                return lost();
+                            }
+                            close(CloseReason::Flood, &mut closing);
                         }
                     }
                     if closing.is_some() {
                         // Nothing more is read from a closing session but its close reply.
                         input.clear();
                     }
+                    // Readiness and `try_read` spend none of the runtime's cooperative
+                    // budget: a socket that always has data would otherwise keep this task
+                    // running forever and starve every other session on the worker.
+                    tokio::task::consume_budget().await;
                 }
             }
         }

@@ -35,6 +35,20 @@ impl Outgoing {
         &mut self.frames
     }
 
+    /// Drops every frame not yet begun; a frame partly written stays, since the stream is
+    /// only valid once it is complete. Answers whether one stays.
+    pub(crate) fn discard_unstarted(&mut self) -> bool {
+        if self.is_empty() {
+            return false;
+        }
+        let keep = usize::from(self.offset > 0);
+        let start = self.index;
+        self.frames.drain(..start);
+        self.frames.truncate(keep);
+        self.index = 0;
+        keep == 1
+    }
+
     /// Adds one frame to write after what is pending.
     pub(crate) fn push(&mut self, frame: Bytes) {
         self.frames.push_back(frame);
@@ -143,6 +157,45 @@ mod tests {
                 assert_eq!(calls, 5);
             }
         }
+    }
+
+    #[test]
+    fn discarding_keeps_only_a_frame_partly_written() {
+        let mut outgoing = Outgoing::default();
+        outgoing
+            .refill()
+            .extend([&b"aaaa"[..], b"bbbb", b"cccc"].map(Bytes::from_static));
+        // Write the first frame and half of the second, then block.
+        let mut calls = 0;
+        let done = outgoing
+            .write(|_| {
+                calls += 1;
+                if calls == 1 {
+                    Ok(6)
+                } else {
+                    Err(io::ErrorKind::WouldBlock.into())
+                }
+            })
+            .expect("no error");
+        assert!(!done);
+        assert!(outgoing.discard_unstarted());
+        let mut out = Vec::new();
+        assert!(
+            outgoing
+                .write(|s| {
+                    out.extend_from_slice(&s[0]);
+                    Ok(s[0].len())
+                })
+                .expect("no error")
+        );
+        assert_eq!(out, b"bb");
+        // Nothing begun: nothing stays.
+        let mut outgoing = Outgoing::default();
+        outgoing
+            .refill()
+            .extend([&b"aaaa"[..], b"bbbb"].map(Bytes::from_static));
+        assert!(!outgoing.discard_unstarted());
+        assert!(outgoing.is_empty());
     }
 
     #[test]

@@ -4,7 +4,8 @@
 
 #![allow(missing_docs, unreachable_pub)]
 
-use std::net::SocketAddr;
+use std::io::{Read as _, Write as _};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
@@ -146,6 +147,8 @@ pub struct Connect {
     pub headers: Vec<(String, String)>,
     /// Answer pings automatically (the default of browsers).
     pub no_auto_pong: bool,
+    /// The local address to connect from (`127.0.0.2`, …), to stand for another client host.
+    pub source: Option<IpAddr>,
 }
 
 impl Connect {
@@ -181,7 +184,7 @@ impl Client {
         addr: SocketAddr,
         options: Connect,
     ) -> anyhow::Result<Result<Client, Refused>> {
-        let stream = TcpStream::connect(addr).await?;
+        let stream = connect_from(addr, options.source).await?;
         let mut builder = Request::get(options.path_and_query.as_str())
             .header(HOST, addr.to_string())
             .header(UPGRADE, "websocket")
@@ -343,6 +346,56 @@ impl Client {
     pub fn into_inner(self) -> TokioIo<Upgraded> {
         self.ws.into_inner()
     }
+}
+
+/// A TCP connection to `addr`, from `source` when given.
+///
+/// # Errors
+/// When the bind or the connect fails.
+pub async fn connect_from(addr: SocketAddr, source: Option<IpAddr>) -> std::io::Result<TcpStream> {
+    let Some(source) = source else {
+        return TcpStream::connect(addr).await;
+    };
+    let socket = if source.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.bind(SocketAddr::new(source, 0))?;
+    socket.connect(addr).await
+}
+
+/// A valid upgrade request for `path_and_query`, as raw bytes.
+pub fn upgrade_request(addr: SocketAddr, path_and_query: &str) -> String {
+    format!(
+        "GET {path_and_query} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+}
+
+/// Opens a WebSocket with a plain blocking socket (for flooding threads that must not
+/// share the test's runtime): answers the socket right after the 101's head.
+///
+/// # Errors
+/// When the connection fails or the answer is not 101.
+pub fn raw_ws_blocking(addr: SocketAddr, token: &str) -> anyhow::Result<std::net::TcpStream> {
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(WAIT))?;
+    stream.write_all(upgrade_request(addr, &format!("/v1.0/ws?token={token}")).as_bytes())?;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if stream.read(&mut byte)? == 0 {
+            bail!("closed during the handshake");
+        }
+        head.push(byte[0]);
+        if head.len() > 16 * 1024 {
+            bail!("answer head too long");
+        }
+    }
+    if !head.starts_with(b"HTTP/1.1 101") {
+        bail!("refused: {}", String::from_utf8_lossy(&head));
+    }
+    Ok(stream)
 }
 
 /// A plain HTTP/1.1 request; answers status, headers and body.

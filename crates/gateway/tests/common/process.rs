@@ -1,0 +1,107 @@
+//! The real `fanout-gateway` binary in a process of its own, for the tests about the
+//! process: its signals, its descriptors, its runtime.
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+
+use fanout_test_support::*;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use super::service_token;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_fanout-gateway");
+
+pub struct Running {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+/// Starts the binary against `sim` and reads its addresses from its JSON log.
+pub async fn spawn_gateway(sim: SocketAddr, extra_env: &[(&str, &str)]) -> Running {
+    spawn_gateway_limited(sim, extra_env, None).await
+}
+
+/// Starts the binary with at most `nofile` open files (soft and hard), when given.
+pub async fn spawn_gateway_limited(
+    sim: SocketAddr,
+    extra_env: &[(&str, &str)],
+    nofile: Option<u32>,
+) -> Running {
+    let mut command = match nofile {
+        None => Command::new(BIN),
+        Some(limit) => {
+            let mut shell = Command::new("bash");
+            shell.args([
+                "-c",
+                &format!("ulimit -n {limit} && exec \"$0\" \"$@\""),
+                BIN,
+            ]);
+            shell
+        }
+    };
+    command
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ])
+        .args(["--upstream-url", &format!("ws://{sim}/v1.0/ws")])
+        .env("FANOUT_JWT_SECRET", SECRET)
+        .env("FANOUT_UPSTREAM_TOKEN", service_token())
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    for (name, value) in extra_env {
+        command.env(name, value);
+    }
+    let mut child = command.spawn().expect("gateway binary starts");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let listening = tokio::time::timeout(WAIT, async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let Ok(value) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
+            assert!(
+                !line.contains(SECRET),
+                "a log line holds the secret: {line}"
+            );
+            if value["fields"]["message"] == "Gateway listening" {
+                return value;
+            }
+        }
+        panic!("the gateway exited before listening");
+    })
+    .await
+    .expect("the gateway logs its addresses");
+    // Keep draining the log so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let addr = listening["fields"]["local_addr"]
+        .as_str()
+        .expect("local_addr")
+        .parse()
+        .expect("addr");
+    let admin = listening["fields"]["admin_addr"]
+        .as_str()
+        .expect("admin_addr")
+        .parse()
+        .expect("addr");
+    Running { child, addr, admin }
+}
+
+pub fn sigterm(child: &Child) {
+    let pid = child.id().expect("running").to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+}

@@ -1,0 +1,59 @@
+//! Token buckets that bound what one client may make its session do: messages (the request
+//! rate limit) and, beneath them, every frame and byte it sends. A bucket holds only its
+//! level and when it was last filled; rate and burst come from the configuration.
+
+use tokio::time::Instant;
+
+/// A token bucket refilled at `rate` per second up to `burst`.
+#[derive(Debug)]
+pub(crate) struct Bucket {
+    tokens: f32,
+    last: Instant,
+}
+
+impl Bucket {
+    /// A full bucket.
+    pub(crate) fn new(burst: u32, now: Instant) -> Self {
+        Bucket {
+            tokens: burst.max(1) as f32,
+            last: now,
+        }
+    }
+
+    /// Takes `n` tokens; false (and the bucket left empty) if there were not enough.
+    pub(crate) fn take(&mut self, n: u32, rate: u32, burst: u32, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f32();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * rate.max(1) as f32).min(burst.max(1) as f32);
+        let n = n as f32;
+        if self.tokens >= n {
+            self.tokens -= n;
+            true
+        } else {
+            self.tokens = 0.0;
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn burst_then_rate() {
+        let start = Instant::now();
+        let mut bucket = Bucket::new(10, start);
+        assert!(bucket.take(10, 5, 10, start));
+        assert!(!bucket.take(1, 5, 10, start));
+        // Half a second at 5 per second refills 2.5.
+        let later = start + Duration::from_millis(500);
+        assert!(bucket.take(2, 5, 10, later));
+        assert!(!bucket.take(1, 5, 10, later));
+        // Never more than the burst.
+        let much_later = later + Duration::from_secs(3600);
+        assert!(bucket.take(10, 5, 10, much_later));
+        assert!(!bucket.take(1, 5, 10, much_later));
+    }
+}
