@@ -137,8 +137,20 @@ fn identity_from_claims(claims: &Value, now: SystemTime) -> Result<Identity, Aut
         .ok_or_else(claims_error)?;
     let mut expires_at = fanout_protocol::timestamp::parse(expire).ok_or_else(claims_error)?;
     if let Some(exp) = claims.get("exp") {
-        let exp = exp.as_u64().ok_or_else(claims_error)?;
-        expires_at = expires_at.min(UNIX_EPOCH + Duration::from_secs(exp));
+        // A NumericDate (RFC 7519 §2): seconds, maybe with a fraction. One past what the
+        // clock can hold only means "no earlier than `expire`".
+        let after_epoch = match exp.as_u64() {
+            Some(secs) => Some(Duration::from_secs(secs)),
+            None => exp
+                .as_f64()
+                .filter(|secs| *secs >= 0.0)
+                .map(|secs| Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX))
+                .ok_or_else(claims_error)
+                .map(Some)?,
+        };
+        if let Some(exp_at) = after_epoch.and_then(|d| UNIX_EPOCH.checked_add(d)) {
+            expires_at = expires_at.min(exp_at);
+        }
     }
     if expires_at <= now {
         return Err(invalid(Invalid::Expired));

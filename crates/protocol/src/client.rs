@@ -33,6 +33,9 @@ pub struct Request {
     pub action: Action,
     /// The patterns, in the order sent, at least one.
     pub topics: Vec<Pattern>,
+    /// Each pattern's text exactly as the client sent it (a pattern keeps its owner in
+    /// lower case), for refusals that name topics.
+    pub sent: Vec<String>,
 }
 
 /// Why a request was refused; the `code` of an error frame.
@@ -163,12 +166,16 @@ pub fn parse_request(text: &[u8]) -> Result<Request, Refusal> {
         ));
     }
     let mut topics = Vec::with_capacity(items.len());
+    let mut sent = Vec::with_capacity(items.len());
     let mut invalid = Vec::new();
     let mut first_reason = None;
     for item in items {
         match item {
             serde_json::Value::String(text) => match Pattern::parse(&text) {
-                Ok(pattern) => topics.push(pattern),
+                Ok(pattern) => {
+                    topics.push(pattern);
+                    sent.push(text);
+                }
                 Err(error) => {
                     first_reason.get_or_insert(error);
                     invalid.push(text);
@@ -190,7 +197,11 @@ pub fn parse_request(text: &[u8]) -> Result<Request, Refusal> {
             invalid,
         ));
     }
-    Ok(Request { action, topics })
+    Ok(Request {
+        action,
+        topics,
+        sent,
+    })
 }
 
 #[cfg(test)]

@@ -23,14 +23,21 @@ pub fn format(at: SystemTime) -> String {
         .unwrap_or_else(|_| "1970-01-01T00:00:00.000000Z".to_owned())
 }
 
-/// Parses VoIPBIN's layout (or its older space-separated one) as UTC.
+/// Parses VoIPBIN's layout (or its older space-separated one) as UTC, or any RFC 3339 time
+/// (seconds without a fraction, milliseconds, `+00:00` or another offset), as tokens minted
+/// by other libraries write it.
 ///
 /// Returns `None` for any other text.
 pub fn parse(text: &str) -> Option<SystemTime> {
-    let parsed = PrimitiveDateTime::parse(text, LAYOUT)
+    if let Ok(parsed) = PrimitiveDateTime::parse(text, LAYOUT)
         .or_else(|_| PrimitiveDateTime::parse(text, OLD_LAYOUT))
-        .ok()?;
-    Some(parsed.assume_utc().into())
+    {
+        return Some(parsed.assume_utc().into());
+    }
+    let parsed =
+        OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
+    SystemTime::UNIX_EPOCH
+        .checked_add(std::time::Duration::try_from(parsed - OffsetDateTime::UNIX_EPOCH).ok()?)
 }
 
 #[cfg(test)]
@@ -49,13 +56,35 @@ mod tests {
     }
 
     #[test]
+    fn rfc3339_variants() {
+        let at = UNIX_EPOCH + Duration::from_secs(1_768_905_000);
+        for text in [
+            "2026-01-20T10:30:00Z",
+            "2026-01-20T10:30:00.000Z",
+            "2026-01-20T10:30:00+00:00",
+            "2026-01-20T10:30:00.000000+00:00",
+            "2026-01-20T12:30:00+02:00",
+            "2026-01-20t10:30:00z",
+        ] {
+            assert_eq!(parse(text), Some(at), "{text}");
+        }
+        assert_eq!(
+            parse("2026-01-20T10:30:00.250Z"),
+            Some(at + Duration::from_millis(250))
+        );
+        // Before the epoch: not a time a token can expire at here.
+        assert_eq!(parse("1969-12-31T23:59:59Z"), None);
+    }
+
+    #[test]
     fn rejects_other_text() {
         for bad in [
             "",
             "2026-01-20",
             "2026-13-01T00:00:00.000000Z",
             "tomorrow",
-            "2026-01-20T10:30:00Z",
+            "2026-01-20T10:30:00",
+            "2026-01-20T10:30:00+0000",
         ] {
             assert_eq!(parse(bad), None, "{bad}");
         }

@@ -91,8 +91,9 @@ impl<'a> Requests<'a> {
                 let forbidden: Vec<String> = request
                     .topics
                     .iter()
-                    .filter(|p| !permit(self.identity, p))
-                    .map(|p| p.as_str().to_owned())
+                    .zip(&request.sent)
+                    .filter(|(p, _)| !permit(self.identity, p))
+                    .map(|(_, sent)| sent.clone())
                     .collect();
                 if !forbidden.is_empty() {
                     return self.refuse(Refusal::with_topics(

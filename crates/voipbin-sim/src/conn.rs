@@ -143,8 +143,9 @@ fn handle_message(sim: &Simulator, conn: &Arc<Conn>, text: &[u8]) {
         let forbidden: Vec<String> = request
             .topics
             .iter()
-            .filter(|p| !permit(&conn.identity, p))
-            .map(|p| p.as_str().to_owned())
+            .zip(&request.sent)
+            .filter(|(p, _)| !permit(&conn.identity, p))
+            .map(|(_, sent)| sent.clone())
             .collect();
         if !forbidden.is_empty() {
             let refusal = Refusal::with_topics(

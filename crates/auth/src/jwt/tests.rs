@@ -139,6 +139,55 @@ fn expiry() {
 }
 
 #[test]
+fn expire_in_rfc3339_variants() {
+    let mut claims = agent_claims(json!(32));
+    for expire in [
+        "2026-01-20T10:31:00Z",
+        "2026-01-20T10:31:00.000Z",
+        "2026-01-20T10:31:00+00:00",
+        "2026-01-20T11:31:00+01:00",
+    ] {
+        claims["expire"] = json!(expire);
+        let identity = verify(&sign(&claims)).unwrap_or_else(|e| panic!("{expire}: {e}"));
+        assert_eq!(
+            identity.expires_at,
+            Some(UNIX_EPOCH + Duration::from_secs(1_768_905_060)),
+            "{expire}"
+        );
+    }
+    claims["expire"] = json!("2026-01-20T10:29:00Z");
+    check_invalid(&sign(&claims), Invalid::Expired);
+}
+
+#[test]
+fn huge_or_fractional_exp_never_overflows() {
+    let mut claims = agent_claims(json!(32));
+    for exp in [
+        json!(u64::MAX),
+        json!(1e300),
+        json!(f64::MAX),
+        json!(i64::MAX),
+    ] {
+        claims["exp"] = exp.clone();
+        // Past anything the clock holds: `expire` alone decides.
+        let identity = verify(&sign(&claims)).unwrap_or_else(|e| panic!("{exp}: {e}"));
+        assert_eq!(identity.expires_at, far_expire(), "{exp}");
+    }
+    claims["exp"] = json!(1_768_905_060.5);
+    let identity = verify(&sign(&claims)).expect("valid");
+    assert_eq!(
+        identity.expires_at,
+        Some(UNIX_EPOCH + Duration::from_millis(1_768_905_060_500))
+    );
+    claims["exp"] = json!(-1);
+    check_invalid(&sign(&claims), Invalid::Claims);
+}
+
+fn far_expire() -> Option<SystemTime> {
+    fanout_protocol::timestamp::parse(FUTURE)
+}
+
+#[test]
 fn malformed_claims_are_a_clear_401() {
     let base = agent_claims(json!(32));
     type Mutation = Box<dyn Fn(&mut Value)>;
