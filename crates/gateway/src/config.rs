@@ -76,21 +76,30 @@ pub struct UpstreamSection {
     /// How long a customer's connection stays open after its last session left. Default `30s`.
     #[serde(with = "humantime_serde")]
     pub linger: Duration,
-    /// Connect and handshake deadline. Default `10s`.
+    /// Connect and handshake deadline. Default `5s`.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
-    /// Interval of the gateway's pings to VoIPBIN. Default `10s`.
+    /// Interval of the gateway's pings to VoIPBIN. Default `5s`.
     #[serde(with = "humantime_serde")]
     pub ping_interval: Duration,
-    /// A connection that delivers nothing for this long is replaced. Default `30s`.
+    /// A ping that nothing answers within this long marks the connection stalled; it is
+    /// replaced. A stall is noticed within `ping_interval` + `pong_timeout`. Default `8s`.
+    #[serde(with = "humantime_serde")]
+    pub pong_timeout: Duration,
+    /// A connection that delivers nothing at all for this long is replaced. Default `30s`.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
     /// First back-off ceiling between reconnects. Default `200ms`.
     #[serde(with = "humantime_serde")]
     pub backoff_base: Duration,
-    /// Largest back-off ceiling. Default `30s`.
+    /// Largest back-off ceiling: after VoIPBIN comes back, every customer is reconnected
+    /// within about this long (plus the connect time). Default `5s`.
     #[serde(with = "humantime_serde")]
     pub backoff_cap: Duration,
+    /// `/readyz` answers 503 once the node has had customers but no working upstream for
+    /// this long. Default `30s`.
+    #[serde(with = "humantime_serde")]
+    pub unready_after: Duration,
     /// Largest frame accepted from VoIPBIN, in bytes. Default 16 MiB.
     pub max_frame_bytes: usize,
 }
@@ -102,11 +111,13 @@ impl Default for UpstreamSection {
             token: String::new(),
             accesskeys_file: None,
             linger: Duration::from_secs(30),
-            connect_timeout: Duration::from_secs(10),
-            ping_interval: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+            ping_interval: Duration::from_secs(5),
+            pong_timeout: Duration::from_secs(8),
             idle_timeout: Duration::from_secs(30),
             backoff_base: Duration::from_millis(200),
-            backoff_cap: Duration::from_secs(30),
+            backoff_cap: Duration::from_secs(5),
+            unready_after: Duration::from_secs(30),
             max_frame_bytes: 16 * 1024 * 1024,
         }
     }
@@ -375,6 +386,8 @@ impl Config {
             ("session.close_timeout", self.session.close_timeout),
             ("upstream.connect_timeout", self.upstream.connect_timeout),
             ("upstream.ping_interval", self.upstream.ping_interval),
+            ("upstream.pong_timeout", self.upstream.pong_timeout),
+            ("upstream.unready_after", self.upstream.unready_after),
             ("upstream.idle_timeout", self.upstream.idle_timeout),
             ("upstream.backoff_base", self.upstream.backoff_base),
             ("accesskeys.verify_timeout", self.accesskeys.verify_timeout),

@@ -87,6 +87,7 @@ pub fn upstream_config(config: &Config) -> anyhow::Result<UpstreamConfig> {
     let mut upstream = UpstreamConfig::new(url, credentials);
     upstream.connect_timeout = config.upstream.connect_timeout;
     upstream.ping_interval = config.upstream.ping_interval;
+    upstream.pong_timeout = config.upstream.pong_timeout;
     upstream.idle_timeout = config.upstream.idle_timeout;
     upstream.backoff = Backoff {
         base: config.upstream.backoff_base,
@@ -176,6 +177,7 @@ impl Gateway {
                 ready: ready.clone(),
                 endpoint: endpoint.clone(),
                 registry: registry.clone(),
+                unready_after: config.upstream.unready_after,
             },
             upstreams.clone(),
         ));

@@ -21,11 +21,13 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
+use fanout_protocol::server::{GapReason, gap_frame};
+use fanout_protocol::upstream::Event;
 use fanout_protocol::{Pattern, Scope};
 use fanout_session::{Directory, Hub, Subscriber};
-use fanout_upstream::{Upstream, UpstreamConfig};
+use fanout_upstream::{EventSink, Upstream, UpstreamConfig};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -53,9 +55,29 @@ pub struct CustomerInfo {
     pub upstream_patterns: Vec<String>,
 }
 
+/// A customer's upstream publishes into its hub: events to the sessions that match, gaps to
+/// every session.
+struct HubSink(Arc<Hub>);
+
+impl EventSink for HubSink {
+    fn publish(&self, event: Event) {
+        self.0.publish(&event);
+    }
+
+    fn gap(&self, since: SystemTime, until: SystemTime) {
+        let frame = gap_frame(GapReason::UpstreamReconnect, since, until);
+        let told = self.0.publish_to_all(&frame);
+        metrics::counter!("fanout_gaps_sent_total", "reason" => GapReason::UpstreamReconnect.as_str())
+            .increment(told as u64);
+    }
+}
+
 /// The gateway's customers.
 pub struct Registry {
     customers: Mutex<HashMap<Uuid, Entry>>,
+    /// When an upstream was last known to work, or customers last appeared on a node that
+    /// had none: how long the node has been without a working upstream is counted from it.
+    worked: Mutex<Instant>,
     upstream: Arc<UpstreamConfig>,
     linger: Duration,
     cancel: CancellationToken,
@@ -96,6 +118,7 @@ impl Registry {
     ) -> Arc<Self> {
         Arc::new_cyclic(|me| Registry {
             customers: Mutex::new(HashMap::new()),
+            worked: Mutex::new(Instant::now()),
             upstream,
             linger,
             cancel,
@@ -109,14 +132,13 @@ impl Registry {
     }
 
     fn entry<'a>(&self, customers: &'a mut HashMap<Uuid, Entry>, customer: Uuid) -> &'a mut Entry {
+        if customers.is_empty() {
+            // Without customers, no upstream was needed: the count starts now.
+            *self.lock_worked() = Instant::now();
+        }
         customers.entry(customer).or_insert_with(|| {
             let hub = Arc::new(Hub::new(customer));
-            let sink = {
-                let hub = hub.clone();
-                Arc::new(move |event| {
-                    hub.publish(&event);
-                })
-            };
+            let sink = Arc::new(HubSink(hub.clone()));
             let upstream = Upstream::spawn(customer, self.upstream.clone(), sink, &self.cancel);
             metrics::gauge!("fanout_customers").increment(1.0);
             tracing::info!(%customer, "Customer entry created");
@@ -167,10 +189,38 @@ impl Registry {
             .get(&customer)
             .is_some_and(|e| e.users == 0 && e.generation == generation);
         if idle && let Some(entry) = customers.remove(&customer) {
+            self.note_worked(&entry.upstream);
             entry.upstream.close();
             metrics::gauge!("fanout_customers").decrement(1.0);
             tracing::info!(%customer, "Customer entry removed after linger");
         }
+    }
+
+    fn lock_worked(&self) -> MutexGuard<'_, Instant> {
+        self.worked.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keeps what `upstream` knew of when it last worked.
+    fn note_worked(&self, upstream: &Upstream) {
+        if let Some(ago) = upstream.down_for() {
+            let at = Instant::now().checked_sub(ago).unwrap_or_else(Instant::now);
+            let mut worked = self.lock_worked();
+            *worked = (*worked).max(at);
+        }
+    }
+
+    /// How long the node has had customers but no working upstream; zero when it has no
+    /// customers or one upstream works.
+    pub fn without_upstream(&self) -> Duration {
+        let customers = self.lock();
+        if customers.is_empty() {
+            return Duration::ZERO;
+        }
+        for entry in customers.values() {
+            self.note_worked(&entry.upstream);
+        }
+        drop(customers);
+        self.lock_worked().elapsed()
     }
 
     /// A snapshot of every customer's entry.
@@ -195,6 +245,7 @@ impl Registry {
     /// Closes every upstream now.
     pub fn close_all(&self) {
         for (_, entry) in self.lock().drain() {
+            self.note_worked(&entry.upstream);
             entry.upstream.close();
             metrics::gauge!("fanout_customers").decrement(1.0);
         }

@@ -193,6 +193,20 @@ pub struct AdminState {
     pub endpoint: Arc<Endpoint>,
     /// The customers.
     pub registry: Arc<Registry>,
+    /// Not ready once the node has had customers but no working upstream for this long.
+    pub unready_after: Duration,
+}
+
+/// Why the node is not ready, if it is not: `draining`, `no_upstream`.
+pub fn unready_reasons(state: &AdminState) -> Vec<&'static str> {
+    let mut reasons = Vec::new();
+    if !state.ready.load(Ordering::SeqCst) || state.endpoint.is_draining() {
+        reasons.push("draining");
+    }
+    if state.registry.without_upstream() >= state.unready_after {
+        reasons.push("no_upstream");
+    }
+    reasons
 }
 
 /// Serves the admin listener until `stop`.
@@ -213,11 +227,14 @@ fn admin(state: &AdminState, req: &Request<Incoming>) -> Answer {
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "text/plain", "ok\n"),
         "/readyz" => {
-            if state.ready.load(Ordering::SeqCst) && !state.endpoint.is_draining() {
-                text(StatusCode::OK, "text/plain", "ready\n")
+            let reasons = unready_reasons(state);
+            let status = if reasons.is_empty() {
+                StatusCode::OK
             } else {
-                text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n")
-            }
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            let body = serde_json::json!({"ready": reasons.is_empty(), "reasons": reasons});
+            text(status, "application/json", body.to_string())
         }
         "/metrics" => text(
             StatusCode::OK,

@@ -344,6 +344,8 @@ async fn upstream_dropped_mid_stream_reconnects_and_resubscribes() {
         },
     )
     .await;
+    // Told of what it may have missed, before the next event.
+    assert_eq!(client.recv_json().await["type"], "gap");
     publish_events(&stack, &call(c, "after", None)).await;
     assert_eq!(client.recv_event().await["data"]["id"], "after");
     stack.shutdown().await;
@@ -394,6 +396,8 @@ async fn upstream_stalled_mid_stream_is_replaced() {
     .await;
     // The stalled connection still counts in the simulator until its stall ends; the new one
     // carries the events.
+    // Told of what it may have missed, before the next event.
+    assert_eq!(client.recv_json().await["type"], "gap");
     publish_events(&stack, &call(c, "after", None)).await;
     assert_eq!(client.recv_event().await["data"]["id"], "after");
     stack.shutdown().await;

@@ -4,6 +4,7 @@
 //! ```json
 //! {"event_type":"call_hangup","timestamp":"2026-01-20T10:30:00.000000Z","topic":"customer_id:<uuid>:call:<uuid>","data":{…}}
 //! {"type":"error","code":"forbidden_topic","message":"…","topics":["…"]}
+//! {"type":"gap","reason":"upstream_reconnect","since":"…","until":"…"}
 //! ```
 //!
 //! An envelope is built once per (event, topic) and shared by every session it goes to.
@@ -97,6 +98,60 @@ pub fn error_frame(refusal: &Refusal) -> Bytes {
     ws::encode(OpCode::Text, error_json(refusal).as_bytes())
 }
 
+/// Why events of a customer may have been lost (protocol.md §1.7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GapReason {
+    /// The customer's upstream connection to VoIPBIN dropped, stalled or could not be opened
+    /// for a while; VoIPBIN keeps no history.
+    UpstreamReconnect,
+    /// The cluster node that held the customer's upstream stopped; another took over.
+    OwnerFailover,
+    /// The node that held the customer's upstream handed it over on a planned shutdown.
+    OwnerHandoff,
+    /// The cluster was unreachable and the node served the customer on its own.
+    ClusterDegraded,
+}
+
+impl GapReason {
+    /// The reason as it is written on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GapReason::UpstreamReconnect => "upstream_reconnect",
+            GapReason::OwnerFailover => "owner_failover",
+            GapReason::OwnerHandoff => "owner_handoff",
+            GapReason::ClusterDegraded => "cluster_degraded",
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct GapBody<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    reason: &'static str,
+    since: &'a str,
+    until: &'a str,
+}
+
+/// The whole text frame telling a session that events between `since` and `until` may have
+/// been lost: no `event_type`, so no event handler takes it for an event.
+pub fn gap_frame(
+    reason: GapReason,
+    since: std::time::SystemTime,
+    until: std::time::SystemTime,
+) -> Bytes {
+    let since = crate::timestamp::format(since);
+    let until = crate::timestamp::format(until);
+    let body = GapBody {
+        kind: "gap",
+        reason: reason.as_str(),
+        since: &since,
+        until: &until,
+    };
+    let json = serde_json::to_string(&body).unwrap_or_else(|_| "{\"type\":\"gap\"}".to_owned());
+    ws::encode(OpCode::Text, json.as_bytes())
+}
+
 #[cfg(test)]
 mod tests {
     use bytes::BytesMut;
@@ -139,6 +194,18 @@ mod tests {
         let data = format!("\"{}\"", "y".repeat(70_000));
         let frame = EnvelopeHead::new("e", "t").frame(&topic, data.as_bytes());
         assert_eq!(payload(&frame)["data"].as_str().map(str::len), Some(70_000));
+    }
+
+    #[test]
+    fn gap_frame_bounds_the_interval() {
+        use std::time::{Duration, UNIX_EPOCH};
+        let since = UNIX_EPOCH + Duration::from_secs(1_768_905_000);
+        let until = since + Duration::from_millis(1500);
+        let value = payload(&gap_frame(GapReason::UpstreamReconnect, since, until));
+        assert_eq!(
+            value,
+            serde_json::json!({"type":"gap","reason":"upstream_reconnect","since":"2026-01-20T10:30:00.000000Z","until":"2026-01-20T10:30:01.500000Z"})
+        );
     }
 
     #[test]

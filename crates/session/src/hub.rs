@@ -109,6 +109,19 @@ impl Hub {
         self.trie.is_empty()
     }
 
+    /// Queues `frame` (a gap, made once) to every session holding a pattern here, once each,
+    /// in order with the events: a session learns of a loss before the first event after it.
+    /// Answers how many sessions it was queued to. Never waits, like [`Hub::publish`].
+    pub fn publish_to_all(&self, frame: &Bytes) -> usize {
+        let mut delivered = 0;
+        self.trie.for_each_subscriber(|subscriber| {
+            if subscriber.0.offer(frame.clone()) {
+                delivered += 1;
+            }
+        });
+        delivered
+    }
+
     /// Queues `event` to every session with a matching pattern, once each, under the first of
     /// the event's topics it matched. Each topic's envelope is encoded at most once and shared.
     ///

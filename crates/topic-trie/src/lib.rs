@@ -222,6 +222,21 @@ impl<V: Subscriber> Trie<V> {
         self.len() == 0
     }
 
+    /// Calls `found` once for every subscriber holding at least one pattern, whatever its
+    /// patterns. Not for the hot path: it walks every owner's whole trie and keeps a set of
+    /// the ids seen (for messages to all of a hub's sessions, such as a gap).
+    pub fn for_each_subscriber(&self, mut found: impl FnMut(&V)) {
+        let mut seen = std::collections::HashSet::new();
+        let owners = self.owners.pin();
+        for (_, owner) in owners.iter() {
+            owner.snapshot().walk(&mut |id, subscriber| {
+                if seen.insert(id) {
+                    found(subscriber);
+                }
+            });
+        }
+    }
+
     /// The number of owners with at least one pattern.
     pub fn owners(&self) -> usize {
         self.owners.len()

@@ -332,6 +332,23 @@ impl<V: Clone> Node<V> {
         }
     }
 
+    /// Calls `found` with every subscriber of this node and of every node below it (a
+    /// subscriber with several patterns is reported once per pattern).
+    pub(crate) fn walk<F>(&self, found: &mut F)
+    where
+        F: FnMut(u64, &V),
+    {
+        for (id, subscriber) in self.subscribers.iter() {
+            found(*id, subscriber);
+        }
+        for (_, child) in self.children.iter() {
+            child.walk(found);
+        }
+        if let Some(wildcard) = &self.wildcard {
+            wildcard.walk(found);
+        }
+    }
+
     /// Calls `found` with every node whose pattern matches the topic whose segments after the
     /// owner are `rest` (this node included: it matches as a prefix).
     pub(crate) fn visit<'n, 'p, F>(

@@ -151,6 +151,13 @@ proptest! {
             for (pattern, s) in &model.pairs {
                 prop_assert!(trie.contains(pattern, s));
             }
+            let mut everyone = Vec::new();
+            trie.for_each_subscriber(|s| everyone.push(*s));
+            let mut expected: Vec<u64> = model.pairs.iter().map(|(_, s)| *s).collect();
+            expected.sort();
+            expected.dedup();
+            everyone.sort();
+            prop_assert_eq!(everyone, expected);
         }
     }
 }

@@ -57,6 +57,10 @@ pub struct UpstreamConfig {
     pub connect_timeout: Duration,
     /// How often the gateway pings the upstream.
     pub ping_interval: Duration,
+    /// A ping that nothing answers within this long (VoIPBIN answers pings) means the
+    /// connection is stalled: it is replaced. With `ping_interval`, a stall is noticed
+    /// within their sum.
+    pub pong_timeout: Duration,
     /// A connection that delivered nothing (not even a ping or pong) for this long is
     /// considered stalled and replaced.
     pub idle_timeout: Duration,
@@ -76,13 +80,14 @@ impl UpstreamConfig {
         UpstreamConfig {
             url,
             credentials,
-            connect_timeout: Duration::from_secs(10),
-            ping_interval: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+            ping_interval: Duration::from_secs(5),
+            pong_timeout: Duration::from_secs(8),
             idle_timeout: Duration::from_secs(30),
             write_timeout: Duration::from_secs(10),
             backoff: Backoff {
                 base: Duration::from_millis(200),
-                cap: Duration::from_secs(30),
+                cap: Duration::from_secs(5),
             },
             stable_after: Duration::from_secs(30),
             max_frame_bytes: 16 * 1024 * 1024,

@@ -36,6 +36,13 @@ pub trait EventSink: Send + Sync + 'static {
     /// One decoded event. Called from the connection's reader task, in arrival order; must
     /// not block.
     fn publish(&self, event: Event);
+
+    /// Events between `since` and `until` may have been lost: the connection was down or
+    /// stalled, and VoIPBIN keeps no history. Called once per recovery, after the new
+    /// connection is subscribed and before any of its events is published; must not block.
+    fn gap(&self, since: SystemTime, until: SystemTime) {
+        let _ = (since, until);
+    }
 }
 
 impl<F: Fn(Event) + Send + Sync + 'static> EventSink for F {
@@ -43,6 +50,16 @@ impl<F: Fn(Event) + Send + Sync + 'static> EventSink for F {
         self(event)
     }
 }
+
+/// Milliseconds since the first call, on a clock shared by every upstream of the process.
+fn clock_ms() -> u64 {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(std::time::Instant::now);
+    u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// `worked_at` while connected.
+const WORKING_NOW: u64 = u64::MAX;
 
 /// Where the connection stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +110,9 @@ struct Shared {
     wanted: Mutex<BTreeMap<Pattern, usize>>,
     changed: Notify,
     state: AtomicU8,
+    /// When the connection last worked ([`clock_ms`]): [`WORKING_NOW`] while connected,
+    /// 0 if it never did.
+    worked_at: AtomicU64,
     cancel: CancellationToken,
 }
 
@@ -104,6 +124,11 @@ impl Shared {
 
     fn set_state(&self, state: State) {
         let old = State::from_u8(self.state.swap(state as u8, Ordering::Relaxed));
+        if state == State::Connected {
+            self.worked_at.store(WORKING_NOW, Ordering::Relaxed);
+        } else if old == State::Connected {
+            self.worked_at.store(clock_ms(), Ordering::Relaxed);
+        }
         if old != state {
             metrics::gauge!("fanout_upstream_connections", "state" => old.label()).decrement(1.0);
             metrics::gauge!("fanout_upstream_connections", "state" => state.label()).increment(1.0);
@@ -144,6 +169,7 @@ impl Upstream {
             wanted: Mutex::new(BTreeMap::new()),
             changed: Notify::new(),
             state: AtomicU8::new(State::Connecting as u8),
+            worked_at: AtomicU64::new(0),
             cancel: cancel.child_token(),
         });
         metrics::gauge!("fanout_upstream_connections", "state" => State::Connecting.label())
@@ -160,6 +186,16 @@ impl Upstream {
     /// Where the connection stands.
     pub fn state(&self) -> State {
         State::from_u8(self.shared.state.load(Ordering::Relaxed))
+    }
+
+    /// How long ago the connection last worked: zero while it is connected, `None` if it
+    /// never was.
+    pub fn down_for(&self) -> Option<Duration> {
+        match self.shared.worked_at.load(Ordering::Relaxed) {
+            0 => None,
+            WORKING_NOW => Some(Duration::ZERO),
+            at => Some(Duration::from_millis(clock_ms().saturating_sub(at))),
+        }
     }
 
     /// One more user needs `pattern`; the first one subscribes it.
@@ -218,6 +254,9 @@ enum Ended {
 async fn run(shared: Arc<Shared>, config: Arc<UpstreamConfig>, sink: Arc<dyn EventSink>) {
     let customer_id = shared.customer_id;
     let mut attempt: u32 = 0;
+    // Since when events may have been missed: set when a connection ends or an attempt
+    // fails, told to the sink once the next connection is subscribed.
+    let mut missed_since: Option<SystemTime> = None;
     loop {
         if shared.cancel.is_cancelled() {
             break;
@@ -234,11 +273,13 @@ async fn run(shared: Arc<Shared>, config: Arc<UpstreamConfig>, sink: Arc<dyn Eve
             Ok(ws) => {
                 shared.set_state(State::Connected);
                 let since = Instant::now();
-                let ended = connected(&shared, &config, sink.clone(), ws).await;
+                let (ended, last_heard) =
+                    connected(&shared, &config, sink.clone(), ws, missed_since.take()).await;
                 tracing::info!(%customer_id, ended = ?ended, "Upstream connection ended");
                 if ended == Ended::Cancelled {
                     break;
                 }
+                missed_since = Some(last_heard);
                 metrics::counter!("fanout_upstream_drops_total", "reason" => match ended {
                     Ended::Stalled => "stalled",
                     _ => "dropped",
@@ -249,6 +290,7 @@ async fn run(shared: Arc<Shared>, config: Arc<UpstreamConfig>, sink: Arc<dyn Eve
                 }
             }
             Err(error) => {
+                missed_since.get_or_insert_with(SystemTime::now);
                 metrics::counter!("fanout_upstream_connect_errors_total", "reason" => error.label()).increment(1);
                 tracing::warn!(%customer_id, %error, attempt, "Upstream connect failed");
             }
@@ -284,18 +326,68 @@ fn request_json(kind: &str, topics: &[&Pattern]) -> String {
     serde_json::json!({"type": kind, "topics": topics}).to_string()
 }
 
+/// Writes the subscription changes that bring `sent` to `wanted`.
+async fn send_changes<S>(
+    write: &mut fastwebsockets::WebSocketWrite<S>,
+    config: &UpstreamConfig,
+    sent: &BTreeSet<Pattern>,
+    wanted: &BTreeSet<Pattern>,
+) -> Result<(), Ended>
+where
+    S: tokio::io::AsyncWrite + Unpin,
+{
+    let add: Vec<&Pattern> = wanted.difference(sent).collect();
+    let gone: Vec<&Pattern> = sent.difference(wanted).collect();
+    let mut messages = Vec::new();
+    for chunk in add.chunks(MAX_TOPICS_PER_MESSAGE) {
+        messages.push(request_json("subscribe", chunk));
+    }
+    for chunk in gone.chunks(MAX_TOPICS_PER_MESSAGE) {
+        messages.push(request_json("unsubscribe", chunk));
+    }
+    for message in &messages {
+        let frame = Frame::text(Payload::Borrowed(message.as_bytes()));
+        match tokio::time::timeout(config.write_timeout, write.write_frame(frame)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(Ended::Dropped),
+            Err(_) => return Err(Ended::Stalled),
+        }
+    }
+    Ok(())
+}
+
+/// Serves one open connection until it ends; answers why, and when it was last heard from
+/// (the earliest an event may have been missed after it).
 async fn connected(
     shared: &Arc<Shared>,
     config: &UpstreamConfig,
     sink: Arc<dyn EventSink>,
     mut ws: fastwebsockets::WebSocket<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>,
-) -> Ended {
+    missed_since: Option<SystemTime>,
+) -> (Ended, SystemTime) {
     ws.set_max_message_size(config.max_frame_bytes);
     ws.set_auto_close(true);
     ws.set_auto_pong(true);
     let (read, mut write) = ws.split(tokio::io::split);
     let mut read = fastwebsockets::FragmentCollectorRead::new(read);
     let started = Instant::now();
+    let started_wall = SystemTime::now();
+    // When the connection was last heard from: ms after `started`.
+    let last_heard = |last_seen: &AtomicU64| {
+        started_wall + Duration::from_millis(last_seen.load(Ordering::Relaxed))
+    };
+    // The whole set first, before anything is read: events arrive only for what was
+    // subscribed, so the sink hears of the gap before any event of the new connection.
+    let mut sent: BTreeSet<Pattern> = shared.wanted().keys().cloned().collect();
+    if let Err(ended) = send_changes(&mut write, config, &BTreeSet::new(), &sent).await {
+        return (ended, missed_since.unwrap_or(started_wall));
+    }
+    if let Some(since) = missed_since {
+        let until = SystemTime::now();
+        metrics::counter!("fanout_upstream_gaps_total").increment(1);
+        tracing::info!(customer_id = %shared.customer_id, missed_ms = until.duration_since(since).unwrap_or_default().as_millis() as u64, "Upstream recovered; sessions told of the gap");
+        sink.gap(since, until);
+    }
     let last_seen = Arc::new(AtomicU64::new(0));
     let bare = Arc::new(Mutex::new(None::<Arc<str>>));
     // Frames the reader must have sent (pongs, the close reply) go through the writer here.
@@ -365,41 +457,34 @@ async fn connected(
             }
         }
     });
-    let mut sent: BTreeSet<Pattern> = BTreeSet::new();
+    *bare.lock().unwrap_or_else(|e| e.into_inner()) = bare_resource(&sent);
     let mut ping =
         tokio::time::interval_at(Instant::now() + config.ping_interval, config.ping_interval);
-    // The first pass sends the whole set.
-    let mut dirty = true;
+    // The oldest ping not yet known to be answered, and the latest one sent: anything heard
+    // after a ping answers it (VoIPBIN answers pings; events count too).
+    let mut awaiting: Option<Instant> = None;
+    let mut latest_ping: Option<Instant> = None;
+    let heard_at =
+        |last_seen: &AtomicU64| started + Duration::from_millis(last_seen.load(Ordering::Relaxed));
+    // Armed (reset to its due time) only while a ping awaits its answer.
+    let pong_deadline = tokio::time::sleep_until(started + config.pong_timeout);
+    tokio::pin!(pong_deadline);
+    let mut dirty = false;
     let ended = loop {
         if dirty {
             dirty = false;
             let wanted: BTreeSet<Pattern> = shared.wanted().keys().cloned().collect();
-            let add: Vec<&Pattern> = wanted.difference(&sent).collect();
-            let gone: Vec<&Pattern> = sent.difference(&wanted).collect();
-            let mut messages = Vec::new();
-            for chunk in add.chunks(MAX_TOPICS_PER_MESSAGE) {
-                messages.push(request_json("subscribe", chunk));
-            }
-            for chunk in gone.chunks(MAX_TOPICS_PER_MESSAGE) {
-                messages.push(request_json("unsubscribe", chunk));
-            }
-            let mut failed = None;
-            for message in &messages {
-                let frame = Frame::text(Payload::Borrowed(message.as_bytes()));
-                match tokio::time::timeout(config.write_timeout, write.write_frame(frame)).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) => failed = Some(Ended::Dropped),
-                    Err(_) => failed = Some(Ended::Stalled),
-                }
-                if failed.is_some() {
-                    break;
-                }
-            }
-            if let Some(ended) = failed {
+            if let Err(ended) = send_changes(&mut write, config, &sent, &wanted).await {
                 break ended;
             }
             *bare.lock().unwrap_or_else(|e| e.into_inner()) = bare_resource(&wanted);
             sent = wanted;
+        }
+        if let Some(at) = awaiting {
+            let due = at + config.pong_timeout;
+            if pong_deadline.deadline() != due {
+                pong_deadline.as_mut().reset(due);
+            }
         }
         tokio::select! {
             () = shared.cancel.cancelled() => {
@@ -421,9 +506,21 @@ async fn connected(
                     Err(_) => break Ended::Stalled,
                 }
             }
+            () = &mut pong_deadline, if awaiting.is_some() => {
+                let heard = heard_at(&last_seen);
+                match (awaiting, latest_ping) {
+                    (Some(at), _) if heard < at => {
+                        metrics::counter!("fanout_upstream_pong_timeouts_total").increment(1);
+                        break Ended::Stalled;
+                    }
+                    // Answered; a later ping may still be waiting.
+                    (_, Some(latest)) if heard < latest => awaiting = Some(latest),
+                    _ => awaiting = None,
+                }
+            }
             _ = ping.tick() => {
-                let seen = Duration::from_millis(last_seen.load(Ordering::Relaxed));
-                if started.elapsed().saturating_sub(seen) >= config.idle_timeout {
+                let now = Instant::now();
+                if now.saturating_duration_since(heard_at(&last_seen)) >= config.idle_timeout {
                     break Ended::Stalled;
                 }
                 let frame = Frame::new(true, OpCode::Ping, None, Payload::Borrowed(b""));
@@ -432,9 +529,11 @@ async fn connected(
                     Ok(Err(_)) => break Ended::Dropped,
                     Err(_) => break Ended::Stalled,
                 }
+                awaiting.get_or_insert(now);
+                latest_ping = Some(now);
             }
         }
     };
     reader.abort();
-    ended
+    (ended, last_heard(&last_seen))
 }
