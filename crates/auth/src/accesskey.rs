@@ -3,10 +3,8 @@
 //!
 //! An access key stands for the whole customer with admin rights and no agent.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -103,45 +101,90 @@ pub fn well_formed(key: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
+/// Lookups in flight at once by default, across all keys.
+pub const DEFAULT_MAX_LOOKUPS: usize = 64;
+
+/// A cached answer and the (caller's clock) instant it stops being fresh.
+#[derive(Debug, Clone, Copy)]
+struct Cached {
+    answer: Answer,
+    until: Instant,
+}
+
 /// A bounded cache of verifier answers, keyed by a digest of the key (the key itself is not
-/// kept).
-#[derive(Debug)]
+/// kept), in front of a bounded number of lookups.
+///
+/// - One lookup per key at a time: handshakes with a key being looked up wait for that
+///   lookup's answer rather than starting their own.
+/// - At most `max_lookups` lookups in flight across all keys; past that a new key's check
+///   fails at once with [`AuthError::Busy`] (429), so unauthenticated clients cannot turn
+///   into a flood of requests to VoIPBIN.
+/// - Unknown keys are remembered for `negative_ttl` from their first refusal; a failed
+///   lookup ([`AuthError::Unavailable`]) is not remembered.
+/// - When full, the cache evicts the answers least likely to be used again (moka's
+///   TinyLFU), never all of them at once.
+///
+/// Freshness is judged against the `now` callers pass, so time stays an argument.
 pub struct Cache {
     ttl: Duration,
     negative_ttl: Duration,
-    max_entries: usize,
-    entries: Mutex<HashMap<[u8; 32], (Answer, Instant)>>,
+    entries: moka::future::Cache<[u8; 32], Cached>,
+    in_flight: std::sync::atomic::AtomicUsize,
+    max_lookups: usize,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("entries", &self.entries.entry_count())
+            .field("max_lookups", &self.max_lookups)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Gives an in-flight slot back on drop (a cancelled lookup included).
+struct Slot<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 impl Cache {
-    /// A cache keeping known keys for `ttl`, unknown ones for `negative_ttl`, and at most
-    /// `max_entries` answers.
+    /// A cache keeping known keys for `ttl`, unknown ones for `negative_ttl`, at most
+    /// `max_entries` answers, and [`DEFAULT_MAX_LOOKUPS`] lookups in flight.
     pub fn new(ttl: Duration, negative_ttl: Duration, max_entries: usize) -> Self {
         Cache {
             ttl,
             negative_ttl,
-            max_entries: max_entries.max(1),
-            entries: Mutex::new(HashMap::new()),
+            entries: moka::future::Cache::builder()
+                .max_capacity(max_entries.max(1) as u64)
+                // Entries are judged fresh by the callers' clock; this only clears them out.
+                .time_to_live(ttl.max(negative_ttl).max(Duration::from_secs(1)))
+                .build(),
+            in_flight: std::sync::atomic::AtomicUsize::new(0),
+            max_lookups: DEFAULT_MAX_LOOKUPS,
         }
+    }
+
+    /// The same with at most `max_lookups` lookups in flight.
+    pub fn with_max_lookups(mut self, max_lookups: usize) -> Self {
+        self.max_lookups = max_lookups.max(1);
+        self
     }
 
     fn digest(key: &str) -> [u8; 32] {
         Sha256::digest(key.as_bytes()).into()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], (Answer, Instant)>> {
-        // A panic while holding the lock leaves a map that is still consistent.
-        self.entries.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// The cached answer for `key`, if it is still fresh at `now`.
-    pub fn get(&self, key: &str, now: Instant) -> Option<Answer> {
+    pub async fn get(&self, key: &str, now: Instant) -> Option<Answer> {
         let digest = Self::digest(key);
-        let mut entries = self.lock();
-        match entries.get(&digest) {
-            Some((answer, until)) if *until > now => Some(*answer),
+        match self.entries.get(&digest).await {
+            Some(cached) if cached.until > now => Some(cached.answer),
             Some(_) => {
-                entries.remove(&digest);
+                self.entries.invalidate(&digest).await;
                 None
             }
             None => None,
@@ -149,41 +192,81 @@ impl Cache {
     }
 
     /// Remembers `answer` for `key` from `now`.
-    pub fn put(&self, key: &str, answer: Answer, now: Instant) {
+    pub async fn put(&self, key: &str, answer: Answer, now: Instant) {
+        let cached = self.cached(answer, now);
+        self.entries.insert(Self::digest(key), cached).await;
+    }
+
+    fn cached(&self, answer: Answer, now: Instant) -> Cached {
         let ttl = if answer.is_some() {
             self.ttl
         } else {
             self.negative_ttl
         };
-        let mut entries = self.lock();
-        if entries.len() >= self.max_entries {
-            entries.retain(|_, (_, until)| *until > now);
-            if entries.len() >= self.max_entries {
-                entries.clear();
-            }
+        Cached {
+            answer,
+            until: now + ttl,
         }
-        entries.insert(Self::digest(key), (answer, now + ttl));
     }
 
-    /// How many answers are held.
-    pub fn len(&self) -> usize {
-        self.lock().len()
+    /// The answer for `key`: cached, or from the one lookup in flight for it, or from a new
+    /// lookup through `verifier` if a slot is free.
+    async fn answer(
+        &self,
+        verifier: &dyn Verifier,
+        key: &str,
+        now: Instant,
+    ) -> Result<Answer, AuthError> {
+        if let Some(answer) = self.get(key, now).await {
+            return Ok(answer);
+        }
+        let lookup = async {
+            use std::sync::atomic::Ordering;
+            if self.in_flight.fetch_add(1, Ordering::AcqRel) >= self.max_lookups {
+                self.in_flight.fetch_sub(1, Ordering::AcqRel);
+                return Err(AuthError::Busy);
+            }
+            let _slot = Slot(&self.in_flight);
+            let answer = verifier
+                .customer_of(key)
+                .await
+                .map_err(|Unavailable| AuthError::Unavailable)?;
+            Ok(self.cached(answer, now))
+        };
+        self.entries
+            .try_get_with(Self::digest(key), lookup)
+            .await
+            .map(|cached| cached.answer)
+            .map_err(|error| *error)
+    }
+
+    /// How many answers are held (moka counts lazily: after pending work is run).
+    pub async fn len(&self) -> u64 {
+        self.entries.run_pending_tasks().await;
+        self.entries.entry_count()
     }
 
     /// Whether no answer is held.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+    pub async fn is_empty(&self) -> bool {
+        self.len().await == 0
+    }
+
+    /// Lookups in flight now.
+    pub fn lookups_in_flight(&self) -> usize {
+        self.in_flight.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
 /// Checks `key` through the cache, then the verifier, and returns its identity.
 ///
 /// # Cancel safety
-/// Cancel-safe if the verifier is: the cache is only written after an answer.
+/// Cancel-safe if the verifier is: a cancelled lookup gives its slot back, caches nothing,
+/// and another caller waiting on it starts its own.
 ///
 /// # Errors
 /// [`AuthError::Invalid`] for a malformed or unknown key, [`AuthError::Unavailable`] when
-/// the verifier cannot answer (nothing is cached then).
+/// the verifier cannot answer (nothing is cached then), [`AuthError::Busy`] when too many
+/// lookups are in flight.
 pub async fn verify(
     verifier: &dyn Verifier,
     cache: &Cache,
@@ -193,17 +276,7 @@ pub async fn verify(
     if !well_formed(key) {
         return Err(AuthError::Invalid(Invalid::Malformed));
     }
-    let answer = match cache.get(key, now) {
-        Some(answer) => answer,
-        None => {
-            let answer = verifier
-                .customer_of(key)
-                .await
-                .map_err(|Unavailable| AuthError::Unavailable)?;
-            cache.put(key, answer, now);
-            answer
-        }
-    };
+    let answer = cache.answer(verifier, key, now).await?;
     let customer_id = answer.ok_or(AuthError::Invalid(Invalid::UnknownKey))?;
     Ok(Identity {
         customer_id,
@@ -214,40 +287,35 @@ pub async fn verify(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
 
     const KEY: &str = "vb_0123456789abcdefghijklmnopqrstuv";
 
+    /// Answers from a fixed set, counting calls; `down` answers unavailable; `gate` holds
+    /// every lookup until it is opened.
     struct Counting {
         keys: StaticKeys,
         calls: AtomicUsize,
         down: bool,
+        gate: Option<Arc<tokio::sync::Semaphore>>,
     }
 
     impl Verifier for Counting {
         fn customer_of<'a>(&'a self, key: &'a str) -> VerifyFuture<'a> {
             self.calls.fetch_add(1, Ordering::SeqCst);
-            let answer = if self.down {
-                Err(Unavailable)
-            } else {
-                Ok(self.keys.lookup(key))
-            };
-            Box::pin(async move { answer })
-        }
-    }
-
-    fn block_on<F: Future>(future: F) -> F::Output {
-        // The verifiers here never wait, so one poll finishes them.
-        let mut future = std::pin::pin!(future);
-        let waker = std::task::Waker::noop();
-        match future
-            .as_mut()
-            .poll(&mut std::task::Context::from_waker(waker))
-        {
-            std::task::Poll::Ready(out) => out,
-            std::task::Poll::Pending => panic!("verifier waited"),
+            Box::pin(async move {
+                if let Some(gate) = &self.gate {
+                    let _open = gate.acquire().await;
+                }
+                if self.down {
+                    Err(Unavailable)
+                } else {
+                    Ok(self.keys.lookup(key))
+                }
+            })
         }
     }
 
@@ -260,31 +328,40 @@ mod tests {
             keys: StaticKeys::new([(KEY.to_owned(), customer())]),
             calls: AtomicUsize::new(0),
             down,
+            gate: None,
         }
     }
 
-    #[test]
-    fn known_key_is_cached_for_its_ttl() {
+    fn cache() -> Cache {
+        Cache::new(Duration::from_secs(60), Duration::from_secs(5), 100)
+    }
+
+    #[tokio::test]
+    async fn known_key_is_cached_for_its_ttl() {
         let verifier = counting(false);
-        let cache = Cache::new(Duration::from_secs(60), Duration::from_secs(5), 100);
+        let cache = cache();
         let t0 = Instant::now();
-        let identity = block_on(verify(&verifier, &cache, KEY, t0)).expect("known");
+        let identity = verify(&verifier, &cache, KEY, t0).await.expect("known");
         assert_eq!(identity.customer_id, customer());
         assert_eq!(identity.kind, Kind::AccessKey);
-        block_on(verify(&verifier, &cache, KEY, t0 + Duration::from_secs(59))).expect("known");
+        verify(&verifier, &cache, KEY, t0 + Duration::from_secs(59))
+            .await
+            .expect("known");
         assert_eq!(verifier.calls.load(Ordering::SeqCst), 1);
-        block_on(verify(&verifier, &cache, KEY, t0 + Duration::from_secs(61))).expect("known");
+        verify(&verifier, &cache, KEY, t0 + Duration::from_secs(61))
+            .await
+            .expect("known");
         assert_eq!(verifier.calls.load(Ordering::SeqCst), 2);
     }
 
-    #[test]
-    fn unknown_and_malformed_keys() {
+    #[tokio::test]
+    async fn unknown_keys_are_cached_from_the_first_refusal_and_malformed_ones_never_asked() {
         let verifier = counting(false);
-        let cache = Cache::new(Duration::from_secs(60), Duration::from_secs(5), 100);
+        let cache = cache();
         let t0 = Instant::now();
         let unknown = "vb_zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz";
         for _ in 0..3 {
-            let got = block_on(verify(&verifier, &cache, unknown, t0));
+            let got = verify(&verifier, &cache, unknown, t0).await;
             assert_eq!(got, Err(AuthError::Invalid(Invalid::UnknownKey)));
         }
         assert_eq!(
@@ -292,38 +369,118 @@ mod tests {
             1,
             "negative answers are cached"
         );
+        // Asked again once the negative answer is stale.
+        let _ = verify(&verifier, &cache, unknown, t0 + Duration::from_secs(6)).await;
+        assert_eq!(verifier.calls.load(Ordering::SeqCst), 2);
         for bad in [
             "vb_",
             "nope",
             "vb_has space",
             &format!("vb_{}", "a".repeat(200)),
         ] {
-            let got = block_on(verify(&verifier, &cache, bad, t0));
+            let got = verify(&verifier, &cache, bad, t0).await;
             assert_eq!(got, Err(AuthError::Invalid(Invalid::Malformed)), "{bad}");
         }
         assert_eq!(
             verifier.calls.load(Ordering::SeqCst),
-            1,
+            2,
             "malformed keys are not looked up"
         );
     }
 
-    #[test]
-    fn unavailable_is_not_cached() {
+    #[tokio::test]
+    async fn unavailable_is_not_cached() {
         let verifier = counting(true);
-        let cache = Cache::new(Duration::from_secs(60), Duration::from_secs(5), 100);
-        let got = block_on(verify(&verifier, &cache, KEY, Instant::now()));
+        let cache = cache();
+        let got = verify(&verifier, &cache, KEY, Instant::now()).await;
         assert_eq!(got, Err(AuthError::Unavailable));
-        assert!(cache.is_empty());
+        assert!(cache.is_empty().await);
+        let got = verify(&verifier, &cache, KEY, Instant::now()).await;
+        assert_eq!(got, Err(AuthError::Unavailable));
+        assert_eq!(verifier.calls.load(Ordering::SeqCst), 2);
     }
 
-    #[test]
-    fn cache_is_bounded() {
-        let cache = Cache::new(Duration::from_secs(60), Duration::from_secs(60), 10);
+    #[tokio::test]
+    async fn identical_keys_share_one_lookup() {
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let verifier = Arc::new(Counting {
+            gate: Some(gate.clone()),
+            ..counting(false)
+        });
+        let cache = Arc::new(cache());
         let now = Instant::now();
-        for i in 0..1000 {
-            cache.put(&format!("vb_{i}"), None, now);
-            assert!(cache.len() <= 10);
+        let waiting: Vec<_> = (0..200)
+            .map(|_| {
+                let (verifier, cache) = (verifier.clone(), cache.clone());
+                tokio::spawn(async move { verify(verifier.as_ref(), &cache, KEY, now).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(cache.lookups_in_flight(), 1);
+        gate.add_permits(1000);
+        for handle in waiting {
+            assert_eq!(
+                handle.await.expect("joins").expect("known").customer_id,
+                customer()
+            );
         }
+        assert_eq!(verifier.calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn lookups_in_flight_are_bounded() {
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let verifier = Arc::new(Counting {
+            gate: Some(gate.clone()),
+            ..counting(false)
+        });
+        let cache = Arc::new(cache().with_max_lookups(4));
+        let now = Instant::now();
+        let held: Vec<_> = (0..4)
+            .map(|i| {
+                let (verifier, cache) = (verifier.clone(), cache.clone());
+                tokio::spawn(async move {
+                    verify(
+                        verifier.as_ref(),
+                        &cache,
+                        &format!("vb_distinct_key_number_{i}"),
+                        now,
+                    )
+                    .await
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(cache.lookups_in_flight(), 4);
+        let refused = verify(verifier.as_ref(), &cache, "vb_one_more_distinct_key", now).await;
+        assert_eq!(refused, Err(AuthError::Busy));
+        assert_eq!(AuthError::Busy.http().code, 429);
+        gate.add_permits(1000);
+        for handle in held {
+            assert_eq!(
+                handle.await.expect("joins"),
+                Err(AuthError::Invalid(Invalid::UnknownKey))
+            );
+        }
+        assert_eq!(cache.lookups_in_flight(), 0);
+        // A slot is free again.
+        assert_eq!(
+            verify(verifier.as_ref(), &cache, "vb_one_more_distinct_key", now).await,
+            Err(AuthError::Invalid(Invalid::UnknownKey))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_full_cache_evicts_instead_of_clearing() {
+        let cache = Cache::new(Duration::from_secs(60), Duration::from_secs(60), 100);
+        let now = Instant::now();
+        // A key in steady use stays while a thousand one-off keys pass through.
+        cache.put(KEY, Some(customer()), now).await;
+        for i in 0..1000 {
+            assert_eq!(cache.get(KEY, now).await, Some(Some(customer())));
+            cache.put(&format!("vb_one_off_{i}"), None, now).await;
+        }
+        assert!(cache.len().await <= 100);
+        assert_eq!(cache.get(KEY, now).await, Some(Some(customer())));
     }
 }

@@ -46,6 +46,9 @@ pub enum AuthError {
     /// The access key could not be checked (VoIPBIN unreachable): HTTP 503.
     #[error("credential check unavailable")]
     Unavailable,
+    /// Too many access-key lookups are in flight: HTTP 429.
+    #[error("too many credential checks in flight")]
+    Busy,
 }
 
 impl AuthError {
@@ -56,6 +59,7 @@ impl AuthError {
             AuthError::Missing => HttpError::AUTHENTICATION_REQUIRED,
             AuthError::Invalid(_) => HttpError::INVALID_CREDENTIALS,
             AuthError::Unavailable => HttpError::UNAVAILABLE,
+            AuthError::Busy => HttpError::RESOURCE_EXHAUSTED,
         }
     }
 
@@ -65,6 +69,7 @@ impl AuthError {
             AuthError::Missing => "missing",
             AuthError::Invalid(reason) => reason.as_str(),
             AuthError::Unavailable => "unavailable",
+            AuthError::Busy => "lookups_busy",
         }
     }
 }

@@ -138,6 +138,10 @@ pub struct AccessKeySection {
     /// Deadline of one check against VoIPBIN. Default `5s`.
     #[serde(with = "humantime_serde")]
     pub verify_timeout: Duration,
+    /// Checks against VoIPBIN in flight at once, across all keys (handshakes with a key
+    /// already being checked wait for that check instead); past it handshakes with another
+    /// unknown key get 429. Default 64.
+    pub max_lookups: usize,
 }
 
 impl Default for AccessKeySection {
@@ -147,6 +151,7 @@ impl Default for AccessKeySection {
             negative_ttl: Duration::from_secs(5),
             cache_entries: 100_000,
             verify_timeout: Duration::from_secs(5),
+            max_lookups: fanout_auth::accesskey::DEFAULT_MAX_LOOKUPS,
         }
     }
 }
@@ -414,6 +419,7 @@ impl Config {
             ),
             ("upstream.max_frame_bytes", self.upstream.max_frame_bytes),
             ("accesskeys.cache_entries", self.accesskeys.cache_entries),
+            ("accesskeys.max_lookups", self.accesskeys.max_lookups),
         ];
         for (name, value) in counts {
             if value == 0 {

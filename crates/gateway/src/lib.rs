@@ -135,7 +135,8 @@ impl Gateway {
                 config.accesskeys.cache_ttl,
                 config.accesskeys.negative_ttl,
                 config.accesskeys.cache_entries,
-            ),
+            )
+            .with_max_lookups(config.accesskeys.max_lookups),
         );
         let upstreams = CancellationToken::new();
         let accept = CancellationToken::new();

@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use fastwebsockets::WebSocket;
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::Empty;
 use hyper::header::{AUTHORIZATION, CONNECTION, COOKIE, HOST, UPGRADE};
 use hyper::upgrade::Upgraded;
-use hyper::{Request, StatusCode, Uri};
+use hyper::{Request, Uri};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -109,7 +109,9 @@ impl Target {
     }
 }
 
-fn tls_config() -> Arc<rustls::ClientConfig> {
+/// The TLS client settings of every connection to VoIPBIN: the ring provider and the
+/// webpki roots.
+pub(crate) fn tls_config() -> Arc<rustls::ClientConfig> {
     static CONFIG: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
     CONFIG
         .get_or_init(|| {
@@ -210,47 +212,6 @@ pub async fn websocket(
         Ok(ws)
     };
     tokio::time::timeout(timeout, open)
-        .await
-        .map_err(|_| ConnectError::Timeout)?
-}
-
-/// `GET` of `path` on the host of `base` with `credential`; answers the status and up to
-/// 1 MiB of body.
-///
-/// # Errors
-/// [`ConnectError`] when the exchange fails or the deadline passes.
-pub async fn get(
-    base: &Uri,
-    path: &str,
-    credential: &Credential,
-    timeout: Duration,
-) -> Result<(StatusCode, Bytes), ConnectError> {
-    let mut target = Target::from_uri(base)?;
-    target.path_and_query = path.to_owned();
-    let exchange = async {
-        let stream = open_stream(&target).await?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| ConnectError::Http(e.to_string()))?;
-        tokio::spawn(conn);
-        let builder =
-            Request::get(target.path_and_query.as_str()).header(HOST, target.host_header());
-        let req = with_credential(builder, credential)
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| ConnectError::Http(e.to_string()))?;
-        let response = sender
-            .send_request(req)
-            .await
-            .map_err(|e| ConnectError::Http(e.to_string()))?;
-        let status = response.status();
-        let body = Limited::new(response.into_body(), 1 << 20)
-            .collect()
-            .await
-            .map_err(|e| ConnectError::Http(e.to_string()))?
-            .to_bytes();
-        Ok((status, body))
-    };
-    tokio::time::timeout(timeout, exchange)
         .await
         .map_err(|_| ConnectError::Timeout)?
 }

@@ -70,6 +70,8 @@ pub struct SimConfig {
     /// Agents (customer, agent) the random stream gives calls and messages to, besides the
     /// agents connected to the simulator itself.
     pub known_agents: Vec<(Uuid, Uuid)>,
+    /// How long `GET /v1.0/customer` takes to answer: a slow VoIPBIN. Default none.
+    pub lookup_delay: Duration,
 }
 
 impl SimConfig {
@@ -86,6 +88,7 @@ impl SimConfig {
             max_message: 64 * 1024,
             queue_capacity: 65_536,
             known_agents: Vec::new(),
+            lookup_delay: Duration::ZERO,
         }
     }
 }

@@ -2,6 +2,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -40,6 +41,7 @@ pub(crate) async fn serve(listener: TcpListener, sim: Arc<Simulator>) {
             }
         };
         let _ = stream.set_nodelay(true);
+        sim.tcp_connections_total.fetch_add(1, Ordering::Relaxed);
         let sim = sim.clone();
         tokio::spawn(async move {
             let cancel = sim.cancel.clone();
@@ -169,6 +171,19 @@ async fn read_body(req: Request<Incoming>) -> Option<Bytes> {
 /// customer an access key belongs to. Like the real server it needs admin or manager rights,
 /// which access keys have.
 async fn customer(sim: &Simulator, req: &Request<Incoming>, req_id: &str) -> Answer {
+    sim.lookups.fetch_add(1, Ordering::Relaxed);
+    let in_flight = sim.lookups_in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+    sim.lookups_max_in_flight
+        .fetch_max(in_flight, Ordering::Relaxed);
+    if !sim.config.lookup_delay.is_zero() {
+        tokio::time::sleep(sim.config.lookup_delay).await;
+    }
+    let answer = customer_answer(sim, req, req_id).await;
+    sim.lookups_in_flight.fetch_sub(1, Ordering::Relaxed);
+    answer
+}
+
+async fn customer_answer(sim: &Simulator, req: &Request<Incoming>, req_id: &str) -> Answer {
     let (now, monotonic) = Simulator::now();
     let credential = request_credential(req);
     match sim

@@ -137,6 +137,10 @@ pub struct Simulator {
     frames_sent: AtomicU64,
     frames_dropped: AtomicU64,
     connections_total: AtomicU64,
+    pub(crate) lookups: AtomicU64,
+    pub(crate) lookups_in_flight: AtomicU64,
+    pub(crate) lookups_max_in_flight: AtomicU64,
+    pub(crate) tcp_connections_total: AtomicU64,
     pub(crate) cancel: CancellationToken,
     local_addr: SocketAddr,
 }
@@ -171,6 +175,12 @@ pub struct Stats {
     pub frames_sent: u64,
     /// Frames dropped because a connection's queue was full.
     pub frames_dropped: u64,
+    /// `GET /v1.0/customer` requests (access-key lookups) since start.
+    pub lookups: u64,
+    /// The most of them in flight at once.
+    pub lookups_max_in_flight: u64,
+    /// TCP connections accepted since start, WebSocket and plain HTTP alike.
+    pub tcp_connections_total: u64,
     /// Per customer with at least one open connection.
     pub customers: BTreeMap<String, CustomerStats>,
 }
@@ -205,6 +215,10 @@ impl Simulator {
             frames_sent: AtomicU64::new(0),
             frames_dropped: AtomicU64::new(0),
             connections_total: AtomicU64::new(0),
+            lookups: AtomicU64::new(0),
+            lookups_in_flight: AtomicU64::new(0),
+            lookups_max_in_flight: AtomicU64::new(0),
+            tcp_connections_total: AtomicU64::new(0),
             cancel,
             local_addr,
         });
@@ -513,6 +527,9 @@ impl Simulator {
             published: self.published.load(Ordering::Relaxed),
             frames_sent: self.frames_sent.load(Ordering::Relaxed),
             frames_dropped: self.frames_dropped.load(Ordering::Relaxed),
+            lookups: self.lookups.load(Ordering::Relaxed),
+            lookups_max_in_flight: self.lookups_max_in_flight.load(Ordering::Relaxed),
+            tcp_connections_total: self.tcp_connections_total.load(Ordering::Relaxed),
             customers,
         }
     }
