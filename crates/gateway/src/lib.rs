@@ -98,18 +98,33 @@ pub fn upstream_config(config: &Config) -> anyhow::Result<UpstreamConfig> {
 }
 
 /// Raises the soft descriptor limit to the hard one and answers how many connections the
-/// WebSocket listener may hold: the limit less `reserved` (at least a quarter of it is
-/// always usable, so a small limit still serves).
+/// WebSocket listener may hold: the limit less `reserved`, but at least a quarter of the
+/// limit (so a small limit still serves; the reserve shrinks then, and the log says so).
 pub fn connection_budget(reserved: usize) -> usize {
     let limit = match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(limit) => limit,
-        Err(error) => {
-            tracing::warn!(%error, "Could not read or raise the descriptor limit");
-            return usize::MAX;
-        }
+        Err(error) => match rlimit::getrlimit(rlimit::Resource::NOFILE) {
+            // Not raised: the soft limit in force is the one to stay under.
+            Ok((soft, _)) => {
+                tracing::warn!(%error, soft, "Could not raise the descriptor limit");
+                soft
+            }
+            Err(error) => {
+                tracing::warn!(%error, "Could not read the descriptor limit; no descriptor budget");
+                return usize::MAX;
+            }
+        },
     };
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
     let budget = limit.saturating_sub(reserved).max(limit / 4);
+    if limit.saturating_sub(budget) < reserved {
+        tracing::warn!(
+            descriptor_limit = limit,
+            reserved,
+            kept = limit - budget,
+            "Descriptor limit too small for the reserve"
+        );
+    }
     metrics::gauge!("fanout_descriptor_limit").set(limit as f64);
     tracing::info!(
         descriptor_limit = limit,

@@ -37,8 +37,8 @@ async fn a_stalled_upstream_is_found_by_its_pong_deadline_and_sessions_hear_of_t
     let stack = start_with(
         |_| {},
         |config| {
-            config.upstream.ping_interval = Duration::from_millis(200);
-            config.upstream.pong_timeout = Duration::from_millis(400);
+            config.upstream.ping_interval = Duration::from_millis(500);
+            config.upstream.pong_timeout = Duration::from_secs(2);
             // Only the pong deadline can find this stall in time.
             config.upstream.idle_timeout = Duration::from_secs(600);
         },

@@ -4,6 +4,19 @@
 
 use tokio::time::Instant;
 
+/// Refills `level` for `elapsed` seconds at `rate` per second up to `burst`, then takes `n`;
+/// false (and the level left empty) if there was not enough.
+pub(crate) fn take(level: &mut f32, n: f32, elapsed: f32, rate: u32, burst: u32) -> bool {
+    *level = (*level + elapsed * rate.max(1) as f32).min(burst.max(1) as f32);
+    if *level >= n {
+        *level -= n;
+        true
+    } else {
+        *level = 0.0;
+        false
+    }
+}
+
 /// A token bucket refilled at `rate` per second up to `burst`.
 #[derive(Debug)]
 pub(crate) struct Bucket {
@@ -24,15 +37,7 @@ impl Bucket {
     pub(crate) fn take(&mut self, n: u32, rate: u32, burst: u32, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f32();
         self.last = now;
-        self.tokens = (self.tokens + elapsed * rate.max(1) as f32).min(burst.max(1) as f32);
-        let n = n as f32;
-        if self.tokens >= n {
-            self.tokens -= n;
-            true
-        } else {
-            self.tokens = 0.0;
-            false
-        }
+        take(&mut self.tokens, n as f32, elapsed, rate, burst)
     }
 }
 

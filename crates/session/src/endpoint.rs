@@ -35,16 +35,18 @@ pub struct AcceptLimits {
     pub handshake_burst: u32,
     /// Deadline for a client's request head.
     pub header_timeout: Duration,
-    /// Connections accepted and not yet upgraded, at most; past it the oldest of them is
-    /// dropped to make room (an honest handshake takes milliseconds, so the oldest are the
-    /// idle ones).
+    /// Connections accepted and not yet upgraded, at most; past it the oldest of them that
+    /// has sent nothing of its request for a second is dropped to make room (an honest
+    /// client sends its request at once), or, if none has, the new one.
     pub max_pending: usize,
     /// Connections not yet upgraded from one source address, at most; past it new ones
     /// from that address are closed at accept.
     pub max_pending_per_source: usize,
-    /// Connections (pending and sessions) at most: the process's descriptor limit less what
-    /// is kept in reserve for the admin listener, upstreams and access-key lookups. Past it
-    /// new connections are closed at accept.
+    /// Connections (pending and sessions) the listener may hold: the process's descriptor
+    /// limit less what is kept in reserve for the admin listener, upstreams and access-key
+    /// lookups. From an eighth below it, new connections evict old idle pending ones; at it,
+    /// a new connection is taken only if one was evicted for it (and never past a
+    /// thirty-second beyond it).
     pub max_connections: usize,
     /// The listener already carries `TCP_NODELAY` and `TCP_NOTSENT_LOWAT` (see
     /// [`configure_listener`]), which accepted sockets inherit on Linux: two system calls less
@@ -77,6 +79,8 @@ struct Bucket {
 pub enum Turned {
     /// Its source address already has `max_pending_per_source` connections pending.
     SourceCap,
+    /// `max_pending` connections are pending and none has waited long enough to be evicted.
+    PendingCap,
     /// The node holds `max_connections` connections (sessions, pending ones, and evicted ones
     /// not yet closed).
     Descriptors,
@@ -87,6 +91,7 @@ impl Turned {
     pub fn label(self) -> &'static str {
         match self {
             Turned::SourceCap => "source_cap",
+            Turned::PendingCap => "pending_cap",
             Turned::Descriptors => "descriptors",
         }
     }
@@ -97,22 +102,93 @@ impl Turned {
 #[derive(Default)]
 struct Pending {
     by_source: HashMap<IpAddr, usize>,
-    order: BTreeMap<u64, Arc<Notify>>,
+    /// Connections still waiting for their request head, oldest first: the ones eviction
+    /// may pick (one being authenticated is not, so a slow credential check is never cut).
+    reading: BTreeMap<u64, (Instant, Arc<Notify>)>,
     next: u64,
 }
 
-/// A pending connection's place in [`Pending`], given back on drop.
-struct PendingGuard {
-    endpoint: Arc<Endpoint>,
+/// A pending connection that has sent nothing of its request for this long may be evicted
+/// to make room; an honest client sends its head at once.
+const EVICTABLE_AFTER: Duration = Duration::from_secs(1);
+
+impl Pending {
+    /// Tells the oldest connection still reading its head, if it has waited long enough, to
+    /// go; answers whether one was told.
+    fn evict_oldest(&mut self, now: Instant) -> bool {
+        let old_enough = self
+            .reading
+            .first_key_value()
+            .is_some_and(|(_, (since, _))| {
+                now.saturating_duration_since(*since) >= EVICTABLE_AFTER
+            });
+        if !old_enough {
+            return false;
+        }
+        if let Some((_, (_, evicted))) = self.reading.pop_first() {
+            // Its guard gives back its counts when its task drops the connection.
+            evicted.notify_one();
+            metrics::counter!("fanout_connections_refused_total", "reason" => "pending_evicted")
+                .increment(1);
+        }
+        true
+    }
+}
+
+/// The address a per-source cap counts by: an IPv4 address, or an IPv6 /64 (one host's
+/// share of a network; an attacker with a /64 has 2^64 addresses).
+fn source_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from_bits(
+                v6.to_bits() & !u128::from(u64::MAX),
+            )),
+        },
+    }
+}
+
+/// A pending connection's place in [`Pending`], given back on drop. Made by the
+/// connection's own task (its allocations stay off the accept thread), after the accept
+/// thread counted the connection.
+struct PendingGuard<'a> {
+    endpoint: &'a Endpoint,
     id: u64,
     source: IpAddr,
     evicted: Arc<Notify>,
 }
 
-impl Drop for PendingGuard {
+impl<'a> PendingGuard<'a> {
+    /// Registers a connection from `source` that the accept thread counted, as waiting for
+    /// its request head.
+    fn register(endpoint: &'a Endpoint, source: IpAddr) -> Self {
+        let evicted = Arc::new(Notify::new());
+        let mut pending = endpoint.lock_pending();
+        let id = pending.next;
+        pending.next += 1;
+        pending
+            .reading
+            .insert(id, (Instant::now(), evicted.clone()));
+        drop(pending);
+        PendingGuard {
+            endpoint,
+            id,
+            source,
+            evicted,
+        }
+    }
+
+    /// Its request head arrived: it can no longer be evicted.
+    fn head_read(&self) {
+        self.endpoint.lock_pending().reading.remove(&self.id);
+    }
+}
+
+impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
         let mut pending = self.endpoint.lock_pending();
-        pending.order.remove(&self.id);
+        pending.reading.remove(&self.id);
         if let Some(count) = pending.by_source.get_mut(&self.source) {
             *count -= 1;
             if *count == 0 {
@@ -260,8 +336,9 @@ impl Endpoint {
         stream: TcpStream,
         peer: SocketAddr,
     ) -> Result<(), Turned> {
-        let source = peer.ip();
-        let guard = {
+        let source = source_key(peer.ip());
+        let now = Instant::now();
+        {
             let mut pending = self.lock_pending();
             if pending.by_source.get(&source).copied().unwrap_or(0)
                 >= self.limits.max_pending_per_source.max(1)
@@ -269,43 +346,38 @@ impl Endpoint {
                 drop(pending);
                 return Err(Self::turn(Turned::SourceCap));
             }
-            // Evicted connections hold their descriptor until their task drops it: they
-            // count until then (`pending_count`), and eviction starts an eighth below the
-            // limit so that it lands before the limit is reached.
-            let held =
-                self.open.load(Ordering::Relaxed) + self.pending_count.load(Ordering::Relaxed);
+            // Evicted connections hold their descriptor until their task drops it, so they
+            // count until then (`pending_count`). Eviction starts an eighth below the limit;
+            // at the limit a connection is taken only if an old one goes for it, and never
+            // past a thirty-second beyond it (the reserve absorbs that).
+            let pending_now = self.pending_count.load(Ordering::Relaxed);
+            let held = self.open.load(Ordering::Relaxed) + pending_now;
             let limit = self.limits.max_connections;
-            if held >= limit {
+            if held >= limit.saturating_add(limit / 32) {
                 drop(pending);
                 return Err(Self::turn(Turned::Descriptors));
             }
-            if pending.order.len() >= self.limits.max_pending.max(1) || held >= limit - limit / 8 {
-                // Make room by dropping the oldest connection still in its handshake: an
-                // honest one finishes in milliseconds, so the oldest are the idle ones.
-                if let Some((_, oldest)) = pending.order.pop_first() {
-                    // It leaves `order` now; its guard gives back its counts when it goes.
-                    oldest.notify_one();
-                    metrics::counter!("fanout_connections_refused_total", "reason" => "pending_evicted")
-                        .increment(1);
+            let over_pending = pending_now >= self.limits.max_pending.max(1);
+            if (over_pending || held >= limit - limit / 8) && !pending.evict_oldest(now) {
+                let turned = if held >= limit {
+                    Some(Turned::Descriptors)
+                } else if over_pending {
+                    Some(Turned::PendingCap)
+                } else {
+                    None
+                };
+                if let Some(turned) = turned {
+                    drop(pending);
+                    return Err(Self::turn(turned));
                 }
             }
-            let id = pending.next;
-            pending.next += 1;
-            let evicted = Arc::new(Notify::new());
-            pending.order.insert(id, evicted.clone());
             *pending.by_source.entry(source).or_insert(0) += 1;
             self.pending_count.fetch_add(1, Ordering::Relaxed);
             metrics::gauge!("fanout_pending_connections").increment(1.0);
-            PendingGuard {
-                endpoint: self.clone(),
-                id,
-                source,
-                evicted,
-            }
-        };
+        }
         let endpoint = self.clone();
         self.tracker
-            .spawn(async move { endpoint.serve_connection(stream, guard).await });
+            .spawn(async move { endpoint.serve_connection(stream, source).await });
         Ok(())
     }
 
@@ -330,15 +402,12 @@ impl Endpoint {
     ///
     /// # Cancel safety
     /// Not meant to be cancelled; [`Endpoint::shut_down`] ends the session with 1001.
-    async fn serve_connection(&self, stream: TcpStream, guard: PendingGuard) {
+    async fn serve_connection(&self, stream: TcpStream, source: IpAddr) {
         // Boxed, and everything it read dropped with it: nothing of the handshake (the
-        // request's strings, the token) stays allocated for the session's lifetime.
-        let handshake = tokio::select! {
-            handshake = Box::pin(self.handshake(&stream)) => handshake,
-            () = guard.evicted.notified() => None,
-        };
-        drop(guard);
-        let Some((identity, pending)) = handshake else {
+        // request's strings, the token, the pending connection's place) stays allocated for
+        // the session's lifetime, whose memory is this task's size.
+        let Some((identity, pending)) = Box::pin(self.handshake_or_eviction(&stream, source)).await
+        else {
             return;
         };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -347,22 +416,40 @@ impl Endpoint {
         self.open.fetch_sub(1, Ordering::Relaxed);
     }
 
+    /// The handshake, unless the connection is evicted while it still waits for its request.
+    async fn handshake_or_eviction(
+        &self,
+        stream: &TcpStream,
+        source: IpAddr,
+    ) -> Option<(fanout_auth::Identity, Bytes)> {
+        let guard = PendingGuard::register(self, source);
+        tokio::select! {
+            handshake = self.handshake(stream, &guard) => handshake,
+            () = guard.evicted.notified() => None,
+        }
+    }
+
     /// Reads and answers the upgrade request: the identity and the bytes that followed the
     /// request when the answer is 101, `None` when it was an error (already answered).
-    async fn handshake(&self, stream: &TcpStream) -> Option<(fanout_auth::Identity, Bytes)> {
-        let (request, pending) =
-            match handshake::read_request(stream, self.limits.header_timeout).await {
-                Ok(read) => read,
-                Err(error) => {
-                    if matches!(error, ReadError::Malformed | ReadError::TooLarge) {
-                        let id = rest::request_id(None, rand::random());
-                        return self
-                            .refuse(stream, HttpError::BAD_REQUEST, "malformed", &id)
-                            .await;
-                    }
-                    return None;
+    async fn handshake(
+        &self,
+        stream: &TcpStream,
+        guard: &PendingGuard<'_>,
+    ) -> Option<(fanout_auth::Identity, Bytes)> {
+        let read = handshake::read_request(stream, self.limits.header_timeout).await;
+        guard.head_read();
+        let (request, pending) = match read {
+            Ok(read) => read,
+            Err(error) => {
+                if matches!(error, ReadError::Malformed | ReadError::TooLarge) {
+                    let id = rest::request_id(None, rand::random());
+                    return self
+                        .refuse(stream, HttpError::BAD_REQUEST, "malformed", &id)
+                        .await;
                 }
-            };
+                return None;
+            }
+        };
         let request_id = rest::request_id(request.request_id.as_deref(), rand::random());
         if let Err((error, reason)) = self.admit(&request) {
             return self.refuse(stream, error, reason, &request_id).await;

@@ -86,13 +86,17 @@ impl UpgradeRequest {
     }
 }
 
-/// Whether `key` is the base64 encoding of 16 bytes, as `Sec-WebSocket-Key` must be.
+/// Whether `key` is the base64 encoding of 16 bytes, as `Sec-WebSocket-Key` must be. Unused
+/// bits in the last character need not be zero: clients that build keys by hand get them
+/// wrong, and the nonce is 16 bytes all the same.
 fn is_nonce(key: &str) -> bool {
     use base64::Engine;
-    key.len() == 24
-        && base64::engine::general_purpose::STANDARD
-            .decode(key)
-            .is_ok_and(|nonce| nonce.len() == 16)
+    use base64::engine::{GeneralPurpose, GeneralPurposeConfig};
+    const LENIENT: GeneralPurpose = GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        GeneralPurposeConfig::new().with_decode_allow_trailing_bits(true),
+    );
+    key.len() == 24 && LENIENT.decode(key).is_ok_and(|nonce| nonce.len() == 16)
 }
 
 /// Why no request could be read.
@@ -186,13 +190,18 @@ pub async fn read_request(
         let mut buf: Vec<u8> = Vec::with_capacity(1024);
         loop {
             stream.readable().await?;
+            let before = buf.len();
             match read_available(stream, &mut buf) {
                 Ok(0) => return Err(ReadError::Closed),
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Err(e.into()),
             }
-            if let Some((request, len)) = parse(&buf)? {
+            // Parse only once the head can be complete (a blank line arrived), so a client
+            // sending a byte at a time costs linear work, not a parse per byte.
+            if ends_head(&buf, before)
+                && let Some((request, len)) = parse(&buf)?
+            {
                 return Ok((request, buf.split_off(len)));
             }
             if buf.len() > MAX_REQUEST {
@@ -203,6 +212,13 @@ pub async fn read_request(
     tokio::time::timeout(timeout, read)
         .await
         .map_err(|_| ReadError::Timeout)?
+}
+
+/// Whether the bytes of `buf` from `from` on (with the three before, to catch one split
+/// across reads) hold the blank line that ends a request head: `\n\n` or `\n\r\n`.
+fn ends_head(buf: &[u8], from: usize) -> bool {
+    let window = &buf[from.saturating_sub(3)..];
+    window.windows(2).any(|w| w == b"\n\n") || window.windows(3).any(|w| w == b"\n\r\n")
 }
 
 /// Reads what the socket holds into `buf` through a stack buffer (a plain function, so the
@@ -364,6 +380,20 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn a_head_ends_at_its_blank_line_however_it_is_split() {
+        let head = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n";
+        for split in 0..head.len() {
+            let mut buf = head[..split].to_vec();
+            let whole = ends_head(&buf, 0);
+            buf.extend_from_slice(&head[split..]);
+            assert!(!whole || split == head.len());
+            assert!(ends_head(&buf, split), "split at {split}");
+        }
+        assert!(ends_head(b"GET / HTTP/1.1\nHost: h\n\n", 0));
+        assert!(!ends_head(b"GET / HTTP/1.1\r\nHost: h\r\n", 0));
     }
 
     #[test]

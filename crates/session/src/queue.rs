@@ -45,6 +45,9 @@ struct State {
     frames: VecDeque<Bytes>,
     bytes: usize,
     close: Option<Bytes>,
+    /// When `close` was set: a consumer busy writing learns of the close late, and its
+    /// deadline still runs from here.
+    closed_at: Option<tokio::time::Instant>,
 }
 
 /// A bounded multi-producer, single-consumer queue of frames.
@@ -52,9 +55,6 @@ struct State {
 pub struct Queue {
     state: Mutex<State>,
     notify: Notify,
-    /// Wakes the consumer when the queue is closed, also while it is busy writing frames it
-    /// took earlier and so not waiting on `notify`.
-    closed: Notify,
     max_frames: usize,
     max_bytes: usize,
 }
@@ -65,7 +65,6 @@ impl Queue {
         Queue {
             state: Mutex::new(State::default()),
             notify: Notify::new(),
-            closed: Notify::new(),
             max_frames: max_frames.max(1),
             max_bytes: max_bytes.max(1),
         }
@@ -115,10 +114,15 @@ impl Queue {
             state.frames = VecDeque::new();
             state.bytes = 0;
         }
+        state.closed_at = Some(tokio::time::Instant::now());
         drop(state);
         self.notify.notify_one();
-        self.closed.notify_one();
         true
+    }
+
+    /// When the queue was closed, if it was.
+    pub fn closed_at(&self) -> Option<tokio::time::Instant> {
+        self.lock().closed_at
     }
 
     /// Frames queued now.
@@ -155,14 +159,6 @@ impl Queue {
     /// Cancel-safe: a wake-up that was not consumed stays for the next call.
     pub async fn changed(&self) {
         self.notify.notified().await;
-    }
-
-    /// Resolves once the queue is closed (at once if it was closed since the last wait).
-    ///
-    /// # Cancel safety
-    /// Cancel-safe, like [`Queue::changed`].
-    pub async fn closed(&self) {
-        self.closed.notified().await;
     }
 }
 

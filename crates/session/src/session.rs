@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use crate::budget::Bucket;
+use crate::budget as bucket;
 use crate::close::CloseReason;
 use crate::config::SessionConfig;
 use crate::hub::Subscriber;
@@ -189,31 +189,42 @@ enum Wake {
     Queue,
 }
 
-/// What the client may still send: frames and bytes, each a token bucket.
+/// What the client may still send: frames and bytes, two token buckets filled on one clock.
 struct Budget {
-    frames: Bucket,
-    bytes: Bucket,
+    frames: f32,
+    bytes: f32,
+    last: Instant,
 }
 
 impl Budget {
     fn new(config: &SessionConfig, now: Instant) -> Self {
         Budget {
-            frames: Bucket::new(config.frame_burst, now),
-            bytes: Bucket::new(config.byte_burst, now),
+            frames: config.frame_burst.max(1) as f32,
+            bytes: config.byte_burst.max(1) as f32,
+            last: now,
         }
     }
 
-    fn take_bytes(&mut self, config: &SessionConfig, n: usize, now: Instant) -> bool {
-        let n = u32::try_from(n).unwrap_or(u32::MAX);
-        self.bytes
-            .take(n, config.bytes_per_second, config.byte_burst, now)
-    }
-
-    fn take_frames(&mut self, config: &SessionConfig, n: u32, now: Instant) -> bool {
-        n == 0
-            || self
-                .frames
-                .take(n, config.frames_per_second, config.frame_burst, now)
+    /// Refills both for the time since the last call, then takes `frames` and `bytes`;
+    /// false once either is overdrawn.
+    fn take(&mut self, config: &SessionConfig, frames: u32, bytes: usize, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f32();
+        self.last = now;
+        let frames_ok = bucket::take(
+            &mut self.frames,
+            frames as f32,
+            elapsed,
+            config.frames_per_second,
+            config.frame_burst,
+        );
+        let bytes_ok = bucket::take(
+            &mut self.bytes,
+            bytes as f32,
+            elapsed,
+            config.bytes_per_second,
+            config.byte_burst,
+        );
+        frames_ok && bytes_ok
     }
 }
 
@@ -263,7 +274,8 @@ async fn drive(
                     }
                 }
             }
-            if !budget.take_frames(config, decoder.take_frames(), Instant::now()) {
+            let frames = decoder.take_frames();
+            if frames > 0 && !budget.take(config, frames, 0, Instant::now()) {
                 close(CloseReason::Flood, &mut closing);
             }
             if closing.is_some() {
@@ -278,13 +290,14 @@ async fn drive(
             && let Some(reason) = handle.closed_reason()
         {
             // Closed from outside (too slow, or shutdown), maybe while frames taken earlier
-            // are still being written: the deadline runs from now, whatever is pending.
+            // are still being written: the deadline runs from the close, whatever is pending.
             if reason == CloseReason::SlowConsumer {
                 // Its queue was discarded; of what was taken, only a frame partly written
                 // must still go out before the close frame can.
                 outgoing.discard_unstarted();
             }
-            closing = Some((reason, Instant::now() + config.close_timeout));
+            let since = handle.queue().closed_at().unwrap_or_else(Instant::now);
+            closing = Some((reason, since + config.close_timeout));
         }
         // Everything queued, as far as the socket takes it.
         loop {
@@ -314,11 +327,17 @@ async fn drive(
                 Err(_) => return closing.map_or(CloseReason::ConnectionLost, |(reason, _)| reason),
             }
         }
-        let due = match (&closing, expiry) {
+        let mut due = match (&closing, expiry) {
             (Some((_, until)), _) => *until,
             (None, Some(expiry)) => next_ping.min(expiry),
             (None, None) => next_ping,
         };
+        if closing.is_none() && !outgoing.is_empty() {
+            // Blocked on the socket it does not watch its queue, which may be closed from
+            // outside meanwhile: look at least every `close_timeout`, so such a close still
+            // ends the session within `close_timeout` of it (see `closed_at`).
+            due = due.min(Instant::now() + config.close_timeout);
+        }
         if timer.deadline() != due {
             timer.as_mut().reset(due);
         }
@@ -332,7 +351,6 @@ async fn drive(
             () = &mut timer => Wake::Timer,
             ready = stream.ready(interest) => Wake::Socket(ready),
             () = handle.queue().changed(), if outgoing.is_empty() && close_frame.is_none() => Wake::Queue,
-            () = handle.queue().closed(), if closing.is_none() => Wake::Queue,
         };
         match wake {
             Wake::Queue => {}
@@ -373,7 +391,7 @@ async fn drive(
                     if read > 0 {
                         let now = Instant::now();
                         last_seen = now;
-                        if !budget.take_bytes(config, read, now) {
+                        if !budget.take(config, 0, read, now) {
                             if closing.is_some() {
                                 // Still flooding after being told to stop: hang up.
                                 return lost();

@@ -127,7 +127,8 @@ impl Shared {
         if state == State::Connected {
             self.worked_at.store(WORKING_NOW, Ordering::Relaxed);
         } else if old == State::Connected {
-            self.worked_at.store(clock_ms(), Ordering::Relaxed);
+            // 0 means "never worked": the first millisecond of the process counts as 1.
+            self.worked_at.store(clock_ms().max(1), Ordering::Relaxed);
         }
         if old != state {
             metrics::gauge!("fanout_upstream_connections", "state" => old.label()).decrement(1.0);
@@ -164,6 +165,8 @@ impl Upstream {
         sink: Arc<dyn EventSink>,
         cancel: &CancellationToken,
     ) -> Upstream {
+        // Start the shared clock no later than the first upstream.
+        let _ = clock_ms();
         let shared = Arc::new(Shared {
             customer_id,
             wanted: Mutex::new(BTreeMap::new()),
@@ -389,7 +392,10 @@ async fn connected(
         sink.gap(since, until);
     }
     let last_seen = Arc::new(AtomicU64::new(0));
-    let bare = Arc::new(Mutex::new(None::<Arc<str>>));
+    // Frames heard on this connection: a ping is answered once the count passes what it was
+    // when the ping went out (pongs come back as frames, events count too).
+    let frames_heard = Arc::new(AtomicU64::new(0));
+    let bare = Arc::new(Mutex::new(bare_resource(&sent)));
     // Frames the reader must have sent (pongs, the close reply) go through the writer here.
     let (obligated_tx, mut obligated_rx) = mpsc::channel::<(OpCode, Vec<u8>)>(16);
     let customer_id = shared.customer_id;
@@ -401,6 +407,7 @@ async fn connected(
     let undecodable = metrics::counter!("fanout_events_dropped_total", "reason" => "undecodable");
     let mut reader = tokio::spawn({
         let last_seen = last_seen.clone();
+        let frames_heard = frames_heard.clone();
         let bare = bare.clone();
         async move {
             let mut send = |frame: Frame<'_>| {
@@ -421,6 +428,7 @@ async fn connected(
                     }
                 };
                 last_seen.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+                frames_heard.fetch_add(1, Ordering::Relaxed);
                 match frame.opcode {
                     OpCode::Text => {
                         // The frame's own buffer becomes the event's: no copy.
@@ -457,19 +465,19 @@ async fn connected(
             }
         }
     });
-    *bare.lock().unwrap_or_else(|e| e.into_inner()) = bare_resource(&sent);
     let mut ping =
         tokio::time::interval_at(Instant::now() + config.ping_interval, config.ping_interval);
     // The oldest ping not yet known to be answered, and the latest one sent: anything heard
     // after a ping answers it (VoIPBIN answers pings; events count too).
-    let mut awaiting: Option<Instant> = None;
-    let mut latest_ping: Option<Instant> = None;
+    let mut awaiting: Option<(Instant, u64)> = None;
+    let mut latest_ping: Option<(Instant, u64)> = None;
     let heard_at =
         |last_seen: &AtomicU64| started + Duration::from_millis(last_seen.load(Ordering::Relaxed));
     // Armed (reset to its due time) only while a ping awaits its answer.
     let pong_deadline = tokio::time::sleep_until(started + config.pong_timeout);
     tokio::pin!(pong_deadline);
     let mut dirty = false;
+    let mut reader_done = false;
     let ended = loop {
         if dirty {
             dirty = false;
@@ -480,7 +488,7 @@ async fn connected(
             *bare.lock().unwrap_or_else(|e| e.into_inner()) = bare_resource(&wanted);
             sent = wanted;
         }
-        if let Some(at) = awaiting {
+        if let Some((at, _)) = awaiting {
             let due = at + config.pong_timeout;
             if pong_deadline.deadline() != due {
                 pong_deadline.as_mut().reset(due);
@@ -495,7 +503,10 @@ async fn connected(
                 .await;
                 break Ended::Cancelled;
             }
-            _ = &mut reader => break Ended::Dropped,
+            _ = &mut reader => {
+                reader_done = true;
+                break Ended::Dropped;
+            }
             () = shared.changed.notified() => dirty = true,
             obligated = obligated_rx.recv() => {
                 let Some((opcode, payload)) = obligated else { break Ended::Dropped };
@@ -507,14 +518,14 @@ async fn connected(
                 }
             }
             () = &mut pong_deadline, if awaiting.is_some() => {
-                let heard = heard_at(&last_seen);
+                let heard = frames_heard.load(Ordering::Relaxed);
                 match (awaiting, latest_ping) {
-                    (Some(at), _) if heard < at => {
+                    (Some((_, before)), _) if heard == before => {
                         metrics::counter!("fanout_upstream_pong_timeouts_total").increment(1);
                         break Ended::Stalled;
                     }
                     // Answered; a later ping may still be waiting.
-                    (_, Some(latest)) if heard < latest => awaiting = Some(latest),
+                    (_, Some(latest)) if heard == latest.1 => awaiting = Some(latest),
                     _ => awaiting = None,
                 }
             }
@@ -529,11 +540,18 @@ async fn connected(
                     Ok(Err(_)) => break Ended::Dropped,
                     Err(_) => break Ended::Stalled,
                 }
-                awaiting.get_or_insert(now);
-                latest_ping = Some(now);
+                let sent = (now, frames_heard.load(Ordering::Relaxed));
+                awaiting.get_or_insert(sent);
+                latest_ping = Some(sent);
             }
         }
     };
-    reader.abort();
+    if !reader_done {
+        reader.abort();
+        // Wait for it to stop: nothing of this connection may be published after the gap
+        // that the next one will report. (A handle that already answered must not be
+        // polled again.)
+        let _ = reader.await;
+    }
     (ended, last_heard(&last_seen))
 }
