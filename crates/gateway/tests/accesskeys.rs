@@ -106,8 +106,7 @@ async fn handshakes_with_access_keys_cost_voipbin_little() {
     let statuses = at_once(stack.addr, 100, |_| KEY.to_owned()).await;
     assert!(statuses.iter().all(|s| *s == 101), "{statuses:?}");
     assert_eq!(stat(&sim_stats(sim).await, "lookups") - lookups, 1);
-    let (_, metrics) = http(stack.admin, "GET", "/metrics", None).await;
-    let metrics = metrics.as_str().unwrap_or_default().to_owned();
+    let metrics = metrics_text(stack.admin).await;
     assert!(
         metrics.contains("fanout_handshakes_refused_total{reason=\"lookups_busy\"}"),
         "{metrics}"

@@ -229,8 +229,7 @@ async fn every_limit_refuses_with_its_answer() {
         .err()
         .expect("refused past the handshake rate");
     assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
-    let (_, metrics) = http(stack.admin, "GET", "/metrics", None).await;
-    let metrics = metrics.as_str().unwrap_or_default().to_owned();
+    let metrics = metrics_text(stack.admin).await;
     assert!(
         metrics.contains("fanout_handshakes_refused_total{reason=\"handshake_rate\"}"),
         "{metrics}"

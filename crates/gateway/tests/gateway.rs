@@ -371,29 +371,8 @@ async fn upstream_stalled_mid_stream_is_replaced() {
         1,
     )
     .await;
-    let before = sim_stats(stack.sim_addr()).await["connections_total"]
-        .as_u64()
-        .unwrap_or(0);
-    let (status, body) = http(
-        stack.sim_addr(),
-        "POST",
-        &format!("/_sim/drop?customer_id={c}&stall_ms=5000"),
-        None,
-    )
-    .await;
-    assert_eq!(
-        (status, body["stalled"].as_u64()),
-        (StatusCode::OK, Some(1))
-    );
-    let addr = stack.sim_addr();
-    eventually("the stalled upstream to be replaced", || async move {
-        let stats = sim_stats(addr).await;
-        stats["connections_total"].as_u64().unwrap_or(0) > before
-            && stats["customers"][c.to_string()]["subscriptions"]
-                .as_array()
-                .is_some_and(|s| s.contains(&json!(format!("customer_id:{c}:call:*"))))
-    })
-    .await;
+    let before = stall_upstream(&stack, c, 5000).await;
+    upstream_replaced(&stack, c, before, 1).await;
     // The stalled connection still counts in the simulator until its stall ends; the new one
     // carries the events.
     // Told of what it may have missed, before the next event.
@@ -437,8 +416,7 @@ async fn a_slow_consumer_is_closed_with_1013_while_a_fast_one_gets_everything() 
     let (code, reason) = slow.recv_close().await;
     assert_eq!(code, Some(1013), "{reason}");
     let admin = stack.admin;
-    let (_, metrics) = http(admin, "GET", "/metrics", None).await;
-    let metrics = metrics.as_str().unwrap_or_default().to_owned();
+    let metrics = metrics_text(admin).await;
     assert!(metrics.contains("fanout_slow_consumers_total"), "{metrics}");
     stack.shutdown().await;
 }

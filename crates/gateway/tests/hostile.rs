@@ -167,9 +167,9 @@ async fn others_unharmed(gateway: &Running, sim: SocketAddr, rounds: usize) {
 }
 
 async fn metric(admin: SocketAddr, line_start: &str) -> f64 {
-    let (_, body) = http(admin, "GET", "/metrics", None).await;
-    let text = body.as_str().unwrap_or_default().to_owned();
-    text.lines()
+    metrics_text(admin)
+        .await
+        .lines()
         .find(|l| l.starts_with(line_start))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())

@@ -56,30 +56,9 @@ async fn a_stalled_upstream_is_found_by_its_pong_deadline_and_sessions_hear_of_t
     publish_events(&stack, &call(c, "before", None)).await;
     assert_eq!(first.recv_event().await["data"]["id"], "before");
     assert_eq!(second.recv_event().await["data"]["id"], "before");
-    let before = sim_stats(stack.sim_addr()).await["connections_total"]
-        .as_u64()
-        .unwrap_or(0);
     let stalled_at = SystemTime::now();
-    let (status, body) = http(
-        stack.sim_addr(),
-        "POST",
-        &format!("/_sim/drop?customer_id={c}&stall_ms=30000"),
-        None,
-    )
-    .await;
-    assert_eq!(
-        (status, body["stalled"].as_u64()),
-        (StatusCode::OK, Some(1))
-    );
-    let addr = stack.sim_addr();
-    eventually("a new upstream connection, subscribed", || async move {
-        let stats = sim_stats(addr).await;
-        stats["connections_total"].as_u64().unwrap_or(0) > before
-            && stats["customers"][c.to_string()]["subscriptions"]
-                .as_array()
-                .is_some_and(|s| s.len() >= 2)
-    })
-    .await;
+    let before = stall_upstream(&stack, c, 30_000).await;
+    upstream_replaced(&stack, c, before, 2).await;
     // Each session: one gap, then the next event; the gap starts no later than the stall.
     for client in [&mut first, &mut second] {
         let gap = expect_gap(client).await;
@@ -92,8 +71,7 @@ async fn a_stalled_upstream_is_found_by_its_pong_deadline_and_sessions_hear_of_t
     assert_eq!(first.recv_event().await["data"]["id"], "after");
     assert_eq!(second.recv_event().await["data"]["id"], "after");
     first.expect_silence(Duration::from_millis(300)).await;
-    let (_, metrics) = http(stack.admin, "GET", "/metrics", None).await;
-    let metrics = metrics.as_str().unwrap_or_default().to_owned();
+    let metrics = metrics_text(stack.admin).await;
     assert!(
         metrics.contains("fanout_upstream_pong_timeouts_total"),
         "{metrics}"

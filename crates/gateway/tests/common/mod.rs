@@ -156,6 +156,47 @@ pub async fn subscribe_and_wait(
     upstream_subscriptions(stack, customer, upstream_count).await;
 }
 
+/// The admin listener's `/metrics` text.
+pub async fn metrics_text(admin: SocketAddr) -> String {
+    let (_, body) = http(admin, "GET", "/metrics", None).await;
+    body.as_str().unwrap_or_default().to_owned()
+}
+
+/// Stalls `customer`'s upstream in the simulator for `ms` and answers how many connections
+/// the simulator had accepted before, to wait for the replacement with
+/// [`upstream_replaced`].
+pub async fn stall_upstream(stack: &Stack, customer: Uuid, ms: u64) -> u64 {
+    let before = sim_stats(stack.sim_addr()).await["connections_total"]
+        .as_u64()
+        .unwrap_or(0);
+    let (status, body) = http(
+        stack.sim_addr(),
+        "POST",
+        &format!("/_sim/drop?customer_id={customer}&stall_ms={ms}"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, body["stalled"].as_u64()),
+        (hyper::StatusCode::OK, Some(1))
+    );
+    before
+}
+
+/// Waits until a connection newer than `before` carries `subscriptions` patterns (at
+/// least) for `customer`.
+pub async fn upstream_replaced(stack: &Stack, customer: Uuid, before: u64, subscriptions: usize) {
+    let addr = stack.sim_addr();
+    eventually("the upstream replaced and subscribed", || async move {
+        let stats = sim_stats(addr).await;
+        stats["connections_total"].as_u64().unwrap_or(0) > before
+            && stats["customers"][customer.to_string()]["subscriptions"]
+                .as_array()
+                .is_some_and(|s| s.len() >= subscriptions)
+    })
+    .await;
+}
+
 /// Publishes through the simulator and returns how many frames it sent upstream.
 pub async fn publish_events(stack: &Stack, events: &Value) -> u64 {
     publish(stack.sim_addr(), events).await
