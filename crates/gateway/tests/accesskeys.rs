@@ -95,8 +95,13 @@ async fn handshakes_with_access_keys_cost_voipbin_little() {
     // Less this test's own three `/_sim/stats` requests since `before`.
     let opened =
         stat(&after_distinct, "tcp_connections_total") - stat(&before, "tcp_connections_total") - 3;
+    eprintln!(
+        "distinct keys: {refused} refused after a lookup, {busy} busy (429); {} lookups at most in flight; {opened} connections opened to VoIPBIN",
+        stat(&after_distinct, "lookups_max_in_flight")
+    );
+    // One per lookup slot, and a spare or two hyper-util may open while one is handed back.
     assert!(
-        opened <= 8,
+        opened <= 8 + 2,
         "{opened} connections for {} lookups",
         refused + 1
     );
