@@ -59,7 +59,10 @@ async fn a_stalled_upstream_is_found_by_its_pong_deadline_and_sessions_hear_of_t
     let stalled_at = SystemTime::now();
     let before = stall_upstream(&stack, c, 30_000).await;
     upstream_replaced(&stack, c, before, 2).await;
-    eprintln!("stalled upstream replaced after {:?}", stalled_at.elapsed().unwrap_or_default());
+    eprintln!(
+        "stalled upstream replaced after {:?}",
+        stalled_at.elapsed().unwrap_or_default()
+    );
     // Each session: one gap, then the next event; the gap starts no later than the stall.
     for client in [&mut first, &mut second] {
         let gap = expect_gap(client).await;
@@ -152,7 +155,10 @@ async fn after_an_outage_readiness_fails_then_every_customer_is_back_within_the_
     // Back within the ten seconds `eventually` waits: the cap is five.
     let back = std::time::Instant::now();
     eventually("every customer resubscribed", || subscribed(sim_addr)).await;
-    eprintln!("every customer resubscribed {:?} after VoIPBIN came back", back.elapsed());
+    eprintln!(
+        "every customer resubscribed {:?} after VoIPBIN came back",
+        back.elapsed()
+    );
     eventually("/readyz to recover", || async move {
         http(admin, "GET", "/readyz", None).await.0 == StatusCode::OK
     })

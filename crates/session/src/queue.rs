@@ -45,9 +45,9 @@ struct State {
     frames: VecDeque<Bytes>,
     bytes: usize,
     close: Option<Bytes>,
-    /// When `close` was set: a consumer busy writing learns of the close late, and its
-    /// deadline still runs from here.
-    closed_at: Option<tokio::time::Instant>,
+    /// The consumer's waker while it is busy writing frames it took earlier (and so not
+    /// waiting on `notify`): a close wakes it through this.
+    busy: Option<std::task::Waker>,
 }
 
 /// A bounded multi-producer, single-consumer queue of frames.
@@ -114,15 +114,27 @@ impl Queue {
             state.frames = VecDeque::new();
             state.bytes = 0;
         }
-        state.closed_at = Some(tokio::time::Instant::now());
+        let busy = state.busy.take();
         drop(state);
         self.notify.notify_one();
+        if let Some(waker) = busy {
+            waker.wake();
+        }
         true
     }
 
-    /// When the queue was closed, if it was.
-    pub fn closed_at(&self) -> Option<tokio::time::Instant> {
-        self.lock().closed_at
+    /// Ready once the queue is closed; for a consumer busy writing what it took, which does
+    /// not wait on [`Queue::changed`] meanwhile. Costs the queue's own lock, no other.
+    pub fn poll_closed(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        let mut state = self.lock();
+        if state.close.is_some() {
+            return std::task::Poll::Ready(());
+        }
+        match &state.busy {
+            Some(waker) if waker.will_wake(cx.waker()) => {}
+            _ => state.busy = Some(cx.waker().clone()),
+        }
+        std::task::Poll::Pending
     }
 
     /// Frames queued now.

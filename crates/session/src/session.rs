@@ -290,14 +290,13 @@ async fn drive(
             && let Some(reason) = handle.closed_reason()
         {
             // Closed from outside (too slow, or shutdown), maybe while frames taken earlier
-            // are still being written: the deadline runs from the close, whatever is pending.
+            // are still being written: the deadline runs from now, whatever is pending.
             if reason == CloseReason::SlowConsumer {
                 // Its queue was discarded; of what was taken, only a frame partly written
                 // must still go out before the close frame can.
                 outgoing.discard_unstarted();
             }
-            let since = handle.queue().closed_at().unwrap_or_else(Instant::now);
-            closing = Some((reason, since + config.close_timeout));
+            closing = Some((reason, Instant::now() + config.close_timeout));
         }
         // Everything queued, as far as the socket takes it.
         loop {
@@ -327,17 +326,11 @@ async fn drive(
                 Err(_) => return closing.map_or(CloseReason::ConnectionLost, |(reason, _)| reason),
             }
         }
-        let mut due = match (&closing, expiry) {
+        let due = match (&closing, expiry) {
             (Some((_, until)), _) => *until,
             (None, Some(expiry)) => next_ping.min(expiry),
             (None, None) => next_ping,
         };
-        if closing.is_none() && !outgoing.is_empty() {
-            // Blocked on the socket it does not watch its queue, which may be closed from
-            // outside meanwhile: look at least every `close_timeout`, so such a close still
-            // ends the session within `close_timeout` of it (see `closed_at`).
-            due = due.min(Instant::now() + config.close_timeout);
-        }
         if timer.deadline() != due {
             timer.as_mut().reset(due);
         }
@@ -351,6 +344,9 @@ async fn drive(
             () = &mut timer => Wake::Timer,
             ready = stream.ready(interest) => Wake::Socket(ready),
             () = handle.queue().changed(), if outgoing.is_empty() && close_frame.is_none() => Wake::Queue,
+            // Blocked on its socket it does not wait for the queue, which may be closed from
+            // outside meanwhile (overflow, shutdown): the close wakes it all the same.
+            () = std::future::poll_fn(|cx| handle.queue().poll_closed(cx)), if closing.is_none() && !outgoing.is_empty() => Wake::Queue,
         };
         match wake {
             Wake::Queue => {}
