@@ -5,6 +5,7 @@
 //!
 //! - [`topic`]: topics and subscription patterns (`<scope>:<owner>[:<segment>…]`), their
 //!   parsing and segment-wise matching (protocol.md §1.4).
+//! - [`cursor`]: an event's position in its customer's stream (protocol.md §1.7).
 //! - [`client`]: messages a browser sends (`subscribe`, `unsubscribe`) and the error codes
 //!   that refuse them.
 //! - [`server`]: frames the gateway builds for browsers: the event envelope and error frames.
@@ -21,6 +22,7 @@
 //!   frame that arrived.
 
 pub mod client;
+pub mod cursor;
 pub mod rest;
 pub mod server;
 pub mod timestamp;

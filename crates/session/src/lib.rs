@@ -9,6 +9,8 @@
 //! - [`hub`]: one per customer: the [`fanout_topic_trie::Trie`] of its sessions' patterns and
 //!   [`Hub::publish`], which encodes each event once per topic and hands the shared buffer to
 //!   every matching session's queue.
+//! - [`window`]: a customer's recent events and gaps, and the judge of whether a resume is
+//!   `recovered` (protocol.md §1.7; the hub and sessions use it from issue 9 on).
 //! - [`Directory`]: what the gateway provides to place a session's patterns in the right hub
 //!   and keep the upstream subscribed to what they need.
 //!
@@ -28,6 +30,7 @@ pub mod hub;
 pub mod queue;
 mod requests;
 pub mod session;
+pub mod window;
 mod writer;
 
 pub use close::CloseReason;
