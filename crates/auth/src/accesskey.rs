@@ -332,6 +332,16 @@ mod tests {
         }
     }
 
+    /// A verifier whose every lookup waits until `gate` gets permits.
+    fn gated() -> (Arc<Counting>, Arc<tokio::sync::Semaphore>) {
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let verifier = Arc::new(Counting {
+            gate: Some(gate.clone()),
+            ..counting(false)
+        });
+        (verifier, gate)
+    }
+
     fn cache() -> Cache {
         Cache::new(Duration::from_secs(60), Duration::from_secs(5), 100)
     }
@@ -402,11 +412,7 @@ mod tests {
 
     #[tokio::test]
     async fn identical_keys_share_one_lookup() {
-        let gate = Arc::new(tokio::sync::Semaphore::new(0));
-        let verifier = Arc::new(Counting {
-            gate: Some(gate.clone()),
-            ..counting(false)
-        });
+        let (verifier, gate) = gated();
         let cache = Arc::new(cache());
         let now = Instant::now();
         let waiting: Vec<_> = (0..200)
@@ -429,11 +435,7 @@ mod tests {
 
     #[tokio::test]
     async fn lookups_in_flight_are_bounded() {
-        let gate = Arc::new(tokio::sync::Semaphore::new(0));
-        let verifier = Arc::new(Counting {
-            gate: Some(gate.clone()),
-            ..counting(false)
-        });
+        let (verifier, gate) = gated();
         let cache = Arc::new(cache().with_max_lookups(4));
         let now = Instant::now();
         let held: Vec<_> = (0..4)

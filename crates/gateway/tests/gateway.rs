@@ -457,16 +457,7 @@ async fn expired_token_closes_the_session_with_1008() {
 #[tokio::test]
 async fn handshake_failures_answer_with_the_json_envelope() {
     let stack = start().await;
-    let refused = |connect: Connect| {
-        let addr = stack.addr;
-        async move {
-            Client::connect(addr, connect)
-                .await
-                .expect("tcp")
-                .err()
-                .expect("refused")
-        }
-    };
+    let refused = |connect: Connect| Client::refused(stack.addr, connect);
     let none = refused(Connect::path("/v1.0/ws")).await;
     assert_eq!(none.status, StatusCode::UNAUTHORIZED);
     assert_eq!(none.body["error"]["status"], "UNAUTHENTICATED");

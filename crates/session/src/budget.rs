@@ -1,8 +1,10 @@
 //! Token buckets that bound what one client may make its session do: messages (the request
-//! rate limit) and, beneath them, every frame and byte it sends. A bucket holds only its
+//! rate limit) and, beneath them, every frame and byte it sends ([`Budget`]). A bucket holds only its
 //! level and when it was last filled; rate and burst come from the configuration.
 
 use tokio::time::Instant;
+
+use crate::config::SessionConfig;
 
 /// Refills `level` for `elapsed` seconds at `rate` per second up to `burst`, then takes `n`;
 /// false (and the level left empty) if there was not enough.
@@ -38,6 +40,51 @@ impl Bucket {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f32();
         self.last = now;
         take(&mut self.tokens, n as f32, elapsed, rate, burst)
+    }
+}
+
+/// What the client may still send: frames and bytes, two token buckets filled on one clock.
+pub(crate) struct Budget {
+    frames: f32,
+    bytes: f32,
+    last: Instant,
+}
+
+impl Budget {
+    pub(crate) fn new(config: &SessionConfig, now: Instant) -> Self {
+        Budget {
+            frames: config.frame_burst.max(1) as f32,
+            bytes: config.byte_burst.max(1) as f32,
+            last: now,
+        }
+    }
+
+    /// Refills both for the time since the last call, then takes `frames` and `bytes`;
+    /// false once either is overdrawn.
+    pub(crate) fn take(
+        &mut self,
+        config: &SessionConfig,
+        frames: u32,
+        bytes: usize,
+        now: Instant,
+    ) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f32();
+        self.last = now;
+        let frames_ok = take(
+            &mut self.frames,
+            frames as f32,
+            elapsed,
+            config.frames_per_second,
+            config.frame_burst,
+        );
+        let bytes_ok = take(
+            &mut self.bytes,
+            bytes as f32,
+            elapsed,
+            config.bytes_per_second,
+            config.byte_burst,
+        );
+        frames_ok && bytes_ok
     }
 }
 

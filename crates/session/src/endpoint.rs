@@ -101,6 +101,9 @@ impl Turned {
 /// and each one's eviction signal in the order they came.
 #[derive(Default)]
 struct Pending {
+    /// Connections counted at accept and not yet gone (evicted ones included, until their
+    /// task drops them).
+    total: usize,
     by_source: HashMap<IpAddr, usize>,
     /// Connections still waiting for their request head, oldest first: the ones eviction
     /// may pick (one being authenticated is not, so a slow credential check is never cut).
@@ -195,8 +198,8 @@ impl Drop for PendingGuard<'_> {
                 pending.by_source.remove(&self.source);
             }
         }
+        pending.total -= 1;
         drop(pending);
-        self.endpoint.pending_count.fetch_sub(1, Ordering::Relaxed);
         metrics::gauge!("fanout_pending_connections").decrement(1.0);
     }
 }
@@ -216,7 +219,6 @@ pub struct Endpoint {
     next_id: AtomicU64,
     handshakes: Mutex<Bucket>,
     pending: Mutex<Pending>,
-    pending_count: AtomicUsize,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -265,7 +267,6 @@ impl Endpoint {
                 last: Instant::now(),
             }),
             pending: Mutex::new(Pending::default()),
-            pending_count: AtomicUsize::new(0),
         }
     }
 
@@ -319,11 +320,6 @@ impl Endpoint {
         turned
     }
 
-    /// Connections accepted that have not finished their handshake.
-    pub fn pending_connections(&self) -> usize {
-        self.pending_count.load(Ordering::Relaxed)
-    }
-
     /// Takes a just-accepted connection from `peer`, before anything is read from it:
     /// applies the descriptor and per-source caps (a refused connection is dropped, which
     /// closes it) and makes room under the pending cap by evicting the oldest pending one.
@@ -347,10 +343,10 @@ impl Endpoint {
                 return Err(Self::turn(Turned::SourceCap));
             }
             // Evicted connections hold their descriptor until their task drops it, so they
-            // count until then (`pending_count`). Eviction starts an eighth below the limit;
+            // count until then (`total`). Eviction starts an eighth below the limit;
             // at the limit a connection is taken only if an old one goes for it, and never
             // past a thirty-second beyond it (the reserve absorbs that).
-            let pending_now = self.pending_count.load(Ordering::Relaxed);
+            let pending_now = pending.total;
             let held = self.open.load(Ordering::Relaxed) + pending_now;
             let limit = self.limits.max_connections;
             if held >= limit.saturating_add(limit / 32) {
@@ -372,7 +368,7 @@ impl Endpoint {
                 }
             }
             *pending.by_source.entry(source).or_insert(0) += 1;
-            self.pending_count.fetch_add(1, Ordering::Relaxed);
+            pending.total += 1;
             metrics::gauge!("fanout_pending_connections").increment(1.0);
         }
         let endpoint = self.clone();
@@ -472,28 +468,9 @@ impl Endpoint {
                     .await;
             }
         };
-        match request.check() {
-            Ok(()) => {}
-            Err(handshake::NotUpgrade::Invalid) => {
-                return self
-                    .refuse(
-                        stream,
-                        HttpError::NOT_WEBSOCKET,
-                        "not_websocket",
-                        &request_id,
-                    )
-                    .await;
-            }
-            Err(handshake::NotUpgrade::Version) => {
-                return self
-                    .refuse(
-                        stream,
-                        HttpError::UNSUPPORTED_VERSION,
-                        "websocket_version",
-                        &request_id,
-                    )
-                    .await;
-            }
+        if let Err(problem) = request.check() {
+            let (error, reason) = problem.answer();
+            return self.refuse(stream, error, reason, &request_id).await;
         }
         // An upgrade request carries its key (`is_upgrade`).
         let key = request.websocket_key.as_deref().unwrap_or_default();

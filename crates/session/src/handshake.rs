@@ -33,8 +33,6 @@ pub struct UpgradeRequest {
     pub request_id: Option<String>,
     /// `Sec-WebSocket-Key`, when it is a base64 16-byte nonce (RFC 6455 §4.1).
     pub websocket_key: Option<String>,
-    /// A `Sec-WebSocket-Key` header was there, valid or not.
-    pub key_present: bool,
     /// `Sec-WebSocket-Version` is 13.
     pub version_13: bool,
     /// A `Sec-WebSocket-Version` header was there, whatever its value.
@@ -55,6 +53,16 @@ pub enum NotUpgrade {
     Invalid,
     /// An upgrade to a WebSocket version other than 13 (426, naming 13).
     Version,
+}
+
+impl NotUpgrade {
+    /// The answer and its metric label.
+    pub fn answer(self) -> (HttpError, &'static str) {
+        match self {
+            NotUpgrade::Invalid => (HttpError::NOT_WEBSOCKET, "not_websocket"),
+            NotUpgrade::Version => (HttpError::UNSUPPORTED_VERSION, "websocket_version"),
+        }
+    }
 }
 
 impl UpgradeRequest {
@@ -157,7 +165,6 @@ pub fn parse(buf: &[u8]) -> Result<Option<(UpgradeRequest, usize)>, ReadError> {
         } else if name.eq_ignore_ascii_case("x-request-id") {
             out.request_id = text(header.value);
         } else if name.eq_ignore_ascii_case("sec-websocket-key") {
-            out.key_present = true;
             out.websocket_key = text(header.value).filter(|key| is_nonce(key));
         } else if name.eq_ignore_ascii_case("sec-websocket-version") {
             out.version_present = true;

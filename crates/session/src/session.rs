@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use crate::budget as bucket;
+use crate::budget::Budget;
 use crate::close::CloseReason;
 use crate::config::SessionConfig;
 use crate::hub::Subscriber;
@@ -187,45 +187,6 @@ enum Wake {
     Timer,
     Socket(std::io::Result<Ready>),
     Queue,
-}
-
-/// What the client may still send: frames and bytes, two token buckets filled on one clock.
-struct Budget {
-    frames: f32,
-    bytes: f32,
-    last: Instant,
-}
-
-impl Budget {
-    fn new(config: &SessionConfig, now: Instant) -> Self {
-        Budget {
-            frames: config.frame_burst.max(1) as f32,
-            bytes: config.byte_burst.max(1) as f32,
-            last: now,
-        }
-    }
-
-    /// Refills both for the time since the last call, then takes `frames` and `bytes`;
-    /// false once either is overdrawn.
-    fn take(&mut self, config: &SessionConfig, frames: u32, bytes: usize, now: Instant) -> bool {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f32();
-        self.last = now;
-        let frames_ok = bucket::take(
-            &mut self.frames,
-            frames as f32,
-            elapsed,
-            config.frames_per_second,
-            config.frame_burst,
-        );
-        let bytes_ok = bucket::take(
-            &mut self.bytes,
-            bytes as f32,
-            elapsed,
-            config.bytes_per_second,
-            config.byte_burst,
-        );
-        frames_ok && bytes_ok
-    }
 }
 
 async fn drive(

@@ -217,6 +217,16 @@ impl Client {
         }
     }
 
+    /// Opens a WebSocket that the server must refuse; answers the refusal, panics if it was
+    /// accepted or the connection failed.
+    pub async fn refused(addr: SocketAddr, options: Connect) -> Refused {
+        match Client::connect(addr, options).await {
+            Ok(Err(refused)) => refused,
+            Ok(Ok(_)) => panic!("the handshake was accepted"),
+            Err(e) => panic!("connect failed: {e:#}"),
+        }
+    }
+
     pub async fn send_text(&mut self, text: &str) {
         self.ws
             .write_frame(Frame::text(Payload::Borrowed(text.as_bytes())))
