@@ -527,6 +527,39 @@ mod tests {
     }
 
     #[test]
+    fn the_new_limits_are_checked() {
+        let env = [
+            (
+                "FANOUT_SESSION__MAX_MESSAGE_BYTES".to_owned(),
+                "65536".to_owned(),
+            ),
+            ("FANOUT_SESSION__BYTE_BURST".to_owned(), "65549".to_owned()),
+            (
+                "FANOUT_SESSION__FRAMES_PER_SECOND".to_owned(),
+                "0".to_owned(),
+            ),
+            ("FANOUT_LIMITS__MAX_PENDING".to_owned(), "0".to_owned()),
+            ("FANOUT_UPSTREAM__PONG_TIMEOUT".to_owned(), "0s".to_owned()),
+            ("FANOUT_ACCESSKEYS__MAX_LOOKUPS".to_owned(), "0".to_owned()),
+        ];
+        let err = Config::load(None, env, &with_credentials()).expect_err("invalid");
+        let text = err.to_string();
+        for name in [
+            "session.byte_burst",
+            "session.frames_per_second",
+            "limits.max_pending",
+            "upstream.pong_timeout",
+            "accesskeys.max_lookups",
+        ] {
+            assert!(text.contains(name), "{name} not reported: {text}");
+        }
+        assert_eq!(err.0.len(), 5, "{text}");
+        // A burst that fits the largest message (and its 14 bytes of framing) is fine.
+        let env = [("FANOUT_SESSION__BYTE_BURST".to_owned(), "65550".to_owned())];
+        Config::load(None, env, &with_credentials()).expect("valid");
+    }
+
+    #[test]
     fn file_then_env_then_flags() {
         let dir = std::env::temp_dir().join(format!("fanout-config-{}", Uuid::new_v4()));
         std::fs::create_dir_all(&dir).expect("temp dir");

@@ -275,3 +275,38 @@ async fn a_client_that_keeps_reading_survives_an_ordinary_burst() {
     client.expect_silence(Duration::from_millis(200)).await;
     stack.shutdown().await;
 }
+
+#[tokio::test]
+async fn past_max_pending_new_connections_are_refused_until_old_ones_can_be_evicted() {
+    let stack = start_with(
+        |_| {},
+        |config| {
+            config.limits.max_pending = 8;
+            config.limits.header_timeout = Duration::from_secs(60);
+        },
+    )
+    .await;
+    let mut idle = Vec::new();
+    for _ in 0..20 {
+        idle.push(TcpStream::connect(stack.addr).await.expect("connect"));
+    }
+    // None of the 8 admitted is a second old: the other 12 are closed at accept.
+    let admin = stack.admin;
+    eventually("pending-cap refusals counted", || async move {
+        metrics_text(admin)
+            .await
+            .contains("fanout_connections_refused_total{reason=\"pending_cap\"} 12")
+    })
+    .await;
+    // Once they have idled a second, an honest handshake evicts the oldest and gets in.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let mut honest = Client::connect_token(stack.addr, &admin_token(tutorial_customer())).await;
+    honest.sync().await;
+    assert!(
+        metrics_text(admin)
+            .await
+            .contains("fanout_connections_refused_total{reason=\"pending_evicted\"} 1"),
+    );
+    drop(idle);
+    stack.shutdown().await;
+}
