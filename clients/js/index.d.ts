@@ -120,6 +120,8 @@ export declare class FanoutClient {
   readonly cursor: string | null;
   readonly topics: Set<string>;
   connect(): void;
+  /** Drops the connection and opens a new one at once, resuming from the last cursor. */
+  reconnect(): void;
   close(): void;
   subscribe(topics: string[]): void;
   unsubscribe(topics: string[]): void;

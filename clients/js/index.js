@@ -283,6 +283,27 @@ export class FanoutClient {
     }, delay);
   }
 
+  /** Drops the connection and opens a new one at once, resuming from the last cursor: what
+   * a network blip does (the demo page's button). */
+  reconnect() {
+    const socket = this.socket;
+    // Its close is not handled as a failure: this socket is no longer the client's.
+    this.socket = null;
+    if (socket) {
+      try {
+        socket.close(1000, 'reconnecting');
+      } catch {
+        // Already closing.
+      }
+    }
+    if (this.timer !== null) {
+      this.clearTimeout(this.timer);
+      this.timer = null;
+    }
+    this.closedByApp = false;
+    this.open();
+  }
+
   /** Closes the connection for good (until `connect` is called again). */
   close() {
     this.closedByApp = true;

@@ -155,6 +155,27 @@ test('after a drop it reconnects, resubscribes everything and resumes from the l
   await gateway.close();
 });
 
+test('reconnect drops the socket and resumes at once from the last cursor', async () => {
+  const gateway = await fakeGateway();
+  const c = client(gateway);
+  let closes = 0;
+  c.on('close', () => closes++);
+  c.connect();
+  const first = await gateway.connection(0);
+  await gateway.message(first, 0);
+  first.socket.send(event('call_ringing', 'k1', 'e-3'));
+  await next(c, 'event');
+  const firstClosed = once(first.socket, 'close');
+  c.reconnect();
+  const second = await gateway.connection(1);
+  assert.deepEqual(await gateway.message(second, 0), { type: 'subscribe', topics: [CALLS], since: 'e-3' });
+  await firstClosed;
+  assert.equal(closes, 0, 'the old socket closing is not a failure');
+  assert.equal(c.state, 'open');
+  c.close();
+  await gateway.close();
+});
+
 test('a gap is surfaced and a later resume starts after it', async () => {
   const gateway = await fakeGateway();
   const c = client(gateway);

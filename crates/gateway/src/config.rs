@@ -37,6 +37,48 @@ pub struct Config {
     pub limits: LimitsSection,
     /// Graceful shutdown.
     pub shutdown: ShutdownSection,
+    /// What each customer's stream keeps for resuming clients.
+    pub resume: ResumeSection,
+}
+
+/// `[resume]`: each customer's window of recent events (protocol.md §1.7).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResumeSection {
+    /// Events older than this are forgotten: a client away longer resumes with
+    /// `recovered: false`. Default `2m`.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// Bytes one customer's window keeps at most (events' data and frames). Default 4 MiB.
+    pub max_bytes: usize,
+    /// Events (and gaps) one customer's window keeps at most. Default 20000.
+    pub max_events: usize,
+    /// Bytes all customers' windows on the node keep together at most; past it, a growing
+    /// window forgets its own oldest events. Default 512 MiB.
+    pub node_max_bytes: usize,
+}
+
+impl Default for ResumeSection {
+    fn default() -> Self {
+        let window = fanout_session::window::WindowLimits::default();
+        ResumeSection {
+            max_age: window.max_age,
+            max_bytes: window.max_bytes,
+            max_events: window.max_entries,
+            node_max_bytes: 512 * 1024 * 1024,
+        }
+    }
+}
+
+impl ResumeSection {
+    /// One window's limits.
+    pub fn limits(&self) -> fanout_session::window::WindowLimits {
+        fanout_session::window::WindowLimits {
+            max_age: self.max_age,
+            max_bytes: self.max_bytes,
+            max_entries: self.max_events,
+        }
+    }
 }
 
 /// Log formats.
@@ -235,6 +277,7 @@ impl Default for Config {
             session: SessionConfig::default(),
             limits: LimitsSection::default(),
             shutdown: ShutdownSection::default(),
+            resume: ResumeSection::default(),
         }
     }
 }
@@ -397,6 +440,7 @@ impl Config {
             ("upstream.backoff_base", self.upstream.backoff_base),
             ("accesskeys.verify_timeout", self.accesskeys.verify_timeout),
             ("limits.header_timeout", self.limits.header_timeout),
+            ("resume.max_age", self.resume.max_age),
         ];
         for (name, value) in positive {
             if value.is_zero() {

@@ -1,5 +1,11 @@
 //! `fanout-gateway demo`: the gateway against an embedded VoIPBIN simulator with a random
-//! event stream, and ready-to-paste URLs to watch it.
+//! event stream, ready-to-paste URLs to watch it, and a live page (plain HTML and the
+//! JavaScript client, no build step) that shows events, resumes and gaps.
+//!
+//! The page's listener serves `/` (the page), `/client.js` (`clients/js/index.js` as it
+//! stands), `/demo.json` (where the gateway is, a token, the topics) and
+//! `POST /drop-upstream` (the simulator drops the customer's upstream: the page then shows a
+//! gap).
 
 #![allow(clippy::print_stdout)]
 
@@ -30,7 +36,12 @@ pub struct DemoOptions {
     pub sim_listen: SocketAddr,
     /// Events per second of the simulator's random stream.
     pub event_rate: u32,
+    /// The demo page's listener.
+    pub page_listen: SocketAddr,
 }
+
+const PAGE: &str = include_str!("../demo/index.html");
+const CLIENT: &str = include_str!("../../../clients/js/index.js");
 
 fn agent_token(
     secret: &str,
@@ -57,6 +68,7 @@ pub struct Demo {
     pub agent_token: String,
     /// The plain agent's id.
     pub agent_id: Uuid,
+    page_addr: SocketAddr,
     sim_cancel: CancellationToken,
 }
 
@@ -94,19 +106,43 @@ impl Demo {
         config.upstream.linger = Duration::from_secs(5);
         config.validate()?;
         let gateway = Gateway::start(config).await?;
+        let admin_token = agent_token(
+            &secret,
+            customer,
+            Uuid::new_v4(),
+            permission_bits::CUSTOMER_ADMIN,
+        )?;
+        let page = tokio::net::TcpListener::bind(options.page_listen)
+            .await
+            .with_context(|| format!("binding the demo page on {}", options.page_listen))?;
+        let page_addr = page.local_addr()?;
+        let settings = serde_json::json!({
+            "ws_url": format!("ws://{}/v1.0/ws", gateway.local_addr()),
+            "token": admin_token,
+            "customer_id": DEMO_CUSTOMER,
+            "topics": [format!("customer_id:{DEMO_CUSTOMER}")],
+        })
+        .to_string();
+        tokio::spawn(serve_page(page, sim.clone(), settings, sim_cancel.clone()));
         Ok(Demo {
             gateway,
             sim,
-            admin_token: agent_token(
-                &secret,
-                customer,
-                Uuid::new_v4(),
-                permission_bits::CUSTOMER_ADMIN,
-            )?,
+            admin_token,
             agent_token: agent_token(&secret, customer, agent_id, permission_bits::CUSTOMER_AGENT)?,
             agent_id,
+            page_addr,
             sim_cancel,
         })
+    }
+
+    /// The demo page's URL.
+    pub fn page_url(&self) -> String {
+        format!("http://{}/", self.page_addr)
+    }
+
+    /// The demo page's address.
+    pub fn page_addr(&self) -> SocketAddr {
+        self.page_addr
     }
 
     /// Prints the URLs and a one-line way to watch events.
@@ -121,6 +157,7 @@ impl Demo {
         };
         println!("fanout-gateway demo: the gateway in front of an embedded VoIPBIN simulator");
         println!();
+        println!("  demo page   {}", self.page_url());
         println!("  gateway     {base}");
         println!(
             "  admin       http://{}/metrics  /readyz  /customers",
@@ -160,4 +197,50 @@ impl Demo {
         self.gateway.shutdown().await;
         self.sim_cancel.cancel();
     }
+}
+
+/// Serves the demo page until `stop`.
+async fn serve_page(
+    listener: tokio::net::TcpListener,
+    sim: std::sync::Arc<Simulator>,
+    settings: String,
+    stop: CancellationToken,
+) {
+    use hyper::{Method, StatusCode};
+
+    use crate::server::text;
+    let settings = bytes::Bytes::from(settings);
+    crate::server::accept_loop(
+        listener,
+        stop,
+        Duration::from_secs(10),
+        move |req: hyper::Request<hyper::body::Incoming>| {
+            let sim = sim.clone();
+            let settings = settings.clone();
+            async move {
+                match (req.method(), req.uri().path()) {
+                    (&Method::GET, "/" | "/index.html") => {
+                        text(StatusCode::OK, "text/html; charset=utf-8", PAGE)
+                    }
+                    (&Method::GET, "/client.js") => {
+                        text(StatusCode::OK, "text/javascript; charset=utf-8", CLIENT)
+                    }
+                    (&Method::GET, "/demo.json") => {
+                        text(StatusCode::OK, "application/json", settings)
+                    }
+                    (&Method::POST, "/drop-upstream") => {
+                        let customer = Uuid::parse_str(DEMO_CUSTOMER).unwrap_or_default();
+                        let dropped = sim.drop_customer(customer);
+                        text(
+                            StatusCode::OK,
+                            "application/json",
+                            format!("{{\"dropped\":{dropped}}}"),
+                        )
+                    }
+                    _ => text(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
+                }
+            }
+        },
+    )
+    .await;
 }

@@ -155,7 +155,12 @@ impl Gateway {
         );
         let upstreams = CancellationToken::new();
         let accept = CancellationToken::new();
-        let registry = Registry::new(upstream, config.upstream.linger, upstreams.clone());
+        let registry = Registry::new(
+            upstream,
+            config.upstream.linger,
+            &config.resume,
+            upstreams.clone(),
+        );
         let endpoint = Arc::new(Endpoint::new(
             auth,
             config.session.clone(),

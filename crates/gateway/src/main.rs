@@ -83,6 +83,9 @@ struct DemoArgs {
     /// Events per second of the simulator's random stream.
     #[arg(long, default_value_t = 5)]
     event_rate: u32,
+    /// Address of the demo page.
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    page_listen: SocketAddr,
 }
 
 /// The exit code for a configuration that cannot be used (EX_USAGE).
@@ -184,6 +187,7 @@ async fn main() -> ExitCode {
                 admin_listen: args.admin_listen,
                 sim_listen: args.sim_listen,
                 event_rate: args.event_rate,
+                page_listen: args.page_listen,
             };
             let demo = match Demo::start(&options).await {
                 Ok(demo) => demo,

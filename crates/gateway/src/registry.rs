@@ -13,6 +13,10 @@
 //!   `customer_id:<C>…` with the same remaining segments (agent events are served from the
 //!   customer's stream, and matched to the agent by the owner topics the decoder derives).
 //!
+//! A session that ends leaves its upstream patterns subscribed for the linger time (an
+//! explicit unsubscribe does not): a browser that reconnects within it resumes without the
+//! customer's stream having stopped covering what it needs.
+//!
 //! Tenant isolation follows: a hub only ever holds patterns permitted to see its customer's
 //! events, and only its customer's upstream publishes into it.
 //!
@@ -23,9 +27,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
-use fanout_protocol::server::{GapReason, gap_frame};
+use fanout_protocol::cursor::Cursor;
+use fanout_protocol::server::GapReason;
 use fanout_protocol::upstream::Event;
 use fanout_protocol::{Pattern, Scope};
+use fanout_session::hub::WindowBudget;
+use fanout_session::window::WindowLimits;
 use fanout_session::{Directory, Hub, Subscriber};
 use fanout_upstream::{EventSink, Upstream, UpstreamConfig};
 use tokio_util::sync::CancellationToken;
@@ -53,6 +60,12 @@ pub struct CustomerInfo {
     pub upstream: fanout_upstream::State,
     /// What its upstream is subscribed to.
     pub upstream_patterns: Vec<String>,
+    /// Upstream patterns known applied by VoIPBIN: a resume needs them covered.
+    pub covered: Vec<String>,
+    /// Events and gaps its window keeps for resumes.
+    pub window_events: usize,
+    /// Their bytes.
+    pub window_bytes: usize,
 }
 
 /// A customer's upstream publishes into its hub: events to the sessions that match, gaps to
@@ -61,14 +74,23 @@ struct HubSink(Arc<Hub>);
 
 impl EventSink for HubSink {
     fn publish(&self, event: Event) {
-        self.0.publish(&event);
+        self.0.publish(event);
     }
 
     fn gap(&self, since: SystemTime, until: SystemTime) {
-        let frame = gap_frame(GapReason::UpstreamReconnect, since, until);
-        let told = self.0.publish_to_all(&frame);
+        let told = self
+            .0
+            .publish_gap(GapReason::UpstreamReconnect, since, until);
         metrics::counter!("fanout_gaps_sent_total", "reason" => GapReason::UpstreamReconnect.as_str())
             .increment(told as u64);
+    }
+
+    fn covered(&self, patterns: &[Pattern]) {
+        self.0.covered(patterns);
+    }
+
+    fn uncovered(&self, patterns: &[Pattern]) {
+        self.0.uncovered(patterns);
     }
 }
 
@@ -80,6 +102,8 @@ pub struct Registry {
     worked: Mutex<Instant>,
     upstream: Arc<UpstreamConfig>,
     linger: Duration,
+    window: WindowLimits,
+    budget: Arc<WindowBudget>,
     cancel: CancellationToken,
     me: Weak<Registry>,
 }
@@ -114,6 +138,7 @@ impl Registry {
     pub fn new(
         upstream: Arc<UpstreamConfig>,
         linger: Duration,
+        resume: &crate::config::ResumeSection,
         cancel: CancellationToken,
     ) -> Arc<Self> {
         Arc::new_cyclic(|me| Registry {
@@ -121,6 +146,8 @@ impl Registry {
             worked: Mutex::new(Instant::now()),
             upstream,
             linger,
+            window: resume.limits(),
+            budget: WindowBudget::new(resume.node_max_bytes),
             cancel,
             me: me.clone(),
         })
@@ -137,7 +164,7 @@ impl Registry {
             *self.lock_worked() = Instant::now();
         }
         customers.entry(customer).or_insert_with(|| {
-            let hub = Arc::new(Hub::new(customer));
+            let hub = Arc::new(Hub::with_window(customer, self.window, self.budget.clone()));
             let sink = Arc::new(HubSink(hub.clone()));
             let upstream = Upstream::spawn(customer, self.upstream.clone(), sink, &self.cancel);
             metrics::gauge!("fanout_customers").increment(1.0);
@@ -238,8 +265,16 @@ impl Registry {
                     .iter()
                     .map(|p| p.as_str().to_owned())
                     .collect(),
+                covered: e.hub.covered_patterns(),
+                window_events: e.hub.window_stats().entries,
+                window_bytes: e.hub.window_stats().bytes,
             })
             .collect()
+    }
+
+    /// The bytes all customers' windows keep.
+    pub fn window_bytes(&self) -> usize {
+        self.budget.used()
     }
 
     /// Closes every upstream now.
@@ -285,11 +320,64 @@ impl Directory for Registry {
     }
 
     fn detach(&self, session: &Subscriber, patterns: &[Pattern]) {
-        for pattern in patterns {
-            self.unsubscribe(session, pattern);
+        let own = session.0.customer_id();
+        let mut lingering: Vec<(Upstream, Pattern)> = Vec::new();
+        {
+            let mut customers = self.lock();
+            for pattern in patterns {
+                let customer = Self::hub_customer(session, pattern);
+                if let Some(entry) = customers.get_mut(&customer)
+                    && entry.hub.remove(pattern, session)
+                {
+                    lingering.push((entry.upstream.clone(), upstream_pattern(pattern, customer)));
+                }
+                if customer != own {
+                    self.release(&mut customers, customer);
+                }
+            }
+            self.release(&mut customers, own);
         }
-        let mut customers = self.lock();
-        self.release(&mut customers, session.0.customer_id());
+        if lingering.is_empty() {
+            return;
+        }
+        // The upstream keeps them for the linger time: the browser may be back at once.
+        let linger = self.linger;
+        let cancel = self.cancel.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(linger) => {}
+            }
+            for (upstream, pattern) in lingering {
+                upstream.remove(&pattern);
+            }
+        });
+    }
+
+    fn resume(&self, session: &Subscriber, patterns: &[Pattern], held: &[Pattern], since: Cursor) {
+        let customer = patterns
+            .first()
+            .map_or(session.0.customer_id(), |p| Self::hub_customer(session, p));
+        let (hub, upstream) = {
+            let mut customers = self.lock();
+            let entry = self.entry(&mut customers, customer);
+            if customer != session.0.customer_id() {
+                entry.users += patterns.len();
+            }
+            (entry.hub.clone(), entry.upstream.clone())
+        };
+        // The replay is made under the hub's stream lock only, not the registry's.
+        let (inserted, answer) = hub.resume(session, patterns, held, since, |p| {
+            upstream_pattern(p, customer)
+        });
+        for (pattern, inserted) in patterns.iter().zip(inserted) {
+            if inserted {
+                upstream.add(&upstream_pattern(pattern, customer));
+            }
+        }
+        metrics::counter!("fanout_resumes_total", "recovered" => if answer.recovered { "true" } else { "false" })
+            .increment(1);
+        metrics::counter!("fanout_resume_replayed_total").increment(answer.replayed as u64);
     }
 }
 

@@ -24,7 +24,11 @@ use crate::registry::Registry;
 
 type Answer = Response<Full<Bytes>>;
 
-fn text(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Answer {
+pub(crate) fn text(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Answer {
     let mut response = Response::new(Full::new(body.into()));
     *response.status_mut() = status;
     response
@@ -62,7 +66,7 @@ async fn serve_connection<F, Fut>(
 }
 
 /// Accepts admin connections until `stop`, serving each over HTTP/1.1.
-async fn accept_loop<F, Fut>(
+pub(crate) async fn accept_loop<F, Fut>(
     listener: TcpListener,
     stop: CancellationToken,
     header_timeout: Duration,
@@ -253,14 +257,17 @@ fn admin(state: &AdminState, req: &Request<Incoming>) -> Answer {
                         "patterns": c.patterns,
                         "upstream": c.upstream.label(),
                         "upstream_patterns": c.upstream_patterns,
+                        "covered": c.covered,
+                        "window_events": c.window_events,
+                        "window_bytes": c.window_bytes,
                     })
                 })
                 .collect();
-            text(
-                StatusCode::OK,
-                "application/json",
-                serde_json::json!({"customers": customers}).to_string(),
-            )
+            let body = serde_json::json!({
+                "customers": customers,
+                "window_bytes": state.registry.window_bytes(),
+            });
+            text(StatusCode::OK, "application/json", body.to_string())
         }
         _ => text(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
     }

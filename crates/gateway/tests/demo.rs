@@ -12,6 +12,7 @@ async fn demo_tokens_receive_the_random_stream() {
         admin_listen: any,
         sim_listen: any,
         event_rate: 200,
+        page_listen: any,
     })
     .await
     .expect("demo starts");
@@ -50,5 +51,63 @@ async fn demo_tokens_receive_the_random_stream() {
             break;
         }
     }
+    demo.shutdown().await;
+}
+
+#[tokio::test]
+async fn demo_page_serves_the_client_its_settings_and_an_upstream_drop() {
+    init_tracing();
+    let any = "127.0.0.1:0".parse().expect("addr");
+    let demo = Demo::start(&DemoOptions {
+        listen: any,
+        admin_listen: any,
+        sim_listen: any,
+        event_rate: 50,
+        page_listen: any,
+    })
+    .await
+    .expect("demo starts");
+    let page = demo.page_addr();
+    let (status, body) = http(page, "GET", "/", None).await;
+    assert_eq!(status, 200);
+    let html = body.as_str().expect("html");
+    assert!(html.contains("import { FanoutClient } from './client.js'"));
+    let (status, body) = http(page, "GET", "/client.js", None).await;
+    assert_eq!(status, 200);
+    assert!(
+        body.as_str()
+            .is_some_and(|js| js.contains("export class FanoutClient"))
+    );
+    let (status, settings) = http(page, "GET", "/demo.json", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        settings["ws_url"],
+        format!("ws://{}/v1.0/ws", demo.gateway.local_addr())
+    );
+    assert_eq!(
+        settings["topics"][0],
+        format!("customer_id:{DEMO_CUSTOMER}")
+    );
+    // The page's token and topics receive events with cursors.
+    let token = settings["token"].as_str().expect("token");
+    let mut client = Client::connect_token(demo.gateway.local_addr(), token).await;
+    let topic = settings["topics"][0].as_str().expect("topic");
+    client.subscribe(&[topic]).await;
+    let event = client.recv_event().await;
+    assert!(event["cursor"].as_str().is_some_and(|c| c.len() > 17));
+    // Dropping the upstream shows as a gap, with its cursor.
+    let (status, body) = http(page, "POST", "/drop-upstream", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["dropped"], 1);
+    loop {
+        let frame = client.recv_json().await;
+        if frame["type"] == "gap" {
+            assert_eq!(frame["reason"], "upstream_reconnect");
+            assert!(frame["cursor"].as_str().is_some());
+            break;
+        }
+        assert!(frame["event_type"].is_string(), "{frame}");
+    }
+    assert_eq!(http(page, "GET", "/nope", None).await.0, 404);
     demo.shutdown().await;
 }

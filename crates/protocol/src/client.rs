@@ -3,6 +3,7 @@
 //! ```json
 //! {"type":"subscribe","topics":["customer_id:<uuid>:call:*"]}
 //! {"type":"unsubscribe","topics":["customer_id:<uuid>:call:*"]}
+//! {"type":"subscribe","topics":["customer_id:<uuid>:call:*"],"since":"<cursor>"}
 //! ```
 //!
 //! [`parse_request`] checks everything that can be checked without knowing who sent the
@@ -12,6 +13,7 @@ use std::fmt;
 
 use serde::Deserialize;
 
+use crate::cursor::Cursor;
 use crate::topic::Pattern;
 
 /// The most topics one message may carry.
@@ -36,6 +38,8 @@ pub struct Request {
     /// Each pattern's text exactly as the client sent it (a pattern keeps its owner in
     /// lower case), for refusals that name topics.
     pub sent: Vec<String>,
+    /// For a subscribe that resumes (protocol.md §1.7): the last cursor the client handled.
+    pub since: Option<Cursor>,
 }
 
 /// Why a request was refused; the `code` of an error frame.
@@ -53,6 +57,8 @@ pub enum ErrorCode {
     TooManyTopics,
     /// The session sends requests faster than allowed.
     RateLimited,
+    /// `since` is not a cursor the gateway gave out, or is used where it cannot apply.
+    InvalidCursor,
 }
 
 impl ErrorCode {
@@ -65,6 +71,7 @@ impl ErrorCode {
             ErrorCode::ForbiddenTopic => "forbidden_topic",
             ErrorCode::TooManyTopics => "too_many_topics",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::InvalidCursor => "invalid_cursor",
         }
     }
 }
@@ -111,6 +118,7 @@ struct Raw {
     #[serde(rename = "type")]
     kind: Option<serde_json::Value>,
     topics: Option<serde_json::Value>,
+    since: Option<serde_json::Value>,
 }
 
 /// Parses one text message from a browser.
@@ -118,7 +126,9 @@ struct Raw {
 /// # Errors
 /// A [`Refusal`] with `invalid_json` (not a JSON object), `unknown_type` (missing or unknown
 /// `type`), `invalid_topic` (no topics, a topic that is not a string or does not parse; all
-/// bad topics are named) or `too_many_topics` (more than [`MAX_TOPICS_PER_MESSAGE`]).
+/// bad topics are named), `too_many_topics` (more than [`MAX_TOPICS_PER_MESSAGE`]) or
+/// `invalid_cursor` (a `since` that is not a cursor string, or on an unsubscribe). A `null`
+/// `since` is no `since`.
 pub fn parse_request(text: &[u8]) -> Result<Request, Refusal> {
     // serde reads a struct from a JSON array too; only an object is a message.
     let is_object = text.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
@@ -165,6 +175,29 @@ pub fn parse_request(text: &[u8]) -> Result<Request, Refusal> {
             format!("a message may carry at most {MAX_TOPICS_PER_MESSAGE} topics"),
         ));
     }
+    let since = match raw.since {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(text)) if action == Action::Subscribe => {
+            Some(Cursor::parse(&text).ok_or_else(|| {
+                Refusal::new(
+                    ErrorCode::InvalidCursor,
+                    "\"since\" is not a cursor this gateway gave out",
+                )
+            })?)
+        }
+        Some(serde_json::Value::String(_)) => {
+            return Err(Refusal::new(
+                ErrorCode::InvalidCursor,
+                "\"since\" applies to subscribe only",
+            ));
+        }
+        Some(_) => {
+            return Err(Refusal::new(
+                ErrorCode::InvalidCursor,
+                "\"since\" must be a cursor string",
+            ));
+        }
+    };
     let mut topics = Vec::with_capacity(items.len());
     let mut sent = Vec::with_capacity(items.len());
     let mut invalid = Vec::new();
@@ -201,6 +234,7 @@ pub fn parse_request(text: &[u8]) -> Result<Request, Refusal> {
         action,
         topics,
         sent,
+        since,
     })
 }
 
@@ -293,6 +327,42 @@ mod tests {
         let list = vec![topic; MAX_TOPICS_PER_MESSAGE + 1].join(",");
         let msg = format!(r#"{{"type":"subscribe","topics":[{list}]}}"#);
         check(&msg, Err((ErrorCode::TooManyTopics, &[])));
+    }
+
+    #[test]
+    fn since_is_a_cursor_on_a_subscribe() {
+        let call = format!("customer_id:{C}:call:*");
+        let with = |since: &str, kind: &str| {
+            format!(r#"{{"type":"{kind}","topics":["{call}"],"since":{since}}}"#)
+        };
+        let request =
+            parse_request(with("\"00000000000000ff-1a\"", "subscribe").as_bytes()).expect("valid");
+        assert_eq!(
+            request.since,
+            Some(Cursor {
+                epoch: 255,
+                offset: 26
+            })
+        );
+        let request = parse_request(with("null", "subscribe").as_bytes()).expect("valid");
+        assert_eq!(request.since, None);
+        for bad in [
+            "\"\"",
+            "\"ff-1\"",
+            "\"00000000000000ff-01\"",
+            "7",
+            "[]",
+            "{}",
+        ] {
+            check(
+                &with(bad, "subscribe"),
+                Err((ErrorCode::InvalidCursor, &[])),
+            );
+        }
+        check(
+            &with("\"00000000000000ff-1\"", "unsubscribe"),
+            Err((ErrorCode::InvalidCursor, &[])),
+        );
     }
 
     #[test]

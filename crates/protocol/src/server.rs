@@ -2,9 +2,10 @@
 //! frames, each encoded as a whole WebSocket text frame, header included.
 //!
 //! ```json
-//! {"event_type":"call_hangup","timestamp":"2026-01-20T10:30:00.000000Z","topic":"customer_id:<uuid>:call:<uuid>","data":{…}}
+//! {"event_type":"call_hangup","timestamp":"2026-01-20T10:30:00.000000Z","topic":"customer_id:<uuid>:call:<uuid>","data":{…},"cursor":"…"}
 //! {"type":"error","code":"forbidden_topic","message":"…","topics":["…"]}
-//! {"type":"gap","reason":"upstream_reconnect","since":"…","until":"…"}
+//! {"type":"gap","reason":"upstream_reconnect","since":"…","until":"…","cursor":"…"}
+//! {"type":"resumed","recovered":true,"cursor":"…"}
 //! ```
 //!
 //! An envelope is built once per (event, topic) and shared by every session it goes to.
@@ -13,6 +14,7 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use crate::client::Refusal;
+use crate::cursor::Cursor;
 use crate::topic::Topic;
 use crate::ws::{self, OpCode};
 
@@ -21,6 +23,8 @@ use crate::ws::{self, OpCode};
 pub struct EnvelopeHead {
     event_type: String,
     timestamp: String,
+    /// `,"cursor":"…"`, or nothing (upstream envelopes carry none).
+    cursor: String,
 }
 
 impl EnvelopeHead {
@@ -29,7 +33,15 @@ impl EnvelopeHead {
         EnvelopeHead {
             event_type: json_string(event_type),
             timestamp: json_string(timestamp),
+            cursor: String::new(),
         }
+    }
+
+    /// The same head with the event's cursor, written after `data`.
+    pub fn with_cursor(mut self, cursor: Cursor) -> Self {
+        // A cursor's text never needs escaping (hex digits and `-`).
+        self.cursor = format!(",\"cursor\":\"{cursor}\"");
+        self
     }
 
     /// Encodes the whole text frame of the envelope for `topic` around the raw JSON `data`.
@@ -51,6 +63,7 @@ impl EnvelopeHead {
             + topic.len()
             + P4.len()
             + data.len()
+            + self.cursor.len()
             + P5.len();
         let mut out = Vec::with_capacity(ws::header_len(len) + len);
         ws::put_header(&mut out, OpCode::Text, len);
@@ -63,6 +76,7 @@ impl EnvelopeHead {
         out.extend_from_slice(topic);
         out.extend_from_slice(P4);
         out.extend_from_slice(data);
+        out.extend_from_slice(self.cursor.as_bytes());
         out.extend_from_slice(P5);
         Bytes::from(out)
     }
@@ -131,14 +145,17 @@ struct GapBody<'a> {
     reason: &'static str,
     since: &'a str,
     until: &'a str,
+    cursor: String,
 }
 
 /// The whole text frame telling a session that events between `since` and `until` may have
-/// been lost: no `event_type`, so no event handler takes it for an event.
+/// been lost: no `event_type`, so no event handler takes it for an event. `cursor` is the
+/// gap's own position in the stream: a client that reloaded its state resumes from it.
 pub fn gap_frame(
     reason: GapReason,
     since: std::time::SystemTime,
     until: std::time::SystemTime,
+    cursor: Cursor,
 ) -> Bytes {
     let since = crate::timestamp::format(since);
     let until = crate::timestamp::format(until);
@@ -147,8 +164,31 @@ pub fn gap_frame(
         reason: reason.as_str(),
         since: &since,
         until: &until,
+        cursor: cursor.to_string(),
     };
     let json = serde_json::to_string(&body).unwrap_or_else(|_| "{\"type\":\"gap\"}".to_owned());
+    ws::encode(OpCode::Text, json.as_bytes())
+}
+
+#[derive(Serialize)]
+struct ResumedBody {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    recovered: bool,
+    cursor: Option<String>,
+}
+
+/// The answer to a subscribe with `since` (protocol.md §1.7). `recovered: true` promises that
+/// every event after the client's cursor that it may see follows, then live events;
+/// `cursor` is the stream's latest position at the seam (`null` before the first event), the
+/// one to resume from next if no event follows.
+pub fn resumed_frame(recovered: bool, cursor: Option<Cursor>) -> Bytes {
+    let body = ResumedBody {
+        kind: "resumed",
+        recovered,
+        cursor: cursor.map(|c| c.to_string()),
+    };
+    let json = serde_json::to_string(&body).unwrap_or_else(|_| "{\"type\":\"resumed\"}".to_owned());
     ws::encode(OpCode::Text, json.as_bytes())
 }
 
@@ -182,9 +222,21 @@ mod tests {
         assert_eq!(value["timestamp"], "2026-01-20T10:30:00.000000Z");
         assert_eq!(value["topic"], topic.as_str());
         assert_eq!(value["data"]["status"], "hangup");
+        assert!(value.get("cursor").is_none());
         // The data bytes are forwarded as they came.
         let text = std::str::from_utf8(&frame[ws::header_len(frame.len() - 4)..]).expect("utf-8");
         assert!(text.ends_with(r#""data":{"id":"a1","status":"hangup","n":[1,2]}}"#));
+        // With a cursor, it comes last, after the untouched data.
+        let cursor = Cursor {
+            epoch: 0xab,
+            offset: 0x1f,
+        };
+        let head = EnvelopeHead::new("call_hangup", "t").with_cursor(cursor);
+        let frame = head.frame(&topic, data);
+        let value = payload(&frame);
+        assert_eq!(value["cursor"], "00000000000000ab-1f");
+        assert_eq!(value["data"]["n"][1], 2);
+        assert_eq!(value["topic"], topic.as_str());
     }
 
     #[test]
@@ -201,10 +253,35 @@ mod tests {
         use std::time::{Duration, UNIX_EPOCH};
         let since = UNIX_EPOCH + Duration::from_secs(1_768_905_000);
         let until = since + Duration::from_millis(1500);
-        let value = payload(&gap_frame(GapReason::UpstreamReconnect, since, until));
+        let cursor = Cursor {
+            epoch: 1,
+            offset: 2,
+        };
+        let value = payload(&gap_frame(
+            GapReason::UpstreamReconnect,
+            since,
+            until,
+            cursor,
+        ));
         assert_eq!(
             value,
-            serde_json::json!({"type":"gap","reason":"upstream_reconnect","since":"2026-01-20T10:30:00.000000Z","until":"2026-01-20T10:30:01.500000Z"})
+            serde_json::json!({"type":"gap","reason":"upstream_reconnect","since":"2026-01-20T10:30:00.000000Z","until":"2026-01-20T10:30:01.500000Z","cursor":"0000000000000001-2"})
+        );
+    }
+
+    #[test]
+    fn resumed_frame_says_whether_anything_may_be_missing() {
+        let cursor = Cursor {
+            epoch: 0xff,
+            offset: 0,
+        };
+        assert_eq!(
+            payload(&resumed_frame(true, Some(cursor))),
+            serde_json::json!({"type":"resumed","recovered":true,"cursor":"00000000000000ff-0"})
+        );
+        assert_eq!(
+            payload(&resumed_frame(false, None)),
+            serde_json::json!({"type":"resumed","recovered":false,"cursor":null})
         );
     }
 

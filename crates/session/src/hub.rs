@@ -1,18 +1,36 @@
-//! The per-customer fan-out: the index of a customer's session patterns, and publishing an
-//! upstream event to every session that may see it.
+//! The per-customer fan-out: the index of a customer's session patterns, publishing an
+//! upstream event to every session that may see it, and the customer's stream for resumes
+//! (protocol.md §1.7).
+//!
+//! The stream lock orders three things: publishing (each event takes the next cursor, is
+//! fanned out and kept in the window), gaps, and resumes. A resume judges the window, queues
+//! its answer and replay, and enters the trie while holding it, so the first live event it
+//! gets is the one after the last it was replayed: nothing lost or repeated at the seam. The
+//! lock is one customer's, taken once per event by that customer's one upstream reader, so it
+//! is contended only by that customer's resumes.
+//!
+//! What `recovered` rests on, besides the window: the upstream patterns that a resume's
+//! patterns need must have been *covered* (subscribed, and the subscription known applied by
+//! VoIPBIN, see `fanout_upstream`) since no later than the client's cursor, without a break.
 
+use std::cell::OnceCell;
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use fanout_protocol::Pattern;
-use fanout_protocol::server::EnvelopeHead;
+use fanout_protocol::cursor::Cursor;
+use fanout_protocol::server::{EnvelopeHead, GapReason, gap_frame, resumed_frame};
 use fanout_protocol::upstream::Event;
 use fanout_topic_trie::Trie;
 use uuid::Uuid;
 
+use crate::queue::Push;
 use crate::session::SessionHandle;
+use crate::window::{Gap, Resume, Window, WindowLimits};
 
 /// A session as the index holds it: compared and hashed by session id.
 #[derive(Debug, Clone)]
@@ -49,14 +67,143 @@ pub struct Published {
     pub encoded: usize,
 }
 
-/// One customer's sessions, indexed by pattern.
+/// The bytes every window of the node may keep together; past it, the window that grows
+/// forgets its own oldest entries.
+#[derive(Debug)]
+pub struct WindowBudget {
+    max_bytes: usize,
+    used: AtomicUsize,
+    gauge: metrics::Gauge,
+}
+
+impl WindowBudget {
+    /// A budget of `max_bytes` for all windows together.
+    pub fn new(max_bytes: usize) -> Arc<Self> {
+        Arc::new(WindowBudget {
+            max_bytes,
+            used: AtomicUsize::new(0),
+            gauge: metrics::gauge!("fanout_resume_window_bytes"),
+        })
+    }
+
+    /// The bytes all windows keep now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    fn change(&self, before: usize, after: usize) {
+        let used = if after >= before {
+            self.used.fetch_add(after - before, Ordering::Relaxed) + (after - before)
+        } else {
+            self.used.fetch_sub(before - after, Ordering::Relaxed) - (before - after)
+        };
+        self.gauge.set(used as f64);
+    }
+
+    fn over(&self) -> bool {
+        self.used() > self.max_bytes
+    }
+}
+
+/// An event as the window keeps it: the event, its head (cursor included) and the frames
+/// made so far, one per topic, shared with every session they went to.
+struct Stored {
+    event: Event,
+    head: EnvelopeHead,
+    frames: [OnceCell<Bytes>; MAX_SHARED_FRAMES],
+}
+
+/// Events have at most five topics; a longer list is encoded per use past these.
+const MAX_SHARED_FRAMES: usize = 5;
+
+/// What a kept event costs besides its data and frames (head, topics, bookkeeping).
+const STORED_OVERHEAD: usize = 320;
+
+impl Stored {
+    /// The frame for topic `index`, and the bytes newly made for it.
+    fn frame(&self, index: usize) -> (Bytes, usize) {
+        let encode = || self.head.frame(&self.event.topics[index], &self.event.data);
+        match self.frames.get(index) {
+            Some(cell) => match cell.get() {
+                Some(frame) => (frame.clone(), 0),
+                None => {
+                    let frame = cell.get_or_init(encode).clone();
+                    let len = frame.len();
+                    (frame, len)
+                }
+            },
+            None => (encode(), 0),
+        }
+    }
+
+    fn size(&self) -> usize {
+        let topics: usize = self.event.topics.iter().map(|t| t.as_str().len()).sum();
+        let frames: usize = self
+            .frames
+            .iter()
+            .filter_map(|f| f.get().map(Bytes::len))
+            .sum();
+        STORED_OVERHEAD + self.event.data.len() + topics + self.event.event_type.len() + frames
+    }
+}
+
+/// Whether every topic that `narrow` matches, `wide` matches too: same scope and owner, and
+/// each of `wide`'s segments a `*` or the same as `narrow`'s (a shorter pattern matches
+/// everything below it).
+fn selects_all_of(wide: &Pattern, narrow: &Pattern) -> bool {
+    wide.scope() == narrow.scope()
+        && wide.owner() == narrow.owner()
+        && wide.segment_count() <= narrow.segment_count()
+        && wide
+            .rest()
+            .zip(narrow.rest())
+            .all(|(w, n)| w == fanout_protocol::topic::WILDCARD || w == n)
+}
+
+/// A customer's stream: the window, and since when each upstream pattern is covered.
+struct Stream {
+    window: Window<Stored>,
+    /// Upstream pattern → the offset from which every event it matches is in the stream.
+    covered: HashMap<Pattern, u64>,
+}
+
+/// What a resume answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resumed {
+    /// Whether nothing after the client's cursor can be missing.
+    pub recovered: bool,
+    /// Events replayed.
+    pub replayed: usize,
+    /// Gaps told.
+    pub gaps: usize,
+}
+
+/// A window's size now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WindowStats {
+    /// Events and gaps kept.
+    pub entries: usize,
+    /// Their bytes.
+    pub bytes: usize,
+}
+
+/// One customer's sessions, indexed by pattern, and its recent stream.
 pub struct Hub {
     customer_id: Uuid,
     trie: Trie<Subscriber>,
+    stream: Mutex<Stream>,
+    budget: Arc<WindowBudget>,
     // Metric handles, registered once: the publish path does no registry lookups.
     events_in: metrics::Counter,
     deliveries: metrics::Counter,
     fanout_seconds: metrics::Histogram,
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        let bytes = self.lock_stream().window.bytes();
+        self.budget.change(bytes, 0);
+    }
 }
 
 impl std::fmt::Debug for Hub {
@@ -68,14 +215,86 @@ impl std::fmt::Debug for Hub {
 }
 
 impl Hub {
-    /// An empty hub for `customer_id`.
+    /// An empty hub for `customer_id`, its window at the default limits and a budget of its
+    /// own.
     pub fn new(customer_id: Uuid) -> Self {
+        let limits = WindowLimits::default();
+        Hub::with_window(customer_id, limits, WindowBudget::new(limits.max_bytes))
+    }
+
+    /// An empty hub whose window keeps what `limits` say, within the node's `budget`. Its
+    /// epoch is random: cursors of an earlier hub of the customer are never taken for its own.
+    pub fn with_window(customer_id: Uuid, limits: WindowLimits, budget: Arc<WindowBudget>) -> Self {
         Hub {
             customer_id,
             trie: Trie::new(),
+            stream: Mutex::new(Stream {
+                window: Window::new(rand::random(), limits),
+                covered: HashMap::new(),
+            }),
+            budget,
             events_in: metrics::counter!("fanout_events_in_total"),
             deliveries: metrics::counter!("fanout_deliveries_total"),
             fanout_seconds: metrics::histogram!("fanout_fanout_seconds"),
+        }
+    }
+
+    fn lock_stream(&self) -> MutexGuard<'_, Stream> {
+        // The stream stays consistent even if a holder panicked.
+        self.stream.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Forgets past the limits and the node's budget; keeps the budget's count.
+    fn settle(&self, stream: &mut Stream, before: usize, now: tokio::time::Instant) {
+        stream.window.forget(now);
+        self.budget.change(before, stream.window.bytes());
+        while self.budget.over() && !stream.window.is_empty() {
+            let before = stream.window.bytes();
+            stream.window.forget_oldest();
+            self.budget.change(before, stream.window.bytes());
+        }
+    }
+
+    /// The window's size now.
+    pub fn window_stats(&self) -> WindowStats {
+        let stream = self.lock_stream();
+        WindowStats {
+            entries: stream.window.len(),
+            bytes: stream.window.bytes(),
+        }
+    }
+
+    /// The cursor of the latest event or gap, if any.
+    pub fn latest(&self) -> Option<Cursor> {
+        self.lock_stream().window.latest()
+    }
+
+    /// The upstream now delivers every event that `patterns` match (in order with events).
+    pub fn covered(&self, patterns: &[Pattern]) {
+        let mut stream = self.lock_stream();
+        let from = stream.window.next_cursor().offset;
+        for pattern in patterns {
+            stream.covered.entry(pattern.clone()).or_insert(from);
+        }
+    }
+
+    /// The upstream patterns covered now (see [`Hub::covered`]), sorted.
+    pub fn covered_patterns(&self) -> Vec<String> {
+        let mut covered: Vec<String> = self
+            .lock_stream()
+            .covered
+            .keys()
+            .map(|p| p.as_str().to_owned())
+            .collect();
+        covered.sort();
+        covered
+    }
+
+    /// Events that `patterns` match may no longer arrive.
+    pub fn uncovered(&self, patterns: &[Pattern]) {
+        let mut stream = self.lock_stream();
+        for pattern in patterns {
+            stream.covered.remove(pattern);
         }
     }
 
@@ -109,24 +328,39 @@ impl Hub {
         self.trie.is_empty()
     }
 
-    /// Queues `frame` (a gap, made once) to every session holding a pattern here, once each,
-    /// in order with the events: a session learns of a loss before the first event after it.
-    /// Answers how many sessions it was queued to. Never waits, like [`Hub::publish`].
-    pub fn publish_to_all(&self, frame: &Bytes) -> usize {
+    /// Records a loss in the window and queues its gap frame (made once, with the gap's
+    /// cursor) to every session holding a pattern here, once each, in order with the
+    /// events: a session learns of a loss before the first event after it. Answers how many
+    /// sessions it was queued to. Never waits, like [`Hub::publish`].
+    pub fn publish_gap(&self, reason: GapReason, since: SystemTime, until: SystemTime) -> usize {
+        let now = tokio::time::Instant::now();
+        let mut stream = self.lock_stream();
+        let before = stream.window.bytes();
+        let cursor = stream.window.push_gap(
+            Gap {
+                reason,
+                since,
+                until,
+            },
+            now,
+        );
+        let frame = gap_frame(reason, since, until, cursor);
         let mut delivered = 0;
         self.trie.for_each_subscriber(|subscriber| {
             if subscriber.0.offer(frame.clone()) {
                 delivered += 1;
             }
         });
+        self.settle(&mut stream, before, now);
         delivered
     }
 
-    /// Queues `event` to every session with a matching pattern, once each, under the first of
-    /// the event's topics it matched. Each topic's envelope is encoded at most once and shared.
+    /// Gives `event` the next cursor, queues it to every session with a matching pattern,
+    /// once each, under the first of the event's topics it matched, and keeps it in the
+    /// window. Each topic's envelope is encoded at most once and shared, with the window too.
     ///
     /// Never waits: a session whose queue is full is closed with 1013 instead.
-    pub fn publish(&self, event: &Event) -> Published {
+    pub fn publish(&self, event: Event) -> Published {
         let started = Instant::now();
         let mut published = Published::default();
         if event.customer_id != self.customer_id {
@@ -135,33 +369,156 @@ impl Hub {
                 .increment(1);
             return published;
         }
-        // The head is made on the first match only: an event nobody here subscribed to costs
-        // no encoding. Then one frame per topic, made on first use and shared (events have at
-        // most five topics; a longer list is encoded per use past the slots).
-        let mut head: Option<EnvelopeHead> = None;
-        let mut encode = |index: usize| {
-            published.encoded += 1;
-            head.get_or_insert_with(|| EnvelopeHead::new(&event.event_type, &event.timestamp))
-                .frame(&event.topics[index], &event.data)
+        let now = tokio::time::Instant::now();
+        let mut stream = self.lock_stream();
+        let cursor = stream.window.next_cursor();
+        let head = EnvelopeHead::new(&event.event_type, &event.timestamp).with_cursor(cursor);
+        let stored = Stored {
+            event,
+            head,
+            frames: Default::default(),
         };
-        let mut frames: [Option<Bytes>; 5] = Default::default();
+        // One frame per topic, made on first use and shared: an event nobody here subscribed
+        // to costs no encoding until a resume wants it.
         let (mut delivered, mut overflowed) = (0, 0);
-        self.trie.match_topics(&event.topics, |subscriber, index| {
-            let frame = match frames.get_mut(index) {
-                Some(slot) => slot.get_or_insert_with(|| encode(index)).clone(),
-                None => encode(index),
-            };
-            if subscriber.0.offer(frame) {
-                delivered += 1;
-            } else {
-                overflowed += 1;
-            }
-        });
+        self.trie
+            .match_topics(&stored.event.topics, |subscriber, index| {
+                let (frame, made) = stored.frame(index);
+                if made > 0 || index >= MAX_SHARED_FRAMES {
+                    published.encoded += 1;
+                }
+                if subscriber.0.offer(frame) {
+                    delivered += 1;
+                } else {
+                    overflowed += 1;
+                }
+            });
+        let before = stream.window.bytes();
+        let size = stored.size();
+        stream.window.push_event(stored, size, now);
+        self.settle(&mut stream, before, now);
+        drop(stream);
         published.delivered = delivered;
         published.overflowed = overflowed;
         self.events_in.increment(1);
         self.deliveries.increment(published.delivered as u64);
         self.fanout_seconds.record(started.elapsed().as_secs_f64());
         published
+    }
+
+    /// Subscribes `session` to `patterns` (permitted, none held yet) resuming from `since`:
+    /// queues `resumed`, then (recovered) every event after `since` that the patterns match
+    /// and `held` (the session's other patterns, whose events it had live) does not, or (not
+    /// recovered) the gaps known after `since` first; all before any live event of the
+    /// patterns. `upstream_of` names the upstream pattern each pattern needs. Answers which
+    /// patterns were new to the trie, and what was answered.
+    pub fn resume(
+        &self,
+        session: &Subscriber,
+        patterns: &[Pattern],
+        held: &[Pattern],
+        since: Cursor,
+        upstream_of: impl Fn(&Pattern) -> Pattern,
+    ) -> (Vec<bool>, Resumed) {
+        let now = tokio::time::Instant::now();
+        let mut stream = self.lock_stream();
+        let before = stream.window.bytes();
+        stream.window.forget(now);
+        let inserted: Vec<bool> = patterns
+            .iter()
+            .map(|pattern| self.trie.insert(pattern, session.clone()))
+            .collect();
+        let latest = stream.window.latest();
+        // Every pattern's upstream subscription, or one that selects all it selects, applied
+        // since no later than the cursor.
+        let covered = patterns.iter().all(|pattern| {
+            let needed = upstream_of(pattern);
+            stream
+                .covered
+                .iter()
+                .any(|(held, from)| *from <= since.offset && selects_all_of(held, &needed))
+        });
+        let mut answer = Resumed {
+            recovered: false,
+            replayed: 0,
+            gaps: 0,
+        };
+        let mut grown: Vec<(Cursor, usize)> = Vec::new();
+        match stream.window.resume(since) {
+            Resume::Recovered(events) if covered => {
+                let mut replay = Vec::new();
+                for (cursor, stored) in events {
+                    let topics = &stored.event.topics;
+                    if held.iter().any(|p| topics.iter().any(|t| p.matches(t))) {
+                        continue;
+                    }
+                    let first = topics
+                        .iter()
+                        .position(|t| patterns.iter().any(|p| p.matches(t)));
+                    if let Some(index) = first {
+                        let (frame, made) = stored.frame(index);
+                        if made > 0 {
+                            grown.push((cursor, made));
+                        }
+                        replay.push(frame);
+                    }
+                }
+                answer.recovered = true;
+                answer.replayed = replay.len();
+                session.0.send_control(resumed_frame(true, latest));
+                if session.0.queue().push_replay(replay) == Push::Full {
+                    session.0.offer_failed();
+                }
+            }
+            Resume::Recovered(_) => {
+                session.0.send_control(resumed_frame(false, latest));
+            }
+            Resume::Lost(gaps) => {
+                // The gaps first, the answer last: a client that stores every cursor it is
+                // given ends on the latest.
+                let frames: Vec<Bytes> = gaps
+                    .iter()
+                    .map(|(cursor, gap)| gap_frame(gap.reason, gap.since, gap.until, *cursor))
+                    .collect();
+                answer.gaps = frames.len();
+                if session.0.queue().push_replay(frames) == Push::Full {
+                    session.0.offer_failed();
+                }
+                session.0.send_control(resumed_frame(false, latest));
+            }
+        }
+        for (cursor, extra) in grown {
+            stream.window.grow(cursor, extra);
+        }
+        self.settle(&mut stream, before, now);
+        (inserted, answer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const C: &str = "12345678-1234-1234-1234-123456789012";
+
+    fn p(rest: &str) -> Pattern {
+        Pattern::parse(&format!("customer_id:{C}{rest}")).expect("valid pattern")
+    }
+
+    #[test]
+    fn wider_patterns_select_all_of_narrower_ones() {
+        assert!(selects_all_of(&p(""), &p(":call:*")));
+        assert!(selects_all_of(&p(":call:*"), &p(":call:k1")));
+        assert!(selects_all_of(&p(":call"), &p(":call:*")));
+        assert!(selects_all_of(&p(":*"), &p(":call")));
+        assert!(selects_all_of(&p(":call"), &p(":call")));
+        assert!(!selects_all_of(&p(":call"), &p(":*")));
+        assert!(!selects_all_of(&p(":call:k1"), &p(":call")));
+        assert!(!selects_all_of(&p(":queue"), &p(":queuecall")));
+        let other = Pattern::parse("customer_id:98765432-4321-4321-4321-210987654321")
+            .expect("valid pattern");
+        assert!(!selects_all_of(&other, &p(":call")));
+        let agent = Pattern::parse(&format!("agent_id:{C}:call")).expect("valid pattern");
+        assert!(!selects_all_of(&agent, &p(":call")));
     }
 }

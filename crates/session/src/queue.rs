@@ -5,6 +5,11 @@
 //! system calls as it can. The queue is bounded in frames and in bytes; a push that would
 //! overflow it fails, and the caller closes the session as too slow.
 //!
+//! A resume's replay ([`Queue::push_replay`]) is queued whole beyond the limits, since its
+//! frames are the window's own (shared, already counted there); live events still get the
+//! whole limit on top of it. One replay at a time: a second one before the writer took the
+//! first counts against the limits.
+//!
 //! An idle queue that never carried an event holds no allocation; once it has, its deque and
 //! the writer's swap buffers rather than allocating per batch.
 
@@ -45,6 +50,9 @@ struct State {
     frames: VecDeque<Bytes>,
     bytes: usize,
     close: Option<Bytes>,
+    /// Frames and bytes of a replay not yet taken, allowed beyond the limits.
+    replay_frames: usize,
+    replay_bytes: usize,
     /// The consumer's waker while it is busy writing frames it took earlier (and so not
     /// waiting on `notify`): a close wakes it through this.
     busy: Option<std::task::Waker>,
@@ -80,8 +88,8 @@ impl Queue {
         if state.close.is_some() {
             return Push::Closed;
         }
-        if state.frames.len() >= self.max_frames + headroom
-            || state.bytes + frame.len() > self.max_bytes + headroom * 128
+        if state.frames.len() >= self.max_frames + headroom + state.replay_frames
+            || state.bytes + frame.len() > self.max_bytes + headroom * 128 + state.replay_bytes
         {
             return Push::Full;
         }
@@ -100,6 +108,34 @@ impl Queue {
     /// Queues a control or error frame, which may use a little room beyond the limits.
     pub fn push_control(&self, frame: Bytes) -> Push {
         self.push_with(frame, CONTROL_HEADROOM)
+    }
+
+    /// Queues a resume's replay, all of it or nothing: beyond the limits if no other replay
+    /// is waiting to be taken, else within them.
+    pub fn push_replay(&self, frames: Vec<Bytes>) -> Push {
+        if frames.is_empty() {
+            return Push::Queued;
+        }
+        let mut state = self.lock();
+        if state.close.is_some() {
+            return Push::Closed;
+        }
+        let bytes: usize = frames.iter().map(Bytes::len).sum();
+        if state.replay_frames > 0 {
+            if state.frames.len() + frames.len() > self.max_frames
+                || state.bytes + bytes > self.max_bytes
+            {
+                return Push::Full;
+            }
+        } else {
+            state.replay_frames = frames.len();
+            state.replay_bytes = bytes;
+        }
+        state.bytes += bytes;
+        state.frames.extend(frames);
+        drop(state);
+        self.notify.notify_one();
+        Push::Queued
     }
 
     /// Closes the queue: the writer writes what is queued (or nothing, with `discard`), then
@@ -156,6 +192,8 @@ impl Queue {
             out.clear();
             std::mem::swap(&mut state.frames, out);
             state.bytes = 0;
+            state.replay_frames = 0;
+            state.replay_bytes = 0;
             return Taken::Frames;
         }
         match &state.close {
@@ -199,6 +237,25 @@ mod tests {
         assert_eq!(take(&queue), (Taken::Frames, vec![10, 10, 10, 2]));
         assert_eq!(queue.push(frame(101)), Push::Full);
         assert_eq!(queue.push(frame(100)), Push::Queued);
+    }
+
+    #[test]
+    fn a_replay_goes_beyond_the_limits_once() {
+        let queue = Queue::new(2, 100);
+        assert_eq!(queue.push(frame(10)), Push::Queued);
+        assert_eq!(queue.push_replay(vec![frame(40); 5]), Push::Queued);
+        // Live events still get the whole limit on top of the replay.
+        assert_eq!(queue.push(frame(10)), Push::Queued);
+        assert_eq!(queue.push(frame(10)), Push::Full);
+        // A second replay before the first was taken counts against the limits.
+        assert_eq!(queue.push_replay(vec![frame(1)]), Push::Full);
+        assert_eq!(take(&queue).1.len(), 7);
+        // Taken: the limits are the plain ones again.
+        assert_eq!(queue.push(frame(10)), Push::Queued);
+        assert_eq!(queue.push(frame(10)), Push::Queued);
+        assert_eq!(queue.push(frame(10)), Push::Full);
+        queue.close(frame(2), false);
+        assert_eq!(queue.push_replay(vec![frame(1)]), Push::Closed);
     }
 
     #[test]

@@ -117,6 +117,25 @@ impl<'a> Requests<'a> {
                         ),
                     ));
                 }
+                if let Some(since) = request.since {
+                    // A cursor is a position in one customer's stream.
+                    let own = self.handle.customer_id();
+                    let hub_of = |p: &Pattern| match p.scope() {
+                        fanout_protocol::Scope::Customer => p.owner(),
+                        fanout_protocol::Scope::Agent => own,
+                    };
+                    let first = new.first().map_or(own, hub_of);
+                    if new.iter().any(|p| hub_of(p) != first) {
+                        return self.refuse(Refusal::new(
+                            ErrorCode::InvalidCursor,
+                            "a subscribe with \"since\" names the topics of one customer only",
+                        ));
+                    }
+                    self.directory
+                        .resume(&self.subscriber, &new, &self.patterns, since);
+                    self.patterns.extend(new);
+                    return None;
+                }
                 for pattern in new {
                     self.directory.subscribe(&self.subscriber, &pattern);
                     self.patterns.push(pattern);

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 use bytes::{Bytes, BytesMut};
 use fanout_auth::Identity;
 use fanout_protocol::Pattern;
+use fanout_protocol::cursor::Cursor;
 use fanout_protocol::ws::{self, Decoder, OpCode, Role};
 use tokio::io::{Interest, Ready};
 use tokio::net::TcpStream;
@@ -33,6 +34,19 @@ pub trait Directory: Send + Sync + 'static {
     fn unsubscribe(&self, session: &Subscriber, pattern: &Pattern);
     /// The session ended while holding `patterns`.
     fn detach(&self, session: &Subscriber, patterns: &[Pattern]);
+    /// The session subscribed to `patterns` (permitted, not yet held, all served by one
+    /// customer's hub) resuming from `since`, while holding `held`: answer with `resumed`
+    /// and the replay before any live event of them (protocol.md §1.7). Without a stream
+    /// to judge, it subscribes them and answers `recovered: false`.
+    fn resume(&self, session: &Subscriber, patterns: &[Pattern], held: &[Pattern], since: Cursor) {
+        let _ = (held, since);
+        for pattern in patterns {
+            self.subscribe(session, pattern);
+        }
+        session
+            .0
+            .send_control(fanout_protocol::server::resumed_frame(false, None));
+    }
 }
 
 /// Why a session's queue was closed from outside the session.
@@ -77,16 +91,22 @@ impl SessionHandle {
             Push::Queued => true,
             Push::Closed => false,
             Push::Full => {
-                if self
-                    .closed_by
-                    .compare_exchange(0, CLOSED_SLOW, Ordering::Relaxed, Ordering::Relaxed)
-                    .is_ok()
-                {
-                    metrics::counter!("fanout_slow_consumers_total").increment(1);
-                    self.close(&CloseReason::SlowConsumer, true);
-                }
+                self.offer_failed();
                 false
             }
+        }
+    }
+
+    /// The queue had no room for an event: closes the session with 1013, dropping what it
+    /// had queued.
+    pub(crate) fn offer_failed(&self) {
+        if self
+            .closed_by
+            .compare_exchange(0, CLOSED_SLOW, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            metrics::counter!("fanout_slow_consumers_total").increment(1);
+            self.close(&CloseReason::SlowConsumer, true);
         }
     }
 

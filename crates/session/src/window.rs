@@ -18,6 +18,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, SystemTime};
 
 use fanout_protocol::cursor::Cursor;
+use fanout_protocol::server::GapReason;
 use tokio::time::Instant;
 
 /// How much a window keeps.
@@ -44,6 +45,8 @@ impl Default for WindowLimits {
 /// A loss the window knows of: events between `since` and `until` may never have arrived.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Gap {
+    /// Why.
+    pub reason: GapReason,
     /// Since when events may be missing.
     pub since: SystemTime,
     /// Until when.
@@ -111,6 +114,11 @@ impl<E> Window<E> {
         self.next.checked_sub(1).map(|offset| self.cursor(offset))
     }
 
+    /// The cursor the next entry will get.
+    pub fn next_cursor(&self) -> Cursor {
+        self.cursor(self.next)
+    }
+
     fn cursor(&self, offset: u64) -> Cursor {
         Cursor {
             epoch: self.epoch,
@@ -158,6 +166,26 @@ impl<E> Window<E> {
             }
             self.bytes -= oldest.size;
             self.slots.pop_front();
+        }
+    }
+
+    /// Forgets the oldest entry, if any (to keep a budget shared by many windows).
+    pub fn forget_oldest(&mut self) {
+        if let Some(oldest) = self.slots.pop_front() {
+            self.bytes -= oldest.size;
+        }
+    }
+
+    /// Counts `extra` more bytes for the entry at `cursor` (its item grew), if it is kept.
+    /// The limits apply from the next push or [`Window::forget`].
+    pub fn grow(&mut self, cursor: Cursor, extra: usize) {
+        if cursor.epoch != self.epoch || cursor.offset < self.first() {
+            return;
+        }
+        let index = usize::try_from(cursor.offset - self.first()).unwrap_or(usize::MAX);
+        if let Some(slot) = self.slots.get_mut(index) {
+            slot.size += extra;
+            self.bytes += extra;
         }
     }
 

@@ -12,8 +12,16 @@
 //! While connected, the task keeps the connection subscribed to exactly the patterns its
 //! users currently need, sending only the difference when they change and the whole set
 //! after every reconnect (VoIPBIN forgets subscriptions when a connection drops).
+//!
+//! VoIPBIN does not acknowledge a subscribe. Each batch of subscribes is followed by a ping
+//! whose payload numbers it: VoIPBIN reads a connection's messages in order, so its pong
+//! proves the subscribes before it were applied, and every event after the pong that they
+//! match is delivered. The sink hears of it ([`EventSink::covered`]) in stream order, which
+//! is what lets a resume prove that nothing was missed (protocol.md §1.7). After a reconnect
+//! the gap is told at that same point, with the events that arrived before it held back until
+//! then, so sessions hear of the loss before any event after it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
@@ -42,6 +50,18 @@ pub trait EventSink: Send + Sync + 'static {
     /// connection is subscribed and before any of its events is published; must not block.
     fn gap(&self, since: SystemTime, until: SystemTime) {
         let _ = (since, until);
+    }
+
+    /// VoIPBIN has applied the subscriptions to `patterns`: every later event they match
+    /// is published. Called from the reader, in order with the events; must not block.
+    fn covered(&self, patterns: &[Pattern]) {
+        let _ = patterns;
+    }
+
+    /// Events that `patterns` match may no longer arrive: they are being unsubscribed, or the
+    /// connection ended. Called before the unsubscribe is sent; must not block.
+    fn uncovered(&self, patterns: &[Pattern]) {
+        let _ = patterns;
     }
 }
 
@@ -329,10 +349,37 @@ fn request_json(kind: &str, topics: &[&Pattern]) -> String {
     serde_json::json!({"type": kind, "topics": topics}).to_string()
 }
 
-/// Writes the subscription changes that bring `sent` to `wanted`.
+/// Subscribe batches whose barrier ping is not answered yet: (its number, the patterns).
+type Barriers = Arc<Mutex<VecDeque<(u64, Vec<Pattern>)>>>;
+
+/// Events held back until the first barrier after a reconnect, so that the gap comes first.
+const MAX_HELD_EVENTS: usize = 4096;
+
+async fn write_within<S>(
+    write: &mut fastwebsockets::WebSocketWrite<S>,
+    config: &UpstreamConfig,
+    frame: Frame<'_>,
+) -> Result<(), Ended>
+where
+    S: tokio::io::AsyncWrite + Unpin,
+{
+    match tokio::time::timeout(config.write_timeout, write.write_frame(frame)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(Ended::Dropped),
+        Err(_) => Err(Ended::Stalled),
+    }
+}
+
+/// Writes the subscription changes that bring `sent` to `wanted`: the sink hears of the
+/// patterns going before their unsubscribe is written, and the subscribes are followed by a
+/// barrier ping (numbered from `next_barrier`) registered in `barriers`.
+#[allow(clippy::too_many_arguments)]
 async fn send_changes<S>(
     write: &mut fastwebsockets::WebSocketWrite<S>,
     config: &UpstreamConfig,
+    sink: &dyn EventSink,
+    barriers: &Barriers,
+    next_barrier: &mut u64,
     sent: &BTreeSet<Pattern>,
     wanted: &BTreeSet<Pattern>,
 ) -> Result<(), Ended>
@@ -341,6 +388,10 @@ where
 {
     let add: Vec<&Pattern> = wanted.difference(sent).collect();
     let gone: Vec<&Pattern> = sent.difference(wanted).collect();
+    if !gone.is_empty() {
+        let gone: Vec<Pattern> = gone.iter().map(|p| (*p).clone()).collect();
+        sink.uncovered(&gone);
+    }
     let mut messages = Vec::new();
     for chunk in add.chunks(MAX_TOPICS_PER_MESSAGE) {
         messages.push(request_json("subscribe", chunk));
@@ -349,12 +400,28 @@ where
         messages.push(request_json("unsubscribe", chunk));
     }
     for message in &messages {
-        let frame = Frame::text(Payload::Borrowed(message.as_bytes()));
-        match tokio::time::timeout(config.write_timeout, write.write_frame(frame)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => return Err(Ended::Dropped),
-            Err(_) => return Err(Ended::Stalled),
-        }
+        write_within(
+            write,
+            config,
+            Frame::text(Payload::Borrowed(message.as_bytes())),
+        )
+        .await?;
+    }
+    // A barrier even for an empty first set: after a reconnect, the gap waits for it.
+    if !add.is_empty() || sent.is_empty() {
+        let number = *next_barrier;
+        *next_barrier += 1;
+        barriers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push_back((number, add.iter().map(|p| (*p).clone()).collect()));
+        let payload = number.to_be_bytes().to_vec();
+        write_within(
+            write,
+            config,
+            Frame::new(true, OpCode::Ping, None, Payload::Owned(payload)),
+        )
+        .await?;
     }
     Ok(())
 }
@@ -379,18 +446,25 @@ async fn connected(
     let last_heard = |last_seen: &AtomicU64| {
         started_wall + Duration::from_millis(last_seen.load(Ordering::Relaxed))
     };
-    // The whole set first, before anything is read: events arrive only for what was
-    // subscribed, so the sink hears of the gap before any event of the new connection.
+    // The whole set first, before anything is read, then its barrier: the gap (if any) is
+    // told when the barrier is answered, and events before it are held back until then.
+    let barriers: Barriers = Arc::default();
+    let mut next_barrier = 0;
     let mut sent: BTreeSet<Pattern> = shared.wanted().keys().cloned().collect();
-    if let Err(ended) = send_changes(&mut write, config, &BTreeSet::new(), &sent).await {
+    if let Err(ended) = send_changes(
+        &mut write,
+        config,
+        sink.as_ref(),
+        &barriers,
+        &mut next_barrier,
+        &BTreeSet::new(),
+        &sent,
+    )
+    .await
+    {
         return (ended, missed_since.unwrap_or(started_wall));
     }
-    if let Some(since) = missed_since {
-        let until = SystemTime::now();
-        metrics::counter!("fanout_upstream_gaps_total").increment(1);
-        tracing::info!(customer_id = %shared.customer_id, missed_ms = until.duration_since(since).unwrap_or_default().as_millis() as u64, "Upstream recovered; sessions told of the gap");
-        sink.gap(since, until);
-    }
+    let first_barrier_at = Instant::now();
     let last_seen = Arc::new(AtomicU64::new(0));
     // Frames heard on this connection: a ping is answered once the count passes what it was
     // when the ping went out (pongs come back as frames, events count too).
@@ -405,10 +479,19 @@ async fn connected(
         metrics::counter!("fanout_upstream_events_total", "shape" => "bare"),
     ];
     let undecodable = metrics::counter!("fanout_events_dropped_total", "reason" => "undecodable");
+    // Set by the reader once the first barrier is answered.
+    let first_barrier_passed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut reader = tokio::spawn({
         let last_seen = last_seen.clone();
         let frames_heard = frames_heard.clone();
         let bare = bare.clone();
+        let barriers = barriers.clone();
+        let first_barrier_passed = first_barrier_passed.clone();
+        let sink = sink.clone();
+        let held_dropped =
+            metrics::counter!("fanout_events_dropped_total", "reason" => "inside_gap");
+        let mut held: Option<Vec<Event>> = missed_since.map(|_| Vec::new());
+        let mut missed_since = missed_since;
         async move {
             let mut send = |frame: Frame<'_>| {
                 let owned = (frame.opcode, frame.payload.to_vec());
@@ -451,11 +534,50 @@ async fn connected(
                                     upstream::Shape::Bare => 2,
                                 };
                                 shapes[shape].increment(1);
-                                sink.publish(event);
+                                match held.as_mut() {
+                                    Some(held) if held.len() < MAX_HELD_EVENTS => held.push(event),
+                                    // Past the bound it is inside the gap told later.
+                                    Some(_) => held_dropped.increment(1),
+                                    None => sink.publish(event),
+                                }
                             }
                             Err(error) => {
                                 undecodable.increment(1);
                                 tracing::debug!(%customer_id, %error, "Upstream frame dropped");
+                            }
+                        }
+                    }
+                    OpCode::Pong => {
+                        let Ok(number) = <[u8; 8]>::try_from(&frame.payload[..]) else {
+                            continue;
+                        };
+                        let number = u64::from_be_bytes(number);
+                        loop {
+                            let passed = {
+                                let mut barriers =
+                                    barriers.lock().unwrap_or_else(|e| e.into_inner());
+                                match barriers.front() {
+                                    Some((n, _)) if *n <= number => barriers.pop_front(),
+                                    _ => None,
+                                }
+                            };
+                            let Some((_, patterns)) = passed else { break };
+                            // Events held back arrived before the subscriptions were known
+                            // applied: inside the gap's interval, before it and the coverage.
+                            for event in held.take().unwrap_or_default() {
+                                sink.publish(event);
+                            }
+                            first_barrier_passed.store(true, Ordering::Relaxed);
+                            if !patterns.is_empty() {
+                                sink.covered(&patterns);
+                            }
+                            // The gap comes at the point from which everything is covered, so
+                            // a client that handled it resumes from its cursor.
+                            if let Some(since) = missed_since.take() {
+                                let until = SystemTime::now();
+                                metrics::counter!("fanout_upstream_gaps_total").increment(1);
+                                tracing::info!(%customer_id, missed_ms = until.duration_since(since).unwrap_or_default().as_millis() as u64, "Upstream recovered; sessions told of the gap");
+                                sink.gap(since, until);
                             }
                         }
                     }
@@ -482,7 +604,17 @@ async fn connected(
         if dirty {
             dirty = false;
             let wanted: BTreeSet<Pattern> = shared.wanted().keys().cloned().collect();
-            if let Err(ended) = send_changes(&mut write, config, &sent, &wanted).await {
+            if let Err(ended) = send_changes(
+                &mut write,
+                config,
+                sink.as_ref(),
+                &barriers,
+                &mut next_barrier,
+                &sent,
+                &wanted,
+            )
+            .await
+            {
                 break ended;
             }
             *bare.lock().unwrap_or_else(|e| e.into_inner()) = bare_resource(&wanted);
@@ -515,6 +647,16 @@ async fn connected(
                     Ok(Ok(())) => {}
                     Ok(Err(_)) => break Ended::Dropped,
                     Err(_) => break Ended::Stalled,
+                }
+            }
+            () = tokio::time::sleep_until(first_barrier_at + config.pong_timeout),
+                if !first_barrier_passed.load(Ordering::Relaxed) =>
+            {
+                // Events may flow, but without the barrier's answer nothing is known to be
+                // subscribed, and a gap would wait for ever.
+                if !first_barrier_passed.load(Ordering::Relaxed) {
+                    metrics::counter!("fanout_upstream_pong_timeouts_total").increment(1);
+                    break Ended::Stalled;
                 }
             }
             () = &mut pong_deadline, if awaiting.is_some() => {
@@ -552,6 +694,10 @@ async fn connected(
         // that the next one will report. (A handle that already answered must not be
         // polled again.)
         let _ = reader.await;
+    }
+    // Nothing of this connection arrives any more.
+    if !sent.is_empty() {
+        sink.uncovered(&sent.iter().cloned().collect::<Vec<_>>());
     }
     (ended, last_heard(&last_seen))
 }

@@ -12,6 +12,7 @@ const EPOCH: u64 = 0x5eed_5eed_5eed_5eed;
 
 fn gap() -> Gap {
     Gap {
+        reason: fanout_protocol::server::GapReason::UpstreamReconnect,
         since: UNIX_EPOCH + Duration::from_secs(1),
         until: UNIX_EPOCH + Duration::from_secs(2),
     }
