@@ -24,7 +24,10 @@ export interface Resumed {
   type: 'resumed';
   /** `false`: the gateway cannot prove nothing was missed; reload state. */
   recovered: boolean;
-  cursor?: string;
+  /** The stream's latest position at the seam; `null` before its first event. */
+  cursor?: string | null;
+  /** Events replayed after this answer (when recovered). */
+  replayed?: number;
 }
 
 /** A request the gateway refused. */

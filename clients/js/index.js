@@ -97,6 +97,11 @@ export class FanoutClient {
     this.timer = null;
     this.openedAt = null;
     this.tokenReason = 'initial';
+    /** Whether the last subscriptions sent carried `since` and are not answered yet. */
+    this.resuming = false;
+    /** Replayed events still to come, and the cursor the replay ends the stream at. */
+    this.replayLeft = 0;
+    this.replayEnd = null;
   }
 
   /** Calls `handler` for `type`: an `event_type`, or `event`, `gap`, `resumed`, `lost`,
@@ -195,6 +200,9 @@ export class FanoutClient {
 
   sendSubscriptions(type, topics, resume) {
     const size = this.options.maxTopicsPerMessage;
+    this.resuming = Boolean(resume && this.cursor);
+    this.replayLeft = 0;
+    this.replayEnd = null;
     for (let i = 0; i < topics.length; i += size) {
       const message = { type, topics: topics.slice(i, i + size) };
       if (resume && this.cursor) message.since = this.cursor;
@@ -223,6 +231,11 @@ export class FanoutClient {
       this.emit('event', message);
       this.emit(message.event_type, message);
       if (typeof message.cursor === 'string') this.cursor = message.cursor;
+      if (this.replayLeft > 0) {
+        this.replayLeft -= 1;
+        // The replay is handled: the seam's cursor covers whatever else the stream had.
+        if (this.replayLeft === 0 && this.replayEnd) this.cursor = this.replayEnd;
+      }
       return;
     }
     switch (message.type) {
@@ -233,16 +246,33 @@ export class FanoutClient {
         break;
       case 'resumed':
         if (message.recovered === true) {
-          // The replay follows; each event moves the cursor as it is handled.
+          // The replay follows; each event moves the cursor as it is handled, and once all
+          // `replayed` of them are, the cursor is the seam's (the stream's latest then).
+          const left = Number.isInteger(message.replayed) ? message.replayed : -1;
+          const end = typeof message.cursor === 'string' ? message.cursor : null;
+          if (left === 0 && end) this.cursor = end;
+          this.replayLeft = left > 0 ? left : 0;
+          this.replayEnd = left > 0 ? end : null;
+          this.resuming = false;
           this.emit('resumed', message);
         } else {
+          // Not recovered: a `null` cursor (a stream with no event yet) keeps the old one, so
+          // the next resume is told `lost` again rather than nothing.
           if (typeof message.cursor === 'string') this.cursor = message.cursor;
+          this.resuming = false;
           this.emit('resumed', message);
           this.emit('lost', message);
         }
         break;
       case 'error':
         this.emit('error', message);
+        if (message.code === 'invalid_cursor' && this.resuming) {
+          // The gateway took none of the resume: subscribe afresh, and say what may be lost.
+          this.resuming = false;
+          this.cursor = null;
+          this.sendSubscriptions('subscribe', [...this.topics], false);
+          this.emit('lost', { type: 'resumed', recovered: false, cursor: null, replayed: 0 });
+        }
         break;
       default:
         break;

@@ -176,6 +176,43 @@ test('reconnect drops the socket and resumes at once from the last cursor', asyn
   await gateway.close();
 });
 
+test('after a recovered replay the cursor is the seam; a refused resume subscribes afresh', async () => {
+  const gateway = await fakeGateway();
+  const c = client(gateway, { cursor: 'e-1' });
+  c.connect();
+  const first = await gateway.connection(0);
+  assert.equal((await gateway.message(first, 0)).since, 'e-1');
+  first.socket.send(JSON.stringify({ type: 'resumed', recovered: true, cursor: 'e-9', replayed: 2 }));
+  await next(c, 'resumed');
+  first.socket.send(event('call_ringing', 'k2', 'e-2'));
+  await next(c, 'event');
+  assert.equal(c.cursor, 'e-2', 'mid-replay: the last event handled');
+  first.socket.send(event('call_ringing', 'k5', 'e-5'));
+  await next(c, 'event');
+  assert.equal(c.cursor, 'e-9', 'the replay is over: the stream was at e-9 then');
+  first.socket.send(event('call_ringing', 'k10', 'e-a'));
+  await next(c, 'event');
+  assert.equal(c.cursor, 'e-a');
+  // Nothing to replay: the seam at once.
+  first.socket.terminate();
+  const second = await gateway.connection(1);
+  assert.equal((await gateway.message(second, 0)).since, 'e-a');
+  second.socket.send(JSON.stringify({ type: 'resumed', recovered: true, cursor: 'e-c', replayed: 0 }));
+  await next(c, 'resumed');
+  assert.equal(c.cursor, 'e-c');
+  // A resume the gateway refuses: subscribed again without `since`, and told to reload.
+  second.socket.terminate();
+  const third = await gateway.connection(2);
+  assert.equal((await gateway.message(third, 0)).since, 'e-c');
+  const lost = next(c, 'lost');
+  third.socket.send(JSON.stringify({ type: 'error', code: 'invalid_cursor', message: 'no' }));
+  assert.equal((await lost).recovered, false);
+  assert.deepEqual(await gateway.message(third, 1), { type: 'subscribe', topics: [CALLS] });
+  assert.equal(c.cursor, null);
+  c.close();
+  await gateway.close();
+});
+
 test('a gap is surfaced and a later resume starts after it', async () => {
   const gateway = await fakeGateway();
   const c = client(gateway);

@@ -144,6 +144,11 @@ pub struct UpstreamSection {
     pub unready_after: Duration,
     /// Largest frame accepted from VoIPBIN, in bytes. Default 16 MiB.
     pub max_frame_bytes: usize,
+    /// How long after VoIPBIN answers the ping that follows a subscribe the subscription is
+    /// taken as applied, for resumes (VoIPBIN's message bus subscribes asynchronously).
+    /// Default `1s`.
+    #[serde(with = "humantime_serde")]
+    pub subscribe_settle: Duration,
 }
 
 impl Default for UpstreamSection {
@@ -161,6 +166,7 @@ impl Default for UpstreamSection {
             backoff_cap: Duration::from_secs(5),
             unready_after: Duration::from_secs(30),
             max_frame_bytes: 16 * 1024 * 1024,
+            subscribe_settle: Duration::from_secs(1),
         }
     }
 }

@@ -104,6 +104,8 @@ impl Demo {
         config.upstream.url = sim.ws_url();
         config.upstream.token = service;
         config.upstream.linger = Duration::from_secs(5);
+        // The simulator applies a subscribe before it reads the next frame.
+        config.upstream.subscribe_settle = Duration::ZERO;
         config.validate()?;
         let gateway = Gateway::start(config).await?;
         let admin_token = agent_token(

@@ -94,6 +94,7 @@ pub fn upstream_config(config: &Config) -> anyhow::Result<UpstreamConfig> {
         cap: config.upstream.backoff_cap,
     };
     upstream.max_frame_bytes = config.upstream.max_frame_bytes;
+    upstream.subscribe_settle = config.upstream.subscribe_settle;
     Ok(upstream)
 }
 

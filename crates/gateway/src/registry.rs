@@ -94,6 +94,30 @@ impl EventSink for HubSink {
     }
 }
 
+/// Every few seconds, each window forgets what is past its age, events or not: a customer
+/// gone quiet does not keep its old events in the node's budget.
+async fn sweep_windows(registry: Weak<Registry>) {
+    let Some(cancel) = registry.upgrade().map(|r| r.cancel.clone()) else {
+        return;
+    };
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let Some(registry) = registry.upgrade() else {
+            return;
+        };
+        let hubs: Vec<Arc<Hub>> = registry.lock().values().map(|e| e.hub.clone()).collect();
+        drop(registry);
+        for hub in hubs {
+            hub.forget_old();
+        }
+    }
+}
+
 /// The gateway's customers.
 pub struct Registry {
     customers: Mutex<HashMap<Uuid, Entry>>,
@@ -141,7 +165,7 @@ impl Registry {
         resume: &crate::config::ResumeSection,
         cancel: CancellationToken,
     ) -> Arc<Self> {
-        Arc::new_cyclic(|me| Registry {
+        let registry = Arc::new_cyclic(|me| Registry {
             customers: Mutex::new(HashMap::new()),
             worked: Mutex::new(Instant::now()),
             upstream,
@@ -150,7 +174,9 @@ impl Registry {
             budget: WindowBudget::new(resume.node_max_bytes),
             cancel,
             me: me.clone(),
-        })
+        });
+        tokio::spawn(sweep_windows(Arc::downgrade(&registry)));
+        registry
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<Uuid, Entry>> {
@@ -354,7 +380,14 @@ impl Directory for Registry {
         });
     }
 
-    fn resume(&self, session: &Subscriber, patterns: &[Pattern], held: &[Pattern], since: Cursor) {
+    fn resume(
+        &self,
+        session: &Subscriber,
+        patterns: &[Pattern],
+        held: &[Pattern],
+        held_since: Option<Cursor>,
+        since: Cursor,
+    ) -> bool {
         let customer = patterns
             .first()
             .map_or(session.0.customer_id(), |p| Self::hub_customer(session, p));
@@ -364,20 +397,26 @@ impl Directory for Registry {
             if customer != session.0.customer_id() {
                 entry.users += patterns.len();
             }
+            // Counted before the judgement: no other session's leaving can unsubscribe them
+            // between the judgement and this session's hold.
+            for pattern in patterns {
+                entry.upstream.add(&upstream_pattern(pattern, customer));
+            }
             (entry.hub.clone(), entry.upstream.clone())
         };
         // The replay is made under the hub's stream lock only, not the registry's.
-        let (inserted, answer) = hub.resume(session, patterns, held, since, |p| {
+        let (inserted, answer) = hub.resume(session, patterns, held, held_since, since, |p| {
             upstream_pattern(p, customer)
         });
         for (pattern, inserted) in patterns.iter().zip(inserted) {
-            if inserted {
-                upstream.add(&upstream_pattern(pattern, customer));
+            if !inserted {
+                upstream.remove(&upstream_pattern(pattern, customer));
             }
         }
         metrics::counter!("fanout_resumes_total", "recovered" => if answer.recovered { "true" } else { "false" })
             .increment(1);
         metrics::counter!("fanout_resume_replayed_total").increment(answer.replayed as u64);
+        answer.recovered
     }
 }
 

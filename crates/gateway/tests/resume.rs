@@ -412,3 +412,177 @@ async fn the_replay_applies_the_permission_table_like_live_events() {
     assert_eq!(own.recv_json().await["code"], "forbidden_topic");
     stack.shutdown().await;
 }
+
+#[tokio::test]
+async fn resumes_are_bounded_per_session_and_in_work() {
+    let stack = start_with(|_| {}, long_linger).await;
+    let c = tutorial_customer();
+    let topic = format!("customer_id:{c}:call:*");
+    let mut watching = watcher(&stack, c, &topic).await;
+    publish_events(&stack, &calls(c, "a", 0..1)).await;
+    let since = cursor(&watching.recv_event().await);
+    publish_events(&stack, &calls(c, "b", 0..2000)).await;
+    recv_events(&mut watching, 2000).await;
+    // 2,000 events × 256 patterns is past the work bound (200,000 checks): not recovered
+    // (never wrong).
+    let many: Vec<String> = (0..255)
+        .map(|i| format!("customer_id:{c}:call:k{i}"))
+        .chain([topic.clone()])
+        .collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    let mut greedy = Client::connect_token(stack.addr, &admin_token(c)).await;
+    resume(&mut greedy, &many, Some(&since)).await;
+    let (_, answer) = until_resumed(&mut greedy).await;
+    assert_eq!(answer["recovered"], false, "{answer}");
+    // × 80 patterns is within it: recovered, all 2,000 replayed.
+    let mut fine = Client::connect_token(stack.addr, &admin_token(c)).await;
+    resume(&mut fine, &many[176..], Some(&since)).await;
+    let (_, answer) = until_resumed(&mut fine).await;
+    assert_eq!(answer["recovered"], true, "{answer}");
+    assert_eq!(recv_events(&mut fine, 2000).await.len(), 2000);
+    // A session resumes at most four times.
+    for _ in 0..3 {
+        fine.unsubscribe(&many[176..]).await;
+        resume(&mut fine, &[&topic], Some(&since)).await;
+        let (_, answer) = until_resumed(&mut fine).await;
+        assert_eq!(answer["recovered"], true);
+        recv_events(&mut fine, 2000).await;
+    }
+    fine.unsubscribe(&[&topic]).await;
+    resume(&mut fine, &[&topic], Some(&since)).await;
+    let refusal = fine.recv_json().await;
+    assert_eq!(refusal["code"], "invalid_cursor", "{refusal}");
+    stack.shutdown().await;
+}
+
+/// The customer's covered upstream patterns, as `/customers` shows them.
+async fn covered_now(stack: &Stack, customer: Uuid) -> Vec<String> {
+    let (_, body) = http(stack.admin, "GET", "/customers", None).await;
+    body["customers"]
+        .as_array()
+        .and_then(|all| {
+            all.iter()
+                .find(|c| c["customer_id"] == customer.to_string())
+        })
+        .and_then(|c| c["covered"].as_array())
+        .map(|p| {
+            p.iter()
+                .filter_map(|p| p.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_pattern_unsubscribed_before_its_barrier_is_answered_is_never_covered() {
+    let stack = start_with(|_| {}, long_linger).await;
+    let c = tutorial_customer();
+    let calls_topic = format!("customer_id:{c}:call:*");
+    let messages_topic = format!("customer_id:{c}:message:*");
+    let mut watching = watcher(&stack, c, &calls_topic).await;
+    // VoIPBIN answers late: the subscribe's pong comes after the unsubscribe was sent.
+    let (status, _) = http(
+        stack.sim_addr(),
+        "POST",
+        &format!("/_sim/drop?customer_id={c}&stall_ms=600"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let mut toggling = Client::connect_token(stack.addr, &admin_token(c)).await;
+    toggling.subscribe_synced(&[&messages_topic]).await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    toggling.unsubscribe(&[&messages_topic]).await;
+    toggling.sync().await;
+    // The stall ends and the pong arrives: the pattern must not be taken for covered.
+    upstream_subscriptions(&stack, c, 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    publish_events(&stack, &calls(c, "a", 0..1)).await;
+    let since = cursor(&watching.recv_event().await);
+    assert_eq!(covered_now(&stack, c).await, std::slice::from_ref(&calls_topic));
+    publish_events(&stack, &message(c, "m0")).await;
+    publish_events(&stack, &calls(c, "a", 1..2)).await;
+    watching.recv_event().await;
+    let mut resuming = Client::connect_token(stack.addr, &admin_token(c)).await;
+    resume(&mut resuming, &[&messages_topic], Some(&since)).await;
+    let (_, answer) = until_resumed(&mut resuming).await;
+    assert_eq!(answer["recovered"], false, "{answer}");
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_resume_beside_patterns_held_only_since_later_is_not_recovered() {
+    let stack = start_with(|_| {}, long_linger).await;
+    let c = tutorial_customer();
+    let whole = format!("customer_id:{c}");
+    let calls_topic = format!("customer_id:{c}:call:*");
+    let mut watching = watcher(&stack, c, &whole).await;
+    publish_events(&stack, &calls(c, "a", 0..1)).await;
+    let since = cursor(&watching.recv_event().await);
+    publish_events(&stack, &calls(c, "a", 1..3)).await;
+    recv_events(&mut watching, 2).await;
+    // Subscribed live now, then a resume from before it: a1 and a2 match both patterns and
+    // reached this session by neither.
+    let mut late = Client::connect_token(stack.addr, &admin_token(c)).await;
+    late.subscribe_synced(&[&whole]).await;
+    resume(&mut late, &[&calls_topic], Some(&since)).await;
+    let (_, answer) = until_resumed(&mut late).await;
+    assert_eq!(answer["recovered"], false, "{answer}");
+    // Re-sending a held topic with `since`: nothing proves it was held since then.
+    resume(&mut late, &[&whole], Some(&since)).await;
+    let (_, answer) = until_resumed(&mut late).await;
+    assert_eq!(answer["recovered"], false, "{answer}");
+    // Two resumes from the same cursor, the first recovered: the second may rely on it.
+    let mut split = Client::connect_token(stack.addr, &admin_token(c)).await;
+    resume(&mut split, &[&calls_topic], Some(&since)).await;
+    let (_, answer) = until_resumed(&mut split).await;
+    assert_eq!(answer["recovered"], true, "{answer}");
+    assert_eq!(answer["replayed"], 2);
+    assert_eq!(ids(&recv_events(&mut split, 2).await), ["a1", "a2"]);
+    resume(
+        &mut split,
+        &[&format!("customer_id:{c}:message:*")],
+        Some(&since),
+    )
+    .await;
+    let (_, answer) = until_resumed(&mut split).await;
+    assert_eq!(answer["recovered"], true, "{answer}");
+    assert_eq!(
+        answer["replayed"], 0,
+        "the calls came with the first resume"
+    );
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn subscriptions_count_as_applied_only_after_the_settle_time() {
+    let stack = start_with(
+        |_| {},
+        |config| {
+            long_linger(config);
+            config.upstream.subscribe_settle = Duration::from_millis(800);
+        },
+    )
+    .await;
+    let c = tutorial_customer();
+    let topic = format!("customer_id:{c}:call:*");
+    let mut early = Client::connect_token(stack.addr, &admin_token(c)).await;
+    early.subscribe_synced(&[&topic]).await;
+    upstream_subscriptions(&stack, c, 1).await;
+    publish_events(&stack, &calls(c, "a", 0..1)).await;
+    let too_early = cursor(&early.recv_event().await);
+    assert!(covered_now(&stack, c).await.is_empty(), "not yet settled");
+    covered(&stack, c, &topic).await;
+    publish_events(&stack, &calls(c, "a", 1..3)).await;
+    let seen = recv_events(&mut early, 2).await;
+    let mut from_early = Client::connect_token(stack.addr, &admin_token(c)).await;
+    resume(&mut from_early, &[&topic], Some(&too_early)).await;
+    let (_, answer) = until_resumed(&mut from_early).await;
+    assert_eq!(answer["recovered"], false, "{answer}");
+    let mut settled = Client::connect_token(stack.addr, &admin_token(c)).await;
+    resume(&mut settled, &[&topic], Some(&cursor(&seen[0]))).await;
+    let (_, answer) = until_resumed(&mut settled).await;
+    assert_eq!(answer["recovered"], true, "{answer}");
+    assert_eq!(ids(&recv_events(&mut settled, 1).await), ["a2"]);
+    stack.shutdown().await;
+}

@@ -82,6 +82,15 @@ impl EnvelopeHead {
     }
 }
 
+impl EnvelopeHead {
+    /// The `data` inside a `frame` this head made around `data_len` bytes of data: a slice
+    /// of the frame, sharing its buffer.
+    pub fn data_in(&self, frame: &Bytes, data_len: usize) -> Bytes {
+        let end = frame.len().saturating_sub(1 + self.cursor.len());
+        frame.slice(end.saturating_sub(data_len)..end)
+    }
+}
+
 fn json_string(text: &str) -> String {
     // Serialising a &str cannot fail.
     serde_json::to_string(text).unwrap_or_else(|_| "\"\"".to_owned())
@@ -176,17 +185,19 @@ struct ResumedBody {
     kind: &'static str,
     recovered: bool,
     cursor: Option<String>,
+    replayed: usize,
 }
 
 /// The answer to a subscribe with `since` (protocol.md §1.7). `recovered: true` promises that
-/// every event after the client's cursor that it may see follows, then live events;
-/// `cursor` is the stream's latest position at the seam (`null` before the first event), the
-/// one to resume from next if no event follows.
-pub fn resumed_frame(recovered: bool, cursor: Option<Cursor>) -> Bytes {
+/// every event after the client's cursor that it may see follows (`replayed` of them), then
+/// live events; `cursor` is the stream's latest position at the seam (`null` before the
+/// first event): once the replayed events are handled, it is the one to resume from.
+pub fn resumed_frame(recovered: bool, cursor: Option<Cursor>, replayed: usize) -> Bytes {
     let body = ResumedBody {
         kind: "resumed",
         recovered,
         cursor: cursor.map(|c| c.to_string()),
+        replayed,
     };
     let json = serde_json::to_string(&body).unwrap_or_else(|_| "{\"type\":\"resumed\"}".to_owned());
     ws::encode(OpCode::Text, json.as_bytes())
@@ -235,6 +246,7 @@ mod tests {
         let frame = head.frame(&topic, data);
         let value = payload(&frame);
         assert_eq!(value["cursor"], "00000000000000ab-1f");
+        assert_eq!(&head.data_in(&frame, data.len())[..], &data[..]);
         assert_eq!(value["data"]["n"][1], 2);
         assert_eq!(value["topic"], topic.as_str());
     }
@@ -276,12 +288,12 @@ mod tests {
             offset: 0,
         };
         assert_eq!(
-            payload(&resumed_frame(true, Some(cursor))),
-            serde_json::json!({"type":"resumed","recovered":true,"cursor":"00000000000000ff-0"})
+            payload(&resumed_frame(true, Some(cursor), 3)),
+            serde_json::json!({"type":"resumed","recovered":true,"cursor":"00000000000000ff-0","replayed":3})
         );
         assert_eq!(
-            payload(&resumed_frame(false, None)),
-            serde_json::json!({"type":"resumed","recovered":false,"cursor":null})
+            payload(&resumed_frame(false, None, 0)),
+            serde_json::json!({"type":"resumed","recovered":false,"cursor":null,"replayed":0})
         );
     }
 

@@ -21,10 +21,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
-use fanout_protocol::Pattern;
 use fanout_protocol::cursor::Cursor;
 use fanout_protocol::server::{EnvelopeHead, GapReason, gap_frame, resumed_frame};
 use fanout_protocol::upstream::Event;
+use fanout_protocol::{Pattern, Topic};
 use fanout_topic_trie::Trie;
 use uuid::Uuid;
 
@@ -105,24 +105,37 @@ impl WindowBudget {
     }
 }
 
-/// An event as the window keeps it: the event, its head (cursor included) and the frames
-/// made so far, one per topic, shared with every session they went to.
+/// An event as the window keeps it: its topics, its head (cursor included), its data and the
+/// frames made so far, one per topic, shared with every session they went to. Once a frame
+/// is made, the data is a slice of it: the upstream frame the event came in is not kept.
 struct Stored {
-    event: Event,
+    topics: Vec<Topic>,
     head: EnvelopeHead,
+    data: Bytes,
     frames: [OnceCell<Bytes>; MAX_SHARED_FRAMES],
 }
 
 /// Events have at most five topics; a longer list is encoded per use past these.
 const MAX_SHARED_FRAMES: usize = 5;
 
+/// Pattern checks one resume may cost at most ((window events after the cursor + upstream
+/// patterns covered) × the session's patterns), all under the customer's stream lock; past
+/// it the answer is `recovered: false`, which is never wrong. 2,000 events allow 100
+/// patterns.
+pub const MAX_RESUME_WORK: usize = 200_000;
+
 /// What a kept event costs besides its data and frames (head, topics, bookkeeping).
-const STORED_OVERHEAD: usize = 320;
+/// Measured (`crates/gateway/examples/resume_cost.rs`): the slot and its share of the
+/// deque's spare room, the head's strings, the frame's allocation overheads.
+const STORED_OVERHEAD: usize = 1200;
+
+/// What a kept topic costs besides its text (its parse and its allocation).
+const TOPIC_OVERHEAD: usize = 96;
 
 impl Stored {
     /// The frame for topic `index`, and the bytes newly made for it.
     fn frame(&self, index: usize) -> (Bytes, usize) {
-        let encode = || self.head.frame(&self.event.topics[index], &self.event.data);
+        let encode = || self.head.frame(&self.topics[index], &self.data);
         match self.frames.get(index) {
             Some(cell) => match cell.get() {
                 Some(frame) => (frame.clone(), 0),
@@ -136,14 +149,27 @@ impl Stored {
         }
     }
 
+    /// Points the data into the first frame made, if one was.
+    fn share_data(&mut self) {
+        if let Some(frame) = self.frames.iter().find_map(OnceCell::get) {
+            self.data = self.head.data_in(frame, self.data.len());
+        }
+    }
+
     fn size(&self) -> usize {
-        let topics: usize = self.event.topics.iter().map(|t| t.as_str().len()).sum();
+        let topics: usize = self
+            .topics
+            .iter()
+            .map(|t| t.as_str().len() + TOPIC_OVERHEAD)
+            .sum();
         let frames: usize = self
             .frames
             .iter()
             .filter_map(|f| f.get().map(Bytes::len))
             .sum();
-        STORED_OVERHEAD + self.event.data.len() + topics + self.event.event_type.len() + frames
+        // The data is counted apart only while it is not inside a frame.
+        let data = if frames == 0 { self.data.len() } else { 0 };
+        STORED_OVERHEAD + data + topics + frames
     }
 }
 
@@ -373,26 +399,28 @@ impl Hub {
         let mut stream = self.lock_stream();
         let cursor = stream.window.next_cursor();
         let head = EnvelopeHead::new(&event.event_type, &event.timestamp).with_cursor(cursor);
-        let stored = Stored {
-            event,
+        let Event { topics, data, .. } = event;
+        let mut stored = Stored {
+            topics,
             head,
+            data,
             frames: Default::default(),
         };
         // One frame per topic, made on first use and shared: an event nobody here subscribed
         // to costs no encoding until a resume wants it.
         let (mut delivered, mut overflowed) = (0, 0);
-        self.trie
-            .match_topics(&stored.event.topics, |subscriber, index| {
-                let (frame, made) = stored.frame(index);
-                if made > 0 || index >= MAX_SHARED_FRAMES {
-                    published.encoded += 1;
-                }
-                if subscriber.0.offer(frame) {
-                    delivered += 1;
-                } else {
-                    overflowed += 1;
-                }
-            });
+        self.trie.match_topics(&stored.topics, |subscriber, index| {
+            let (frame, made) = stored.frame(index);
+            if made > 0 || index >= MAX_SHARED_FRAMES {
+                published.encoded += 1;
+            }
+            if subscriber.0.offer(frame) {
+                delivered += 1;
+            } else {
+                overflowed += 1;
+            }
+        });
+        stored.share_data();
         let before = stream.window.bytes();
         let size = stored.size();
         stream.window.push_event(stored, size, now);
@@ -408,15 +436,20 @@ impl Hub {
 
     /// Subscribes `session` to `patterns` (permitted, none held yet) resuming from `since`:
     /// queues `resumed`, then (recovered) every event after `since` that the patterns match
-    /// and `held` (the session's other patterns, whose events it had live) does not, or (not
-    /// recovered) the gaps known after `since` first; all before any live event of the
-    /// patterns. `upstream_of` names the upstream pattern each pattern needs. Answers which
-    /// patterns were new to the trie, and what was answered.
+    /// and the session's other patterns (`held`) do not, or (not recovered) the gaps known
+    /// after `since` first; all before any live event of the patterns.
+    ///
+    /// `held` may be left out of the replay only if the session has had every event they
+    /// match since a cursor no later than `since`: `held_since`, the cursor of a recovered
+    /// resume that gave it all of them (else the answer is `recovered: false`).
+    /// `upstream_of` names the upstream pattern each pattern needs. Answers which patterns
+    /// were new to the trie, and what was answered.
     pub fn resume(
         &self,
         session: &Subscriber,
         patterns: &[Pattern],
         held: &[Pattern],
+        held_since: Option<Cursor>,
         since: Cursor,
         upstream_of: impl Fn(&Pattern) -> Pattern,
     ) -> (Vec<bool>, Resumed) {
@@ -429,26 +462,29 @@ impl Hub {
             .map(|pattern| self.trie.insert(pattern, session.clone()))
             .collect();
         let latest = stream.window.latest();
-        // Every pattern's upstream subscription, or one that selects all it selects, applied
-        // since no later than the cursor.
-        let covered = patterns.iter().all(|pattern| {
-            let needed = upstream_of(pattern);
-            stream
-                .covered
-                .iter()
-                .any(|(held, from)| *from <= since.offset && selects_all_of(held, &needed))
-        });
+        let held_continuous = held.is_empty()
+            || held_since.is_some_and(|h| h.epoch == since.epoch && h.offset <= since.offset);
         let mut answer = Resumed {
             recovered: false,
             replayed: 0,
             gaps: 0,
         };
         let mut grown: Vec<(Cursor, usize)> = Vec::new();
+        let mut queued = true;
         match stream.window.resume(since) {
-            Resume::Recovered(events) if covered => {
+            Resume::Recovered(events)
+                if held_continuous
+                    && !patterns.is_empty()
+                    && events
+                        .len()
+                        .saturating_add(stream.covered.len())
+                        .saturating_mul(patterns.len() + held.len())
+                        <= MAX_RESUME_WORK
+                    && covered_since(&stream.covered, patterns, since, &upstream_of) =>
+            {
                 let mut replay = Vec::new();
                 for (cursor, stored) in events {
-                    let topics = &stored.event.topics;
+                    let topics = &stored.topics;
                     if held.iter().any(|p| topics.iter().any(|t| p.matches(t))) {
                         continue;
                     }
@@ -465,13 +501,14 @@ impl Hub {
                 }
                 answer.recovered = true;
                 answer.replayed = replay.len();
-                session.0.send_control(resumed_frame(true, latest));
-                if session.0.queue().push_replay(replay) == Push::Full {
-                    session.0.offer_failed();
-                }
+                queued &= session
+                    .0
+                    .send_control(resumed_frame(true, latest, replay.len()))
+                    == Push::Queued;
+                queued &= session.0.queue().push_replay(replay) == Push::Queued;
             }
             Resume::Recovered(_) => {
-                session.0.send_control(resumed_frame(false, latest));
+                queued &= session.0.send_control(resumed_frame(false, latest, 0)) == Push::Queued;
             }
             Resume::Lost(gaps) => {
                 // The gaps first, the answer last: a client that stores every cursor it is
@@ -481,11 +518,14 @@ impl Hub {
                     .map(|(cursor, gap)| gap_frame(gap.reason, gap.since, gap.until, *cursor))
                     .collect();
                 answer.gaps = frames.len();
-                if session.0.queue().push_replay(frames) == Push::Full {
-                    session.0.offer_failed();
-                }
-                session.0.send_control(resumed_frame(false, latest));
+                queued &= session.0.queue().push_replay(frames) == Push::Queued;
+                queued &= session.0.send_control(resumed_frame(false, latest, 0)) == Push::Queued;
             }
+        }
+        if !queued {
+            // An answer that cannot be queued must not be lost silently: the client
+            // reconnects and resumes again.
+            session.0.offer_failed();
         }
         for (cursor, extra) in grown {
             stream.window.grow(cursor, extra);
@@ -493,6 +533,33 @@ impl Hub {
         self.settle(&mut stream, before, now);
         (inserted, answer)
     }
+
+    /// Forgets what is past the window's age now (for windows that see no events).
+    pub fn forget_old(&self) {
+        let now = tokio::time::Instant::now();
+        let mut stream = self.lock_stream();
+        let before = stream.window.bytes();
+        self.settle(&mut stream, before, now);
+    }
+}
+
+/// Whether every pattern's upstream subscription, or one that selects all it selects, has
+/// been covered since no later than `since`.
+fn covered_since(
+    covered: &HashMap<Pattern, u64>,
+    patterns: &[Pattern],
+    since: Cursor,
+    upstream_of: &impl Fn(&Pattern) -> Pattern,
+) -> bool {
+    patterns.iter().all(|pattern| {
+        let needed = upstream_of(pattern);
+        match covered.get(&needed) {
+            Some(from) if *from <= since.offset => true,
+            _ => covered
+                .iter()
+                .any(|(held, from)| *from <= since.offset && selects_all_of(held, &needed)),
+        }
+    })
 }
 
 #[cfg(test)]

@@ -6,9 +6,8 @@
 //! overflow it fails, and the caller closes the session as too slow.
 //!
 //! A resume's replay ([`Queue::push_replay`]) is queued whole beyond the limits, since its
-//! frames are the window's own (shared, already counted there); live events still get the
-//! whole limit on top of it. One replay at a time: a second one before the writer took the
-//! first counts against the limits.
+//! frames are the window's own (shared, already counted there; a session resumes a few
+//! times at most); live events still get the whole limit on top of it.
 //!
 //! An idle queue that never carried an event holds no allocation; once it has, its deque and
 //! the writer's swap buffers rather than allocating per batch.
@@ -110,8 +109,7 @@ impl Queue {
         self.push_with(frame, CONTROL_HEADROOM)
     }
 
-    /// Queues a resume's replay, all of it or nothing: beyond the limits if no other replay
-    /// is waiting to be taken, else within them.
+    /// Queues a resume's replay, beyond the limits (until the writer takes it).
     pub fn push_replay(&self, frames: Vec<Bytes>) -> Push {
         if frames.is_empty() {
             return Push::Queued;
@@ -121,16 +119,8 @@ impl Queue {
             return Push::Closed;
         }
         let bytes: usize = frames.iter().map(Bytes::len).sum();
-        if state.replay_frames > 0 {
-            if state.frames.len() + frames.len() > self.max_frames
-                || state.bytes + bytes > self.max_bytes
-            {
-                return Push::Full;
-            }
-        } else {
-            state.replay_frames = frames.len();
-            state.replay_bytes = bytes;
-        }
+        state.replay_frames += frames.len();
+        state.replay_bytes += bytes;
         state.bytes += bytes;
         state.frames.extend(frames);
         drop(state);
@@ -240,16 +230,17 @@ mod tests {
     }
 
     #[test]
-    fn a_replay_goes_beyond_the_limits_once() {
+    fn a_replay_goes_beyond_the_limits() {
         let queue = Queue::new(2, 100);
         assert_eq!(queue.push(frame(10)), Push::Queued);
         assert_eq!(queue.push_replay(vec![frame(40); 5]), Push::Queued);
         // Live events still get the whole limit on top of the replay.
         assert_eq!(queue.push(frame(10)), Push::Queued);
         assert_eq!(queue.push(frame(10)), Push::Full);
-        // A second replay before the first was taken counts against the limits.
-        assert_eq!(queue.push_replay(vec![frame(1)]), Push::Full);
-        assert_eq!(take(&queue).1.len(), 7);
+        // A second replay before the first was taken goes beyond them too.
+        assert_eq!(queue.push_replay(vec![frame(1)]), Push::Queued);
+        assert_eq!(queue.push(frame(10)), Push::Full);
+        assert_eq!(take(&queue).1.len(), 8);
         // Taken: the limits are the plain ones again.
         assert_eq!(queue.push(frame(10)), Push::Queued);
         assert_eq!(queue.push(frame(10)), Push::Queued);

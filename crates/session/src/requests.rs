@@ -4,6 +4,7 @@
 
 use fanout_auth::{Identity, permit};
 use fanout_protocol::client::{self, Action, ErrorCode, Refusal};
+use fanout_protocol::cursor::Cursor;
 use fanout_protocol::ws::{self, Message, OpCode};
 use fanout_protocol::{Pattern, server};
 use tokio::time::Instant;
@@ -23,8 +24,17 @@ pub(crate) struct Requests<'a> {
     subscriber: Subscriber,
     patterns: Vec<Pattern>,
     refusals: u32,
+    resumes: u32,
+    /// Since when the session has had every event its patterns match: the cursor of the
+    /// recovered resume that gave it all of them; `None` once it holds a pattern it did not
+    /// get that way.
+    continuous_since: Option<Cursor>,
     bucket: Bucket,
 }
+
+/// Subscribes with `since` one session may send: a reconnecting client needs one (a few if
+/// its topics take several messages); each replay costs a scan of the window.
+pub(crate) const MAX_RESUMES: u32 = 4;
 
 impl<'a> Requests<'a> {
     pub(crate) fn new(
@@ -39,6 +49,8 @@ impl<'a> Requests<'a> {
             subscriber: Subscriber(handle.clone()),
             patterns: Vec::new(),
             refusals: 0,
+            resumes: 0,
+            continuous_since: None,
             bucket: Bucket::new(params.config.message_burst, Instant::now()),
         }
     }
@@ -118,6 +130,15 @@ impl<'a> Requests<'a> {
                     ));
                 }
                 if let Some(since) = request.since {
+                    if self.resumes >= MAX_RESUMES {
+                        return self.refuse(Refusal::new(
+                            ErrorCode::InvalidCursor,
+                            format!(
+                                "a session may resume at most {MAX_RESUMES} times; subscribe without \"since\""
+                            ),
+                        ));
+                    }
+                    self.resumes += 1;
                     // A cursor is a position in one customer's stream.
                     let own = self.handle.customer_id();
                     let hub_of = |p: &Pattern| match p.scope() {
@@ -131,10 +152,24 @@ impl<'a> Requests<'a> {
                             "a subscribe with \"since\" names the topics of one customer only",
                         ));
                     }
-                    self.directory
-                        .resume(&self.subscriber, &new, &self.patterns, since);
+                    let recovered = self.directory.resume(
+                        &self.subscriber,
+                        &new,
+                        &self.patterns,
+                        self.continuous_since,
+                        since,
+                    );
+                    self.continuous_since = match (recovered, self.patterns.is_empty()) {
+                        (true, true) => Some(since),
+                        (true, false) => self.continuous_since,
+                        (false, _) => None,
+                    };
                     self.patterns.extend(new);
                     return None;
+                }
+                if !new.is_empty() {
+                    // Held from now on only: no longer continuous since any earlier cursor.
+                    self.continuous_since = None;
                 }
                 for pattern in new {
                     self.directory.subscribe(&self.subscriber, &pattern);

@@ -35,17 +35,26 @@ pub trait Directory: Send + Sync + 'static {
     /// The session ended while holding `patterns`.
     fn detach(&self, session: &Subscriber, patterns: &[Pattern]);
     /// The session subscribed to `patterns` (permitted, not yet held, all served by one
-    /// customer's hub) resuming from `since`, while holding `held`: answer with `resumed`
-    /// and the replay before any live event of them (protocol.md §1.7). Without a stream
-    /// to judge, it subscribes them and answers `recovered: false`.
-    fn resume(&self, session: &Subscriber, patterns: &[Pattern], held: &[Pattern], since: Cursor) {
-        let _ = (held, since);
+    /// customer's hub) resuming from `since`, while holding `held`, which it has had every
+    /// event of since `held_since` (see [`crate::Hub::resume`]): answer with `resumed` and the
+    /// replay before any live event of them (protocol.md §1.7); answers whether it was
+    /// `recovered`. Without a stream to judge, it subscribes them and answers `false`.
+    fn resume(
+        &self,
+        session: &Subscriber,
+        patterns: &[Pattern],
+        held: &[Pattern],
+        held_since: Option<Cursor>,
+        since: Cursor,
+    ) -> bool {
+        let _ = (held, held_since, since);
         for pattern in patterns {
             self.subscribe(session, pattern);
         }
         session
             .0
-            .send_control(fanout_protocol::server::resumed_frame(false, None));
+            .send_control(fanout_protocol::server::resumed_frame(false, None, 0));
+        false
     }
 }
 

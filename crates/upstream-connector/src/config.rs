@@ -72,6 +72,10 @@ pub struct UpstreamConfig {
     pub stable_after: Duration,
     /// The largest frame accepted from upstream.
     pub max_frame_bytes: usize,
+    /// How long after VoIPBIN answered the ping that follows a subscribe the subscription is
+    /// taken as applied: the pong proves the subscribe was read, and VoIPBIN may apply it
+    /// a little later (its message bus subscribes asynchronously).
+    pub subscribe_settle: Duration,
 }
 
 impl UpstreamConfig {
@@ -91,6 +95,7 @@ impl UpstreamConfig {
             },
             stable_after: Duration::from_secs(30),
             max_frame_bytes: 16 * 1024 * 1024,
+            subscribe_settle: Duration::from_secs(1),
         }
     }
 }

@@ -21,7 +21,7 @@
 //! the gap is told at that same point, with the events that arrived before it held back until
 //! then, so sessions hear of the loss before any event after it.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
@@ -124,10 +124,43 @@ impl State {
     }
 }
 
+/// Subscribe batches on their way to being covered: sent, their barrier ping not answered
+/// yet (by number), or answered and settling (until when). A pattern that goes is taken out
+/// of both under this lock, so a late pong never marks a pattern covered that is not
+/// subscribed any more.
+#[derive(Default)]
+struct Barriers {
+    pending: VecDeque<(u64, Vec<Pattern>)>,
+    settling: VecDeque<(Instant, Vec<Pattern>)>,
+}
+
+impl Barriers {
+    fn strip(&mut self, pattern: &Pattern) {
+        let pending = self.pending.iter_mut().map(|(_, patterns)| patterns);
+        let settling = self.settling.iter_mut().map(|(_, patterns)| patterns);
+        for patterns in pending.chain(settling) {
+            patterns.retain(|p| p != pattern);
+        }
+    }
+}
+
+/// A wanted pattern: how many users need it, and which time it was wanted anew (a pattern
+/// removed and added again before the writer saw either is subscribed and covered again).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Want {
+    count: usize,
+    generation: u64,
+}
+
 struct Shared {
     customer_id: Uuid,
     /// How many users need each pattern.
-    wanted: Mutex<BTreeMap<Pattern, usize>>,
+    wanted: Mutex<BTreeMap<Pattern, Want>>,
+    next_generation: AtomicU64,
+    barriers: Mutex<Barriers>,
+    /// Whether `barriers.settling` may hold anything (the reader's fast path).
+    settling: std::sync::atomic::AtomicBool,
+    sink: Arc<dyn EventSink>,
     changed: Notify,
     state: AtomicU8,
     /// When the connection last worked ([`clock_ms`]): [`WORKING_NOW`] while connected,
@@ -137,9 +170,33 @@ struct Shared {
 }
 
 impl Shared {
-    fn wanted(&self) -> MutexGuard<'_, BTreeMap<Pattern, usize>> {
+    fn wanted(&self) -> MutexGuard<'_, BTreeMap<Pattern, Want>> {
         // The map stays consistent even if a holder panicked.
         self.wanted.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn barriers(&self) -> MutexGuard<'_, Barriers> {
+        self.barriers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Tells the sink of settled batches (in stream order: called by the reader).
+    fn settle(&self, now: Instant) {
+        if !self.settling.load(Ordering::Acquire) {
+            return;
+        }
+        let mut barriers = self.barriers();
+        while let Some((due, _)) = barriers.settling.front() {
+            if *due > now {
+                break;
+            }
+            if let Some((_, patterns)) = barriers.settling.pop_front()
+                && !patterns.is_empty()
+            {
+                self.sink.covered(&patterns);
+            }
+        }
+        self.settling
+            .store(!barriers.settling.is_empty(), Ordering::Release);
     }
 
     fn set_state(&self, state: State) {
@@ -190,6 +247,10 @@ impl Upstream {
         let shared = Arc::new(Shared {
             customer_id,
             wanted: Mutex::new(BTreeMap::new()),
+            next_generation: AtomicU64::new(0),
+            barriers: Mutex::new(Barriers::default()),
+            settling: std::sync::atomic::AtomicBool::new(false),
+            sink: sink.clone(),
             changed: Notify::new(),
             state: AtomicU8::new(State::Connecting as u8),
             worked_at: AtomicU64::new(0),
@@ -225,26 +286,34 @@ impl Upstream {
     pub fn add(&self, pattern: &Pattern) {
         let first = {
             let mut wanted = self.shared.wanted();
-            let count = wanted.entry(pattern.clone()).or_insert(0);
-            *count += 1;
-            *count == 1
+            let want = wanted.entry(pattern.clone()).or_insert_with(|| Want {
+                count: 0,
+                generation: self.shared.next_generation.fetch_add(1, Ordering::Relaxed),
+            });
+            want.count += 1;
+            want.count == 1
         };
         if first {
             self.shared.changed.notify_one();
         }
     }
 
-    /// One user less needs `pattern`; the last one unsubscribes it.
+    /// One user less needs `pattern`; the last one unsubscribes it, and the sink hears at
+    /// once that its events may stop (before this returns: a resume judged after it does
+    /// not take the pattern for covered).
     pub fn remove(&self, pattern: &Pattern) {
         let last = {
             let mut wanted = self.shared.wanted();
             match wanted.get_mut(pattern) {
-                Some(count) if *count > 1 => {
-                    *count -= 1;
+                Some(want) if want.count > 1 => {
+                    want.count -= 1;
                     false
                 }
                 Some(_) => {
                     wanted.remove(pattern);
+                    let mut barriers = self.shared.barriers();
+                    barriers.strip(pattern);
+                    self.shared.sink.uncovered(std::slice::from_ref(pattern));
                     true
                 }
                 None => false,
@@ -296,13 +365,18 @@ async fn run(shared: Arc<Shared>, config: Arc<UpstreamConfig>, sink: Arc<dyn Eve
             Ok(ws) => {
                 shared.set_state(State::Connected);
                 let since = Instant::now();
-                let (ended, last_heard) =
-                    connected(&shared, &config, sink.clone(), ws, missed_since.take()).await;
+                let (ended, last_heard, told) =
+                    connected(&shared, &config, sink.clone(), ws, missed_since).await;
                 tracing::info!(%customer_id, ended = ?ended, "Upstream connection ended");
                 if ended == Ended::Cancelled {
                     break;
                 }
-                missed_since = Some(last_heard);
+                // A gap not told yet (the connection ended before its first barrier) still
+                // starts when the earlier loss did.
+                missed_since = match (told, missed_since) {
+                    (false, Some(earlier)) => Some(earlier),
+                    _ => Some(last_heard),
+                };
                 metrics::counter!("fanout_upstream_drops_total", "reason" => match ended {
                     Ended::Stalled => "stalled",
                     _ => "dropped",
@@ -333,8 +407,8 @@ async fn run(shared: Arc<Shared>, config: Arc<UpstreamConfig>, sink: Arc<dyn Eve
 
 /// The resource of the one pattern a bare object can have arrived on, if there is exactly
 /// one pattern and its resource segment is literal.
-fn bare_resource(sent: &BTreeSet<Pattern>) -> Option<Arc<str>> {
-    let mut patterns = sent.iter();
+fn bare_resource(sent: &Sent) -> Option<Arc<str>> {
+    let mut patterns = sent.keys();
     match (patterns.next(), patterns.next()) {
         (Some(only), None) => only
             .rest_segment(0)
@@ -349,11 +423,11 @@ fn request_json(kind: &str, topics: &[&Pattern]) -> String {
     serde_json::json!({"type": kind, "topics": topics}).to_string()
 }
 
-/// Subscribe batches whose barrier ping is not answered yet: (its number, the patterns).
-type Barriers = Arc<Mutex<VecDeque<(u64, Vec<Pattern>)>>>;
-
 /// Events held back until the first barrier after a reconnect, so that the gap comes first.
 const MAX_HELD_EVENTS: usize = 4096;
+
+/// The patterns subscribed on a connection, with the generation each was wanted in.
+type Sent = BTreeMap<Pattern, u64>;
 
 async fn write_within<S>(
     write: &mut fastwebsockets::WebSocketWrite<S>,
@@ -370,28 +444,48 @@ where
     }
 }
 
-/// Writes the subscription changes that bring `sent` to `wanted`: the sink hears of the
-/// patterns going before their unsubscribe is written, and the subscribes are followed by a
-/// barrier ping (numbered from `next_barrier`) registered in `barriers`.
-#[allow(clippy::too_many_arguments)]
+/// Writes the subscription changes that bring `sent` to what is wanted now, and answers
+/// that. The subscribes (of patterns new, or wanted anew since they were sent) are followed
+/// by a barrier ping numbered from `next_barrier`, registered with them while the wanted set
+/// is locked: a pattern removed after that is stripped from it. `first`: the connection's
+/// first set, which gets a barrier even if empty (a gap waits for it).
 async fn send_changes<S>(
     write: &mut fastwebsockets::WebSocketWrite<S>,
     config: &UpstreamConfig,
-    sink: &dyn EventSink,
-    barriers: &Barriers,
+    shared: &Shared,
     next_barrier: &mut u64,
-    sent: &BTreeSet<Pattern>,
-    wanted: &BTreeSet<Pattern>,
-) -> Result<(), Ended>
+    sent: &Sent,
+    first: bool,
+) -> Result<Sent, Ended>
 where
     S: tokio::io::AsyncWrite + Unpin,
 {
-    let add: Vec<&Pattern> = wanted.difference(sent).collect();
-    let gone: Vec<&Pattern> = sent.difference(wanted).collect();
-    if !gone.is_empty() {
-        let gone: Vec<Pattern> = gone.iter().map(|p| (*p).clone()).collect();
-        sink.uncovered(&gone);
-    }
+    let (wanted, add, gone, barrier) = {
+        let wanted = shared.wanted();
+        let now: Sent = wanted
+            .iter()
+            .map(|(p, want)| (p.clone(), want.generation))
+            .collect();
+        let add: Vec<Pattern> = now
+            .iter()
+            .filter(|(p, generation)| sent.get(*p) != Some(*generation))
+            .map(|(p, _)| p.clone())
+            .collect();
+        let gone: Vec<Pattern> = sent
+            .keys()
+            .filter(|p| !now.contains_key(*p))
+            .cloned()
+            .collect();
+        let barrier = (first || !add.is_empty()).then(|| {
+            let number = *next_barrier;
+            *next_barrier += 1;
+            shared.barriers().pending.push_back((number, add.clone()));
+            number
+        });
+        (now, add, gone, barrier)
+    };
+    let add: Vec<&Pattern> = add.iter().collect();
+    let gone: Vec<&Pattern> = gone.iter().collect();
     let mut messages = Vec::new();
     for chunk in add.chunks(MAX_TOPICS_PER_MESSAGE) {
         messages.push(request_json("subscribe", chunk));
@@ -407,14 +501,7 @@ where
         )
         .await?;
     }
-    // A barrier even for an empty first set: after a reconnect, the gap waits for it.
-    if !add.is_empty() || sent.is_empty() {
-        let number = *next_barrier;
-        *next_barrier += 1;
-        barriers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push_back((number, add.iter().map(|p| (*p).clone()).collect()));
+    if let Some(number) = barrier {
         let payload = number.to_be_bytes().to_vec();
         write_within(
             write,
@@ -423,18 +510,33 @@ where
         )
         .await?;
     }
-    Ok(())
+    Ok(wanted)
 }
 
-/// Serves one open connection until it ends; answers why, and when it was last heard from
-/// (the earliest an event may have been missed after it).
+/// Nothing of a connection arrives any more: its barriers go, and the sink hears that none
+/// of its patterns is covered.
+fn end_connection(shared: &Shared, sent: &Sent) {
+    let mut barriers = shared.barriers();
+    barriers.pending.clear();
+    barriers.settling.clear();
+    shared.settling.store(false, Ordering::Release);
+    if !sent.is_empty() {
+        shared
+            .sink
+            .uncovered(&sent.keys().cloned().collect::<Vec<_>>());
+    }
+}
+
+/// Serves one open connection until it ends; answers why, when it was last heard from (the
+/// earliest an event may have been missed after it), and whether its first barrier was
+/// answered (and so the gap it was handed told).
 async fn connected(
     shared: &Arc<Shared>,
     config: &UpstreamConfig,
     sink: Arc<dyn EventSink>,
     mut ws: fastwebsockets::WebSocket<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>,
     missed_since: Option<SystemTime>,
-) -> (Ended, SystemTime) {
+) -> (Ended, SystemTime, bool) {
     ws.set_max_message_size(config.max_frame_bytes);
     ws.set_auto_close(true);
     ws.set_auto_pong(true);
@@ -448,22 +550,23 @@ async fn connected(
     };
     // The whole set first, before anything is read, then its barrier: the gap (if any) is
     // told when the barrier is answered, and events before it are held back until then.
-    let barriers: Barriers = Arc::default();
     let mut next_barrier = 0;
-    let mut sent: BTreeSet<Pattern> = shared.wanted().keys().cloned().collect();
-    if let Err(ended) = send_changes(
+    let mut sent = match send_changes(
         &mut write,
         config,
-        sink.as_ref(),
-        &barriers,
+        shared,
         &mut next_barrier,
-        &BTreeSet::new(),
-        &sent,
+        &Sent::new(),
+        true,
     )
     .await
     {
-        return (ended, missed_since.unwrap_or(started_wall));
-    }
+        Ok(sent) => sent,
+        Err(ended) => {
+            end_connection(shared, &Sent::new());
+            return (ended, missed_since.unwrap_or(started_wall), false);
+        }
+    };
     let first_barrier_at = Instant::now();
     let last_seen = Arc::new(AtomicU64::new(0));
     // Frames heard on this connection: a ping is answered once the count passes what it was
@@ -485,7 +588,8 @@ async fn connected(
         let last_seen = last_seen.clone();
         let frames_heard = frames_heard.clone();
         let bare = bare.clone();
-        let barriers = barriers.clone();
+        let shared = shared.clone();
+        let settle = config.subscribe_settle;
         let first_barrier_passed = first_barrier_passed.clone();
         let sink = sink.clone();
         let held_dropped =
@@ -512,6 +616,8 @@ async fn connected(
                 };
                 last_seen.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
                 frames_heard.fetch_add(1, Ordering::Relaxed);
+                // Settled subscriptions are covered from here, in order with the events.
+                shared.settle(Instant::now());
                 match frame.opcode {
                     OpCode::Text => {
                         // The frame's own buffer becomes the event's: no copy.
@@ -552,27 +658,31 @@ async fn connected(
                             continue;
                         };
                         let number = u64::from_be_bytes(number);
-                        loop {
-                            let passed = {
-                                let mut barriers =
-                                    barriers.lock().unwrap_or_else(|e| e.into_inner());
-                                match barriers.front() {
-                                    Some((n, _)) if *n <= number => barriers.pop_front(),
-                                    _ => None,
-                                }
+                        let now = Instant::now();
+                        // Under the barriers' lock: a pattern removed meanwhile is either
+                        // stripped already or told uncovered after this.
+                        let mut barriers = shared.barriers();
+                        while barriers.pending.front().is_some_and(|(n, _)| *n <= number) {
+                            let Some((_, patterns)) = barriers.pending.pop_front() else {
+                                break;
                             };
-                            let Some((_, patterns)) = passed else { break };
                             // Events held back arrived before the subscriptions were known
                             // applied: inside the gap's interval, before it and the coverage.
                             for event in held.take().unwrap_or_default() {
                                 sink.publish(event);
                             }
                             first_barrier_passed.store(true, Ordering::Relaxed);
-                            if !patterns.is_empty() {
-                                sink.covered(&patterns);
+                            if settle.is_zero() {
+                                if !patterns.is_empty() {
+                                    sink.covered(&patterns);
+                                }
+                            } else {
+                                barriers.settling.push_back((now + settle, patterns));
+                                shared.settling.store(true, Ordering::Release);
                             }
-                            // The gap comes at the point from which everything is covered, so
-                            // a client that handled it resumes from its cursor.
+                            // The gap comes at the point from which everything is covered (at
+                            // once without a settle time), so a client that handled it
+                            // resumes from its cursor.
                             if let Some(since) = missed_since.take() {
                                 let until = SystemTime::now();
                                 metrics::counter!("fanout_upstream_gaps_total").increment(1);
@@ -603,22 +713,13 @@ async fn connected(
     let ended = loop {
         if dirty {
             dirty = false;
-            let wanted: BTreeSet<Pattern> = shared.wanted().keys().cloned().collect();
-            if let Err(ended) = send_changes(
-                &mut write,
-                config,
-                sink.as_ref(),
-                &barriers,
-                &mut next_barrier,
-                &sent,
-                &wanted,
-            )
-            .await
-            {
-                break ended;
+            match send_changes(&mut write, config, shared, &mut next_barrier, &sent, false).await {
+                Ok(wanted) => {
+                    *bare.lock().unwrap_or_else(|e| e.into_inner()) = bare_resource(&wanted);
+                    sent = wanted;
+                }
+                Err(ended) => break ended,
             }
-            *bare.lock().unwrap_or_else(|e| e.into_inner()) = bare_resource(&wanted);
-            sent = wanted;
         }
         if let Some((at, _)) = awaiting {
             let due = at + config.pong_timeout;
@@ -695,9 +796,10 @@ async fn connected(
         // polled again.)
         let _ = reader.await;
     }
-    // Nothing of this connection arrives any more.
-    if !sent.is_empty() {
-        sink.uncovered(&sent.iter().cloned().collect::<Vec<_>>());
-    }
-    (ended, last_heard(&last_seen))
+    end_connection(shared, &sent);
+    (
+        ended,
+        last_heard(&last_seen),
+        first_barrier_passed.load(Ordering::Relaxed),
+    )
 }

@@ -71,6 +71,8 @@ pub fn test_config(sim: &Simulator) -> Config {
     config.upstream.url = sim.ws_url();
     config.upstream.token = service_token();
     config.upstream.linger = Duration::from_millis(300);
+    // The simulator applies a subscribe before it reads the next frame.
+    config.upstream.subscribe_settle = Duration::ZERO;
     config.upstream.backoff_base = Duration::from_millis(20);
     config.upstream.backoff_cap = Duration::from_millis(200);
     config.shutdown.drain_timeout = Duration::from_secs(3);
