@@ -143,6 +143,9 @@ export class FanoutClient {
   }
 
   async open() {
+    // A later open (reconnect() while a token is being fetched) supersedes this one.
+    this.opening = (this.opening ?? 0) + 1;
+    const opening = this.opening;
     this.setState(this.attempt === 0 && this.state !== 'reconnecting' ? 'connecting' : 'reconnecting');
     let token;
     try {
@@ -150,11 +153,12 @@ export class FanoutClient {
         ? await this.options.token({ reason: this.tokenReason })
         : this.options.token;
     } catch (error) {
+      if (opening !== this.opening) return;
       this.emit('error', { type: 'token', error });
       this.scheduleReconnect({ retry: 'backoff' });
       return;
     }
-    if (this.closedByApp) return;
+    if (this.closedByApp || opening !== this.opening) return;
     const url = token ? withToken(this.options.url, token) : this.options.url;
     let socket;
     try {

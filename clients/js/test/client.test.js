@@ -213,6 +213,29 @@ test('after a recovered replay the cursor is the seam; a refused resume subscrib
   await gateway.close();
 });
 
+test('reconnect while a token is being fetched opens one connection, not two', async () => {
+  const gateway = await fakeGateway();
+  let release;
+  const slow = new Promise((resolve) => { release = resolve; });
+  let asked = 0;
+  const c = client(gateway, {
+    token: async () => {
+      asked += 1;
+      if (asked === 1) await slow;
+      return `t${asked}`;
+    },
+  });
+  c.connect();
+  c.reconnect();
+  const only = await gateway.connection(0);
+  assert.ok(only.url.includes('token=t2'), only.url);
+  release();
+  await new Promise((resolve) => setTimeout(resolve, 100));
+  assert.equal(gateway.connections.length, 1);
+  c.close();
+  await gateway.close();
+});
+
 test('a gap is surfaced and a later resume starts after it', async () => {
   const gateway = await fakeGateway();
   const c = client(gateway);
