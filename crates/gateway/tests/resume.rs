@@ -499,7 +499,10 @@ async fn a_pattern_unsubscribed_before_its_barrier_is_answered_is_never_covered(
     tokio::time::sleep(Duration::from_millis(300)).await;
     publish_events(&stack, &calls(c, "a", 0..1)).await;
     let since = cursor(&watching.recv_event().await);
-    assert_eq!(covered_now(&stack, c).await, std::slice::from_ref(&calls_topic));
+    assert_eq!(
+        covered_now(&stack, c).await,
+        std::slice::from_ref(&calls_topic)
+    );
     publish_events(&stack, &message(c, "m0")).await;
     publish_events(&stack, &calls(c, "a", 1..2)).await;
     watching.recv_event().await;
