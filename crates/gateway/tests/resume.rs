@@ -589,3 +589,47 @@ async fn subscriptions_count_as_applied_only_after_the_settle_time() {
     assert_eq!(ids(&recv_events(&mut settled, 1).await), ["a2"]);
     stack.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_subscription_voipbin_refuses_is_never_covered() {
+    let c = tutorial_customer();
+    // The upstream credential may see customer C only: VoIPBIN (the simulator) refuses
+    // subscribes to any other customer with an error frame and keeps the connection.
+    let stack = start_with(
+        |_| {},
+        |config| {
+            long_linger(config);
+            config.upstream.token = agent_token(
+                SECRET,
+                c,
+                Uuid::new_v4(),
+                perm::CUSTOMER_ADMIN,
+                &far_future(),
+            );
+        },
+    )
+    .await;
+    let d = Uuid::new_v4();
+    let super_admin = agent_token(
+        SECRET,
+        c,
+        Uuid::new_v4(),
+        perm::PROJECT_SUPER_ADMIN,
+        &far_future(),
+    );
+    let d_topic = format!("customer_id:{d}");
+    let mut watching = Client::connect_token(stack.addr, &super_admin).await;
+    watching.subscribe_synced(&[&d_topic]).await;
+    // The subscribe was answered (refused) and its barrier too: still not covered.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(covered_now(&stack, d).await.is_empty());
+    let metrics = metrics_text(stack.admin).await;
+    assert!(
+        metrics.contains("fanout_upstream_refusals_total"),
+        "the refusal is counted"
+    );
+    // It stays so after the next pings.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(covered_now(&stack, d).await.is_empty());
+    stack.shutdown().await;
+}

@@ -513,6 +513,31 @@ where
     Ok(wanted)
 }
 
+/// The patterns an upstream error frame names (`{"type":"error",…,"topics":[…]}`), if the
+/// frame is one.
+fn refused_topics(text: &[u8]) -> Option<Vec<Pattern>> {
+    #[derive(serde::Deserialize)]
+    struct ErrorFrame {
+        #[serde(rename = "type")]
+        kind: String,
+        #[serde(default)]
+        topics: Vec<String>,
+    }
+    // Events are the hot path: only a frame whose start names "error" is parsed for it.
+    let head = &text[..text.len().min(64)];
+    if !head.windows(7).any(|w| w == b"\"error\"") {
+        return None;
+    }
+    let frame: ErrorFrame = serde_json::from_slice(text).ok()?;
+    (frame.kind == "error").then(|| {
+        frame
+            .topics
+            .iter()
+            .filter_map(|t| Pattern::parse(t).ok())
+            .collect()
+    })
+}
+
 /// Nothing of a connection arrives any more: its barriers go, and the sink hears that none
 /// of its patterns is covered.
 fn end_connection(shared: &Shared, sent: &Sent) {
@@ -626,6 +651,18 @@ async fn connected(
                             fastwebsockets::Payload::Owned(v) => Bytes::from(v),
                             other => Bytes::copy_from_slice(&other),
                         };
+                        if let Some(refused) = refused_topics(&bytes) {
+                            // VoIPBIN refused subscribes and kept the connection: those
+                            // patterns are not applied, whatever their barrier says.
+                            tracing::warn!(%customer_id, topics = ?refused, "Upstream refused a subscription");
+                            metrics::counter!("fanout_upstream_refusals_total").increment(1);
+                            let mut barriers = shared.barriers();
+                            for pattern in &refused {
+                                barriers.strip(pattern);
+                            }
+                            sink.uncovered(&refused);
+                            continue;
+                        }
                         let bare_resource = bare.lock().unwrap_or_else(|e| e.into_inner()).clone();
                         let cx = Context {
                             customer_id,
