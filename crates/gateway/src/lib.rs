@@ -16,7 +16,7 @@
 
 pub mod config;
 pub mod demo;
-pub mod registry;
+pub use fanout_core::registry;
 pub mod server;
 pub mod telemetry;
 
@@ -38,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::registry::Registry;
+use fanout_core::{Registry, VoipbinFeeds};
 
 /// A running gateway node.
 pub struct Gateway {
@@ -157,9 +157,10 @@ impl Gateway {
         let upstreams = CancellationToken::new();
         let accept = CancellationToken::new();
         let registry = Registry::new(
-            upstream,
+            Arc::new(VoipbinFeeds::new(upstream)),
             config.upstream.linger,
-            &config.resume,
+            config.resume.limits(),
+            config.resume.node_max_bytes,
             upstreams.clone(),
         );
         let endpoint = Arc::new(Endpoint::new(

@@ -20,7 +20,7 @@ use std::net::SocketAddr;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::registry::Registry;
+use fanout_core::Registry;
 
 type Answer = Response<Full<Bytes>>;
 
@@ -255,7 +255,7 @@ fn admin(state: &AdminState, req: &Request<Incoming>) -> Answer {
                         "customer_id": c.customer_id,
                         "users": c.users,
                         "patterns": c.patterns,
-                        "upstream": c.upstream.label(),
+                        "upstream": c.upstream,
                         "upstream_patterns": c.upstream_patterns,
                         "covered": c.covered,
                         "window_events": c.window_events,

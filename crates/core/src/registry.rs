@@ -1,10 +1,10 @@
-//! The customers this node serves: for each, its fan-out [`Hub`] and its one [`Upstream`].
+//! The customers this node serves: for each, its fan-out [`Hub`] and its one [`Feed`].
 //!
 //! The registry is the gateway's [`Directory`]: it places each session pattern in the hub of
-//! the customer whose events it selects, and keeps that customer's upstream subscribed to
-//! what the patterns need, counted, so the last pattern leaving unsubscribes. A customer's
-//! entry (hub and upstream) is created with its first session and removed a linger time
-//! after its last one left.
+//! the customer whose events it selects, and tells that customer's feed what the patterns
+//! need upstream, counted, so the last pattern leaving unsubscribes. A customer's entry (hub
+//! and feed) is created with its first session and removed a linger time after its last one
+//! left.
 //!
 //! Which hub a pattern goes to:
 //! - `customer_id:<X>…` → customer X's hub (X is the session's own customer, except for a
@@ -25,22 +25,21 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use fanout_protocol::cursor::Cursor;
-use fanout_protocol::server::GapReason;
-use fanout_protocol::upstream::Event;
 use fanout_protocol::{Pattern, Scope};
 use fanout_session::hub::WindowBudget;
 use fanout_session::window::WindowLimits;
 use fanout_session::{Directory, Hub, Subscriber};
-use fanout_upstream::{EventSink, Upstream, UpstreamConfig};
+
+use crate::feed::{Feed, Feeds};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 struct Entry {
     hub: Arc<Hub>,
-    upstream: Upstream,
+    upstream: Arc<dyn Feed>,
     /// Sessions of the customer, plus patterns of other customers' super-admins.
     users: usize,
     /// Bumped whenever `users` drops to zero, so a stale linger timer does nothing.
@@ -56,8 +55,8 @@ pub struct CustomerInfo {
     pub users: usize,
     /// Patterns in its hub.
     pub patterns: usize,
-    /// Its upstream's state.
-    pub upstream: fanout_upstream::State,
+    /// Its feed's state.
+    pub upstream: &'static str,
     /// What its upstream is subscribed to.
     pub upstream_patterns: Vec<String>,
     /// Upstream patterns known applied by VoIPBIN: a resume needs them covered.
@@ -66,32 +65,6 @@ pub struct CustomerInfo {
     pub window_events: usize,
     /// Their bytes.
     pub window_bytes: usize,
-}
-
-/// A customer's upstream publishes into its hub: events to the sessions that match, gaps to
-/// every session.
-struct HubSink(Arc<Hub>);
-
-impl EventSink for HubSink {
-    fn publish(&self, event: Event) {
-        self.0.publish(event);
-    }
-
-    fn gap(&self, since: SystemTime, until: SystemTime) {
-        let told = self
-            .0
-            .publish_gap(GapReason::UpstreamReconnect, since, until);
-        metrics::counter!("fanout_gaps_sent_total", "reason" => GapReason::UpstreamReconnect.as_str())
-            .increment(told as u64);
-    }
-
-    fn covered(&self, patterns: &[Pattern]) {
-        self.0.covered(patterns);
-    }
-
-    fn uncovered(&self, patterns: &[Pattern]) {
-        self.0.uncovered(patterns);
-    }
 }
 
 /// Every few seconds, each window forgets what is past its age, events or not: a customer
@@ -124,7 +97,7 @@ pub struct Registry {
     /// When an upstream was last known to work, or customers last appeared on a node that
     /// had none: how long the node has been without a working upstream is counted from it.
     worked: Mutex<Instant>,
-    upstream: Arc<UpstreamConfig>,
+    feeds: Arc<dyn Feeds>,
     linger: Duration,
     window: WindowLimits,
     budget: Arc<WindowBudget>,
@@ -158,20 +131,23 @@ pub fn upstream_pattern(pattern: &Pattern, customer: Uuid) -> Pattern {
 }
 
 impl Registry {
-    /// An empty registry; upstreams run until `cancel` is cancelled.
+    /// An empty registry whose customers' events come from `feeds`, each window keeping
+    /// what `window` says within `window_budget` bytes for the node; feeds run until
+    /// `cancel` is cancelled.
     pub fn new(
-        upstream: Arc<UpstreamConfig>,
+        feeds: Arc<dyn Feeds>,
         linger: Duration,
-        resume: &crate::config::ResumeSection,
+        window: WindowLimits,
+        window_budget: usize,
         cancel: CancellationToken,
     ) -> Arc<Self> {
         let registry = Arc::new_cyclic(|me| Registry {
             customers: Mutex::new(HashMap::new()),
             worked: Mutex::new(Instant::now()),
-            upstream,
+            feeds,
             linger,
-            window: resume.limits(),
-            budget: WindowBudget::new(resume.node_max_bytes),
+            window,
+            budget: WindowBudget::new(window_budget),
             cancel,
             me: me.clone(),
         });
@@ -191,8 +167,7 @@ impl Registry {
         }
         customers.entry(customer).or_insert_with(|| {
             let hub = Arc::new(Hub::with_window(customer, self.window, self.budget.clone()));
-            let sink = Arc::new(HubSink(hub.clone()));
-            let upstream = Upstream::spawn(customer, self.upstream.clone(), sink, &self.cancel);
+            let upstream = self.feeds.open(customer, hub.clone(), &self.cancel);
             metrics::gauge!("fanout_customers").increment(1.0);
             tracing::info!(%customer, "Customer entry created");
             Entry {
@@ -254,8 +229,8 @@ impl Registry {
     }
 
     /// Keeps what `upstream` knew of when it last worked.
-    fn note_worked(&self, upstream: &Upstream) {
-        if let Some(ago) = upstream.down_for() {
+    fn note_worked(&self, upstream: &Arc<dyn Feed>) {
+        if let Some(ago) = upstream.status().down_for {
             let at = Instant::now().checked_sub(ago).unwrap_or_else(Instant::now);
             let mut worked = self.lock_worked();
             *worked = (*worked).max(at);
@@ -276,24 +251,33 @@ impl Registry {
         self.lock_worked().elapsed()
     }
 
-    /// A snapshot of every customer's entry.
+    /// A snapshot of every customer's entry. The registry's lock is held only to list them:
+    /// no hub's stream lock is taken under it.
     pub fn customers(&self) -> Vec<CustomerInfo> {
-        self.lock()
+        let entries: Vec<_> = self
+            .lock()
             .iter()
-            .map(|(customer_id, e)| CustomerInfo {
-                customer_id: *customer_id,
-                users: e.users,
-                patterns: e.hub.len(),
-                upstream: e.upstream.state(),
-                upstream_patterns: e
-                    .upstream
-                    .wanted()
-                    .iter()
-                    .map(|p| p.as_str().to_owned())
-                    .collect(),
-                covered: e.hub.covered_patterns(),
-                window_events: e.hub.window_stats().entries,
-                window_bytes: e.hub.window_stats().bytes,
+            .map(|(customer, e)| (*customer, e.users, e.hub.clone(), e.upstream.clone()))
+            .collect();
+        entries
+            .into_iter()
+            .map(|(customer_id, users, hub, feed)| {
+                let status = feed.status();
+                let window = hub.window_stats();
+                CustomerInfo {
+                    customer_id,
+                    users,
+                    patterns: hub.len(),
+                    upstream: status.state,
+                    upstream_patterns: status
+                        .wanted
+                        .iter()
+                        .map(|p| p.as_str().to_owned())
+                        .collect(),
+                    covered: hub.covered_patterns(),
+                    window_events: window.entries,
+                    window_bytes: window.bytes,
+                }
             })
             .collect()
     }
@@ -347,7 +331,7 @@ impl Directory for Registry {
 
     fn detach(&self, session: &Subscriber, patterns: &[Pattern]) {
         let own = session.0.customer_id();
-        let mut lingering: Vec<(Upstream, Pattern)> = Vec::new();
+        let mut lingering: Vec<(Arc<dyn Feed>, Pattern)> = Vec::new();
         {
             let mut customers = self.lock();
             for pattern in patterns {

@@ -1,0 +1,114 @@
+//! Where a customer's events come from, and where what its sessions need goes.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use fanout_protocol::Pattern;
+use fanout_protocol::server::GapReason;
+use fanout_protocol::upstream::Event;
+use fanout_session::Hub;
+use fanout_upstream::{EventSink, Upstream, UpstreamConfig};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// Where a feed stands, for readiness and the admin view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedStatus {
+    /// A word for people and metrics (`connected`, `backoff`, …).
+    pub state: &'static str,
+    /// What it is asked to deliver, each pattern once.
+    pub wanted: Vec<Pattern>,
+    /// How long ago it last worked: zero while it works, `None` if it never did.
+    pub down_for: Option<Duration>,
+}
+
+/// One customer's source of events. It publishes into the customer's hub (events, gaps,
+/// coverage) and is told, counted, which upstream patterns the customer's sessions need.
+pub trait Feed: Send + Sync + 'static {
+    /// One more user needs `pattern`.
+    fn add(&self, pattern: &Pattern);
+    /// One user less needs `pattern`; the last one's leaving must reach the hub as
+    /// `uncovered` before this returns (resumes are judged on it).
+    fn remove(&self, pattern: &Pattern);
+    /// Where it stands.
+    fn status(&self) -> FeedStatus;
+    /// Stops for good.
+    fn close(&self);
+}
+
+/// Opens customers' feeds.
+pub trait Feeds: Send + Sync + 'static {
+    /// A feed of `customer`'s events into `hub` (whose customer it is), running until
+    /// `cancel` or [`Feed::close`].
+    fn open(&self, customer: Uuid, hub: Arc<Hub>, cancel: &CancellationToken) -> Arc<dyn Feed>;
+}
+
+/// An upstream's events, gaps and coverage, published into its customer's hub.
+pub struct HubSink(pub Arc<Hub>);
+
+impl EventSink for HubSink {
+    fn publish(&self, event: Event) {
+        self.0.publish(event);
+    }
+
+    fn gap(&self, since: SystemTime, until: SystemTime) {
+        let told = self
+            .0
+            .publish_gap(GapReason::UpstreamReconnect, since, until);
+        metrics::counter!("fanout_gaps_sent_total", "reason" => GapReason::UpstreamReconnect.as_str())
+            .increment(told as u64);
+    }
+
+    fn covered(&self, patterns: &[Pattern]) {
+        self.0.covered(patterns);
+    }
+
+    fn uncovered(&self, patterns: &[Pattern]) {
+        self.0.uncovered(patterns);
+    }
+}
+
+/// Single-node mode: every customer's feed is its own upstream connection to VoIPBIN.
+pub struct VoipbinFeeds {
+    config: Arc<UpstreamConfig>,
+}
+
+impl VoipbinFeeds {
+    /// Feeds that connect as `config` says.
+    pub fn new(config: Arc<UpstreamConfig>) -> Self {
+        VoipbinFeeds { config }
+    }
+}
+
+impl Feeds for VoipbinFeeds {
+    fn open(&self, customer: Uuid, hub: Arc<Hub>, cancel: &CancellationToken) -> Arc<dyn Feed> {
+        Arc::new(Upstream::spawn(
+            customer,
+            self.config.clone(),
+            Arc::new(HubSink(hub)),
+            cancel,
+        ))
+    }
+}
+
+impl Feed for Upstream {
+    fn add(&self, pattern: &Pattern) {
+        Upstream::add(self, pattern);
+    }
+
+    fn remove(&self, pattern: &Pattern) {
+        Upstream::remove(self, pattern);
+    }
+
+    fn status(&self) -> FeedStatus {
+        FeedStatus {
+            state: self.state().label(),
+            wanted: self.wanted(),
+            down_for: self.down_for(),
+        }
+    }
+
+    fn close(&self) {
+        Upstream::close(self);
+    }
+}
