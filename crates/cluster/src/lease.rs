@@ -1,0 +1,166 @@
+//! The owner lease of a customer, in NATS key-value (bucket `fanout_owner` by default): the
+//! key is the customer, the value the owner's node id.
+//!
+//! - **Take** with `create` (put-if-absent): the revision it answers is the owner's *term*.
+//!   Terms only grow: a later owner's create comes after every earlier revision of the
+//!   bucket.
+//! - **Renew** with `update` expecting the lease's latest revision: it fails once anyone
+//!   else wrote the key, so an owner that was paused past its lease and taken over learns it
+//!   from the store, whatever its own clock says.
+//! - **Expire** by the bucket's `max_age` (the lease TTL): an update writes a value with no
+//!   per-key TTL (nats-server#6959), so the bucket's age limit is what ends a lease nobody
+//!   renews.
+//! - **Release** with a delete expecting the latest revision, so a successor can take it at
+//!   once (a planned handoff) and a stale owner cannot delete its successor's lease.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use bytes::Bytes;
+use uuid::Uuid;
+
+/// A lease this node holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    /// The customer.
+    pub customer: Uuid,
+    /// The revision that took it: the fencing token of this ownership.
+    pub term: u64,
+    /// The latest revision written (the one a renewal or release must expect).
+    pub revision: u64,
+}
+
+/// Why a lease operation could not be carried out (as opposed to being refused).
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    /// The bucket could not be created or opened.
+    #[error("the lease bucket is not available: {0}")]
+    Bucket(String),
+    /// NATS did not answer, or answered with something else than a refusal.
+    #[error("NATS did not carry out the lease operation: {0}")]
+    Store(String),
+}
+
+/// The owner leases of the fleet, as one node sees them.
+#[derive(Clone)]
+pub struct Leases {
+    store: kv::Store,
+    node: Bytes,
+}
+
+impl std::fmt::Debug for Leases {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Leases")
+            .field("node", &String::from_utf8_lossy(&self.node))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Leases {
+    /// Opens (creating if needed) `bucket`, whose leases last `ttl` unless renewed, for the
+    /// node `node`.
+    ///
+    /// # Errors
+    /// [`LeaseError::Bucket`] when JetStream refuses or does not answer.
+    pub async fn open(
+        client: async_nats::Client,
+        bucket: &str,
+        ttl: Duration,
+        node: &str,
+    ) -> Result<Self, LeaseError> {
+        let context = jetstream::new(client);
+        let store = context
+            .create_key_value(kv::Config {
+                bucket: bucket.to_owned(),
+                history: 1,
+                max_age: ttl,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| LeaseError::Bucket(e.to_string()))?;
+        Ok(Leases {
+            store,
+            node: Bytes::copy_from_slice(node.as_bytes()),
+        })
+    }
+
+    fn key(customer: Uuid) -> String {
+        customer.simple().to_string()
+    }
+
+    /// Takes `customer`'s lease if nobody holds it; `None` if someone does.
+    ///
+    /// # Errors
+    /// [`LeaseError::Store`] when NATS does not carry it out.
+    pub async fn acquire(&self, customer: Uuid) -> Result<Option<Lease>, LeaseError> {
+        match self
+            .store
+            .create(Self::key(customer), self.node.clone())
+            .await
+        {
+            Ok(revision) => Ok(Some(Lease {
+                customer,
+                term: revision,
+                revision,
+            })),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
+            Err(e) => Err(LeaseError::Store(e.to_string())),
+        }
+    }
+
+    /// Renews `lease`; `None` when it is no longer this node's (someone else wrote the key,
+    /// or it expired and was taken).
+    ///
+    /// # Errors
+    /// [`LeaseError::Store`] when NATS does not carry it out (the lease may still be held:
+    /// the caller counts the time since its last successful renewal).
+    pub async fn renew(&self, lease: Lease) -> Result<Option<Lease>, LeaseError> {
+        match self
+            .store
+            .update(Self::key(lease.customer), self.node.clone(), lease.revision)
+            .await
+        {
+            Ok(revision) => Ok(Some(Lease { revision, ..lease })),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
+            Err(e) => Err(LeaseError::Store(e.to_string())),
+        }
+    }
+
+    /// Gives `lease` up so that another node can take it at once; false if it was no longer
+    /// this node's (nothing is deleted then).
+    ///
+    /// # Errors
+    /// [`LeaseError::Store`] when NATS does not answer.
+    pub async fn release(&self, lease: Lease) -> Result<bool, LeaseError> {
+        match self
+            .store
+            .delete_expect_revision(Self::key(lease.customer), Some(lease.revision))
+            .await
+        {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                let text = e.to_string();
+                if text.contains("wrong last sequence") {
+                    Ok(false)
+                } else {
+                    Err(LeaseError::Store(text))
+                }
+            }
+        }
+    }
+
+    /// Who holds `customer`'s lease, and its latest revision.
+    ///
+    /// # Errors
+    /// [`LeaseError::Store`] when NATS does not answer.
+    pub async fn owner(&self, customer: Uuid) -> Result<Option<(String, u64)>, LeaseError> {
+        let entry = self
+            .store
+            .entry(Self::key(customer))
+            .await
+            .map_err(|e| LeaseError::Store(e.to_string()))?;
+        Ok(entry
+            .filter(|e| e.operation == kv::Operation::Put)
+            .map(|e| (String::from_utf8_lossy(&e.value).into_owned(), e.revision)))
+    }
+}

