@@ -1,11 +1,14 @@
 //! Cluster mode on NATS (protocol.md §4, `shared/cluster.md`): the pieces one node needs to
 //! share customers with the rest of the fleet. So far: [`lease`], the owner lease per
-//! customer in NATS key-value, whose term is the fencing token, and [`server_supported`],
-//! the server version cluster mode needs.
+//! customer in NATS key-value, whose term is the fencing token; [`ownership`], when to take,
+//! renew and give it up and whether this node may serve as owner now (self-fencing); and
+//! [`server_supported`], the server version cluster mode needs.
 
 pub mod lease;
+pub mod ownership;
 
 pub use lease::{Lease, LeaseError, Leases};
+pub use ownership::{Next, Ownership};
 
 /// The oldest nats-server cluster mode runs against: 2.11, the first whose expired keys are
 /// seen by watchers and whose publishes can be fenced on another subject's last sequence.

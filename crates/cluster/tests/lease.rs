@@ -171,3 +171,55 @@ async fn the_server_is_recent_enough_for_cluster_mode() {
     let version = nats.client().await.server_info().version;
     assert!(server_supported(&version), "nats-server {version}");
 }
+
+/// Drives one node's ownership of `customer` one step at `now`.
+async fn step(own: &mut fanout_cluster::Ownership, leases: &Leases, customer: Uuid) {
+    use fanout_cluster::Next;
+    let now = std::time::Instant::now();
+    match own.poll(now) {
+        Next::Acquire => {
+            let got = leases.acquire(customer).await.ok().flatten();
+            own.acquired(got, std::time::Instant::now());
+        }
+        Next::Renew(lease) => {
+            let got = leases.renew(lease).await.map_err(|_| ());
+            own.renewed(got, std::time::Instant::now());
+        }
+        Next::Wait => {}
+    }
+}
+
+#[tokio::test]
+async fn never_two_nodes_serving_one_customer_even_when_the_owner_is_paused() {
+    let nats = Nats::start().await;
+    let (a, b) = (nats.leases("node-a").await, nats.leases("node-b").await);
+    let customer = Uuid::new_v4();
+    let start = std::time::Instant::now();
+    let mut own_a = fanout_cluster::Ownership::new(TTL, start);
+    step(&mut own_a, &a, customer).await;
+    let term_a = own_a
+        .may_serve(std::time::Instant::now())
+        .expect("a owns first");
+    let mut own_b = fanout_cluster::Ownership::new(TTL, start);
+    let (mut b_served, mut both) = (None, 0);
+    while start.elapsed() < TTL * 3 {
+        // a is paused after one second: it neither renews nor hears anything.
+        if start.elapsed() < Duration::from_secs(1) {
+            step(&mut own_a, &a, customer).await;
+        }
+        step(&mut own_b, &b, customer).await;
+        let now = std::time::Instant::now();
+        let (serving_a, serving_b) = (own_a.may_serve(now), own_b.may_serve(now));
+        if serving_a.is_some() && serving_b.is_some() {
+            both += 1;
+        }
+        b_served = b_served.or(serving_b);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(both, 0, "two owners at once");
+    let term_b = b_served.expect("b took over after a's lease expired");
+    assert!(term_b > term_a);
+    // a wakes up: its renewal is refused by the store, and it stays fenced.
+    step(&mut own_a, &a, customer).await;
+    assert_eq!(own_a.may_serve(std::time::Instant::now()), None);
+}
