@@ -1,12 +1,15 @@
 //! Cluster mode on NATS (protocol.md §4, `shared/cluster.md`): the pieces one node needs to
 //! share customers with the rest of the fleet. So far: [`lease`], the owner lease per
 //! customer in NATS key-value, whose term is the fencing token; [`ownership`], when to take,
-//! renew and give it up and whether this node may serve as owner now (self-fencing); and
+//! renew and give it up and whether this node may serve as owner now (self-fencing);
+//! [`fence`], the reader side of fencing (a stale term's messages never pass); and
 //! [`server_supported`], the server version cluster mode needs.
 
+pub mod fence;
 pub mod lease;
 pub mod ownership;
 
+pub use fence::{Admit, TermFence};
 pub use lease::{Lease, LeaseError, Leases};
 pub use ownership::{Next, Ownership};
 
