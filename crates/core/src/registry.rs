@@ -179,13 +179,6 @@ impl Registry {
         })
     }
 
-    fn hub_customer(session: &Subscriber, pattern: &Pattern) -> Uuid {
-        match pattern.scope() {
-            Scope::Customer => pattern.owner(),
-            Scope::Agent => session.0.customer_id(),
-        }
-    }
-
     /// Drops a user of `customer`; the last one starts the linger timer.
     fn release(&self, customers: &mut HashMap<Uuid, Entry>, customer: Uuid) {
         let Some(entry) = customers.get_mut(&customer) else {
@@ -198,15 +191,21 @@ impl Registry {
         entry.generation += 1;
         let generation = entry.generation;
         let me = self.me.clone();
+        self.after_linger(move || {
+            if let Some(registry) = me.upgrade() {
+                registry.expire(customer, generation);
+            }
+        });
+    }
+
+    /// Runs `then` a linger time from now, unless the registry is cancelled first.
+    fn after_linger(&self, then: impl FnOnce() + Send + 'static) {
         let linger = self.linger;
         let cancel = self.cancel.clone();
         tokio::spawn(async move {
             tokio::select! {
-                () = cancel.cancelled() => return,
-                () = tokio::time::sleep(linger) => {}
-            }
-            if let Some(registry) = me.upgrade() {
-                registry.expire(customer, generation);
+                () = cancel.cancelled() => {}
+                () = tokio::time::sleep(linger) => then(),
             }
         });
     }
@@ -304,7 +303,7 @@ impl Directory for Registry {
     }
 
     fn subscribe(&self, session: &Subscriber, pattern: &Pattern) {
-        let customer = Self::hub_customer(session, pattern);
+        let customer = session.stream_of(pattern);
         let mut customers = self.lock();
         let entry = self.entry(&mut customers, customer);
         if customer != session.0.customer_id() {
@@ -316,7 +315,7 @@ impl Directory for Registry {
     }
 
     fn unsubscribe(&self, session: &Subscriber, pattern: &Pattern) {
-        let customer = Self::hub_customer(session, pattern);
+        let customer = session.stream_of(pattern);
         let mut customers = self.lock();
         let Some(entry) = customers.get_mut(&customer) else {
             return;
@@ -335,7 +334,7 @@ impl Directory for Registry {
         {
             let mut customers = self.lock();
             for pattern in patterns {
-                let customer = Self::hub_customer(session, pattern);
+                let customer = session.stream_of(pattern);
                 if let Some(entry) = customers.get_mut(&customer)
                     && entry.hub.remove(pattern, session)
                 {
@@ -351,13 +350,7 @@ impl Directory for Registry {
             return;
         }
         // The upstream keeps them for the linger time: the browser may be back at once.
-        let linger = self.linger;
-        let cancel = self.cancel.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                () = cancel.cancelled() => return,
-                () = tokio::time::sleep(linger) => {}
-            }
+        self.after_linger(move || {
             for (upstream, pattern) in lingering {
                 upstream.remove(&pattern);
             }
@@ -374,7 +367,7 @@ impl Directory for Registry {
     ) -> bool {
         let customer = patterns
             .first()
-            .map_or(session.0.customer_id(), |p| Self::hub_customer(session, p));
+            .map_or(session.0.customer_id(), |p| session.stream_of(p));
         let (hub, upstream) = {
             let mut customers = self.lock();
             let entry = self.entry(&mut customers, customer);

@@ -3,19 +3,24 @@
 use fanout_gateway::demo::{DEMO_CUSTOMER, Demo, DemoOptions};
 use fanout_test_support::*;
 
-#[tokio::test]
-async fn demo_tokens_receive_the_random_stream() {
+/// The demo on free loopback ports, its stream at `event_rate` events per second.
+async fn start_demo(event_rate: u32) -> Demo {
     init_tracing();
     let any = "127.0.0.1:0".parse().expect("addr");
-    let demo = Demo::start(&DemoOptions {
+    Demo::start(&DemoOptions {
         listen: any,
         admin_listen: any,
         sim_listen: any,
-        event_rate: 200,
+        event_rate,
         page_listen: any,
     })
     .await
-    .expect("demo starts");
+    .expect("demo starts")
+}
+
+#[tokio::test]
+async fn demo_tokens_receive_the_random_stream() {
+    let demo = start_demo(200).await;
     let addr = demo.gateway.local_addr();
     let mut admin = Client::connect_token(addr, &demo.admin_token).await;
     admin
@@ -56,17 +61,7 @@ async fn demo_tokens_receive_the_random_stream() {
 
 #[tokio::test]
 async fn demo_page_serves_the_client_its_settings_and_an_upstream_drop() {
-    init_tracing();
-    let any = "127.0.0.1:0".parse().expect("addr");
-    let demo = Demo::start(&DemoOptions {
-        listen: any,
-        admin_listen: any,
-        sim_listen: any,
-        event_rate: 50,
-        page_listen: any,
-    })
-    .await
-    .expect("demo starts");
+    let demo = start_demo(50).await;
     let page = demo.page_addr();
     let (status, body) = http(page, "GET", "/", None).await;
     assert_eq!(status, 200);

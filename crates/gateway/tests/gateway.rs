@@ -322,17 +322,7 @@ async fn upstream_dropped_mid_stream_reconnects_and_resubscribes() {
     .await;
     publish_events(&stack, &call(c, "before", None)).await;
     assert_eq!(client.recv_event().await["data"]["id"], "before");
-    let before = sim_stats(stack.sim_addr()).await["connections_total"]
-        .as_u64()
-        .unwrap_or(0);
-    let (status, _) = http(
-        stack.sim_addr(),
-        "POST",
-        &format!("/_sim/drop?customer_id={c}"),
-        None,
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK);
+    let before = drop_upstream(&stack, c).await;
     let addr = stack.sim_addr();
     eventually(
         "a new upstream connection with both subscriptions",

@@ -187,17 +187,7 @@ async fn a_gap_in_between_is_never_recovered_but_its_own_cursor_is() {
     let mut watching = watcher(&stack, c, &topic).await;
     publish_events(&stack, &calls(c, "a", 0..2)).await;
     let before_gap = cursor(&recv_events(&mut watching, 2).await[1]);
-    let replaced_from = sim_stats(stack.sim_addr()).await["connections_total"]
-        .as_u64()
-        .unwrap_or(0);
-    let (status, _) = http(
-        stack.sim_addr(),
-        "POST",
-        &format!("/_sim/drop?customer_id={c}"),
-        None,
-    )
-    .await;
-    assert_eq!(status, 200);
+    let replaced_from = drop_upstream(&stack, c).await;
     let gap = watching.recv_json().await;
     assert_eq!(gap["type"], "gap", "{gap}");
     assert_eq!(gap["reason"], "upstream_reconnect");
@@ -481,14 +471,7 @@ async fn a_pattern_unsubscribed_before_its_barrier_is_answered_is_never_covered(
     let messages_topic = format!("customer_id:{c}:message:*");
     let mut watching = watcher(&stack, c, &calls_topic).await;
     // VoIPBIN answers late: the subscribe's pong comes after the unsubscribe was sent.
-    let (status, _) = http(
-        stack.sim_addr(),
-        "POST",
-        &format!("/_sim/drop?customer_id={c}&stall_ms=600"),
-        None,
-    )
-    .await;
-    assert_eq!(status, 200);
+    stall_upstream(&stack, c, 600).await;
     let mut toggling = Client::connect_token(stack.addr, &admin_token(c)).await;
     toggling.subscribe_synced(&[&messages_topic]).await;
     tokio::time::sleep(Duration::from_millis(150)).await;

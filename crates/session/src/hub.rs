@@ -50,6 +50,18 @@ impl Hash for Subscriber {
     }
 }
 
+impl Subscriber {
+    /// The customer whose stream (and hub) `pattern` selects for this session: the owner of a
+    /// `customer_id:` pattern, the session's own customer for an `agent_id:` one (agent events
+    /// are served from the customer's stream).
+    pub fn stream_of(&self, pattern: &Pattern) -> Uuid {
+        match pattern.scope() {
+            fanout_protocol::Scope::Customer => pattern.owner(),
+            fanout_protocol::Scope::Agent => self.0.customer_id(),
+        }
+    }
+}
+
 impl fanout_topic_trie::Subscriber for Subscriber {
     fn id(&self) -> u64 {
         self.0.id()
@@ -200,8 +212,6 @@ pub struct Resumed {
     pub recovered: bool,
     /// Events replayed.
     pub replayed: usize,
-    /// Gaps told.
-    pub gaps: usize,
 }
 
 /// A window's size now.
@@ -288,11 +298,6 @@ impl Hub {
             entries: stream.window.len(),
             bytes: stream.window.bytes(),
         }
-    }
-
-    /// The cursor of the latest event or gap, if any.
-    pub fn latest(&self) -> Option<Cursor> {
-        self.lock_stream().window.latest()
     }
 
     /// The upstream now delivers every event that `patterns` match (in order with events).
@@ -467,7 +472,6 @@ impl Hub {
         let mut answer = Resumed {
             recovered: false,
             replayed: 0,
-            gaps: 0,
         };
         let mut grown: Vec<(Cursor, usize)> = Vec::new();
         let mut queued = true;
@@ -517,7 +521,6 @@ impl Hub {
                     .iter()
                     .map(|(cursor, gap)| gap_frame(gap.reason, gap.since, gap.until, *cursor))
                     .collect();
-                answer.gaps = frames.len();
                 queued &= session.0.queue().push_replay(frames) == Push::Queued;
                 queued &= session.0.send_control(resumed_frame(false, latest, 0)) == Push::Queued;
             }

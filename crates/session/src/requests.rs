@@ -140,13 +140,9 @@ impl<'a> Requests<'a> {
                     }
                     self.resumes += 1;
                     // A cursor is a position in one customer's stream.
-                    let own = self.handle.customer_id();
-                    let hub_of = |p: &Pattern| match p.scope() {
-                        fanout_protocol::Scope::Customer => p.owner(),
-                        fanout_protocol::Scope::Agent => own,
-                    };
-                    let first = new.first().map_or(own, hub_of);
-                    if new.iter().any(|p| hub_of(p) != first) {
+                    let stream_of = |p: &Pattern| self.subscriber.stream_of(p);
+                    let first = new.first().map_or(self.handle.customer_id(), stream_of);
+                    if new.iter().any(|p| stream_of(p) != first) {
                         return self.refuse(Refusal::new(
                             ErrorCode::InvalidCursor,
                             "a subscribe with \"since\" names the topics of one customer only",

@@ -168,18 +168,34 @@ pub async fn metrics_text(admin: SocketAddr) -> String {
 /// the simulator had accepted before, to wait for the replacement with
 /// [`upstream_replaced`].
 pub async fn stall_upstream(stack: &Stack, customer: Uuid, ms: u64) -> u64 {
+    sim_drop(
+        stack,
+        &format!("customer_id={customer}&stall_ms={ms}"),
+        "stalled",
+    )
+    .await
+}
+
+/// Drops `customer`'s upstream in the simulator (no close frame) and answers how many
+/// connections the simulator had accepted before, for [`upstream_replaced`].
+pub async fn drop_upstream(stack: &Stack, customer: Uuid) -> u64 {
+    sim_drop(stack, &format!("customer_id={customer}"), "dropped").await
+}
+
+/// `/_sim/drop?{query}`, which must have acted on one connection (`{answer: 1}`).
+async fn sim_drop(stack: &Stack, query: &str, answer: &str) -> u64 {
     let before = sim_stats(stack.sim_addr()).await["connections_total"]
         .as_u64()
         .unwrap_or(0);
     let (status, body) = http(
         stack.sim_addr(),
         "POST",
-        &format!("/_sim/drop?customer_id={customer}&stall_ms={ms}"),
+        &format!("/_sim/drop?{query}"),
         None,
     )
     .await;
     assert_eq!(
-        (status, body["stalled"].as_u64()),
+        (status, body[answer].as_u64()),
         (hyper::StatusCode::OK, Some(1))
     );
     before
