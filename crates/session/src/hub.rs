@@ -592,3 +592,66 @@ mod tests {
         assert!(!selects_all_of(&agent, &p(":call")));
     }
 }
+
+#[cfg(test)]
+mod budget_tests {
+    use super::*;
+
+    fn event(customer: Uuid, n: usize) -> Event {
+        Event {
+            shape: fanout_protocol::upstream::Shape::Envelope,
+            event_type: "call_ringing".to_owned(),
+            timestamp: "2026-01-20T10:30:00.000000Z".to_owned(),
+            customer_id: customer,
+            topics: vec![
+                Topic::parse(&format!("customer_id:{customer}:call:k{n}")).expect("topic"),
+            ],
+            data: Bytes::from(vec![b'1'; 300]),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_nodes_windows_together_stay_within_their_budget() {
+        let (c, d) = (Uuid::new_v4(), Uuid::new_v4());
+        let budget = WindowBudget::new(64 * 1024);
+        let limits = WindowLimits::default();
+        let quiet = Hub::with_window(c, limits, budget.clone());
+        let busy = Hub::with_window(d, limits, budget.clone());
+        for n in 0..10 {
+            quiet.publish(event(c, n));
+        }
+        let quiet_kept = quiet.window_stats();
+        assert_eq!(quiet_kept.entries, 10);
+        for n in 0..1000 {
+            busy.publish(event(d, n));
+            assert!(budget.used() <= 64 * 1024, "over the budget after {n}");
+        }
+        // The growing window gave up its own oldest events, not the quiet one's.
+        assert_eq!(quiet.window_stats(), quiet_kept);
+        let busy_kept = busy.window_stats();
+        assert!(busy_kept.entries > 0 && busy_kept.entries < 1000);
+        assert_eq!(budget.used(), quiet_kept.bytes + busy_kept.bytes);
+        // A hub that goes gives its bytes back.
+        drop(busy);
+        assert_eq!(budget.used(), quiet_kept.bytes);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_window_forgets_by_age_without_events() {
+        let c = Uuid::new_v4();
+        let limits = WindowLimits {
+            max_age: std::time::Duration::from_secs(60),
+            ..WindowLimits::default()
+        };
+        let budget = WindowBudget::new(1 << 20);
+        let hub = Hub::with_window(c, limits, budget.clone());
+        hub.publish(event(c, 0));
+        tokio::time::advance(std::time::Duration::from_secs(30)).await;
+        hub.forget_old();
+        assert_eq!(hub.window_stats().entries, 1);
+        tokio::time::advance(std::time::Duration::from_secs(31)).await;
+        hub.forget_old();
+        assert_eq!(hub.window_stats(), WindowStats::default());
+        assert_eq!(budget.used(), 0);
+    }
+}
