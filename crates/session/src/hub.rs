@@ -364,8 +364,52 @@ impl Hub {
     /// events: a session learns of a loss before the first event after it. Answers how many
     /// sessions it was queued to. Never waits, like [`Hub::publish`].
     pub fn publish_gap(&self, reason: GapReason, since: SystemTime, until: SystemTime) -> usize {
+        self.publish_gap_at(reason, since, until, None)
+    }
+
+    /// Moves the stream to `at` if it was numbered elsewhere: answers false if `at` was
+    /// already given out here (the entry must not be taken twice).
+    fn jump(&self, stream: &mut Stream, at: Option<Cursor>, now: tokio::time::Instant) -> bool {
+        let Some(at) = at else {
+            return true;
+        };
+        let before = stream.window.bytes();
+        if stream.window.jump(at) {
+            // Coverage counted in offsets before the jump vouches for nothing after it.
+            stream.covered.clear();
+            self.settle(stream, before, now);
+        }
+        stream.window.next_cursor() == at
+    }
+
+    /// Starts the stream at `at`, numbered by its owner elsewhere (a cluster's new term):
+    /// what the window kept and the coverage are forgotten unless `at` is the next cursor.
+    pub fn renumber(&self, at: Cursor) {
         let now = tokio::time::Instant::now();
         let mut stream = self.lock_stream();
+        self.jump(&mut stream, Some(at), now);
+    }
+
+    /// The cursor the next event or gap gets.
+    pub fn next_cursor(&self) -> Cursor {
+        self.lock_stream().window.next_cursor()
+    }
+
+    /// [`Hub::publish_gap`] at the cursor `at` given by the stream's owner elsewhere (a
+    /// cluster's), when given: see [`Hub::publish_at`]. Answers how many sessions it was
+    /// queued to.
+    pub fn publish_gap_at(
+        &self,
+        reason: GapReason,
+        since: SystemTime,
+        until: SystemTime,
+        at: Option<Cursor>,
+    ) -> usize {
+        let now = tokio::time::Instant::now();
+        let mut stream = self.lock_stream();
+        if !self.jump(&mut stream, at, now) {
+            return 0;
+        }
         let before = stream.window.bytes();
         let cursor = stream.window.push_gap(
             Gap {
@@ -392,6 +436,14 @@ impl Hub {
     ///
     /// Never waits: a session whose queue is full is closed with 1013 instead.
     pub fn publish(&self, event: Event) -> Published {
+        self.publish_at(event, None)
+    }
+
+    /// [`Hub::publish`] at the cursor `at`, for a stream numbered by its owner elsewhere (a
+    /// cluster's), when given: an `at` of another epoch or past the next offset starts the
+    /// window there (forgetting what it kept and the coverage, which vouch for nothing
+    /// across the break); one already given out is dropped.
+    pub fn publish_at(&self, event: Event, at: Option<Cursor>) -> Published {
         let started = Instant::now();
         let mut published = Published::default();
         if event.customer_id != self.customer_id {
@@ -402,6 +454,9 @@ impl Hub {
         }
         let now = tokio::time::Instant::now();
         let mut stream = self.lock_stream();
+        if !self.jump(&mut stream, at, now) {
+            return published;
+        }
         let cursor = stream.window.next_cursor();
         let head = EnvelopeHead::new(&event.event_type, &event.timestamp).with_cursor(cursor);
         let Event { topics, data, .. } = event;

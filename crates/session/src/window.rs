@@ -145,6 +145,21 @@ impl<E> Window<E> {
         self.cursor(offset)
     }
 
+    /// Makes `cursor` the next entry's, for a stream numbered elsewhere (a cluster's owner):
+    /// of another epoch, or past the next offset (entries never seen here), everything kept
+    /// is forgotten, since nothing before `cursor` can be vouched for any more. Answers
+    /// whether anything changed; a cursor at or before the next one changes nothing.
+    pub fn jump(&mut self, cursor: Cursor) -> bool {
+        if cursor.epoch == self.epoch && cursor.offset <= self.next {
+            return false;
+        }
+        self.epoch = cursor.epoch;
+        self.next = cursor.offset;
+        self.slots.clear();
+        self.bytes = 0;
+        true
+    }
+
     /// Adds an event whose item costs `size` bytes; answers its cursor.
     pub fn push_event(&mut self, item: E, size: usize, now: Instant) -> Cursor {
         self.push(Entry::Event(item), size, now)

@@ -178,3 +178,35 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_jump_forgets_what_it_cannot_vouch_for() {
+    let now = Instant::now();
+    let mut window = Window::new(EPOCH, WindowLimits::default());
+    // Numbered elsewhere: this window starts in the middle of the stream.
+    assert!(window.jump(at(EPOCH, 5)));
+    assert_eq!(window.push_event(5u32, 10, now), at(EPOCH, 5));
+    window.push_event(6, 10, now);
+    // From just before the first offset seen: everything after it is here.
+    assert_eq!(
+        recovered(window.resume(at(EPOCH, 4))),
+        Some(vec![(5, 5), (6, 6)])
+    );
+    // Earlier: entries never seen here.
+    assert_eq!(recovered(window.resume(at(EPOCH, 3))), None);
+    // The next offset, or one already taken: nothing changes.
+    assert!(!window.jump(at(EPOCH, 7)));
+    assert!(!window.jump(at(EPOCH, 6)));
+    assert_eq!(window.len(), 2);
+    // A hole: 7 and 8 never arrived. Only a cursor from 8 on can be served.
+    assert!(window.jump(at(EPOCH, 9)));
+    assert_eq!(window.push_event(9, 10, now), at(EPOCH, 9));
+    assert_eq!(recovered(window.resume(at(EPOCH, 6))), None);
+    assert_eq!(recovered(window.resume(at(EPOCH, 8))), Some(vec![(9, 9)]));
+    assert_eq!((window.len(), window.bytes()), (1, 10));
+    // A new epoch (a new owner's term): the old one's cursors are lost.
+    assert!(window.jump(at(EPOCH + 1, 0)));
+    window.push_event(0, 10, now);
+    assert_eq!(recovered(window.resume(at(EPOCH, 9))), None);
+    assert_eq!(window.latest(), Some(at(EPOCH + 1, 0)));
+}
