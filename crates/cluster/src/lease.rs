@@ -74,6 +74,9 @@ impl Leases {
                 bucket: bucket.to_owned(),
                 history: 1,
                 max_age: ttl,
+                // The store marks an expired lease (nats-server 2.11), so that watchers
+                // see it go without polling.
+                limit_markers: Some(ttl.max(Duration::from_secs(1))),
                 ..Default::default()
             })
             .await
@@ -147,6 +150,29 @@ impl Leases {
                 }
             }
         }
+    }
+
+    /// Every lease change from now on, for all customers: `(customer, holder)`, the holder
+    /// `None` when the lease was released or expired.
+    ///
+    /// # Errors
+    /// [`LeaseError::Store`] when NATS does not answer.
+    pub async fn changes(
+        &self,
+    ) -> Result<impl futures_util::Stream<Item = (Uuid, Option<String>)> + use<>, LeaseError> {
+        use futures_util::StreamExt as _;
+        let watch = self
+            .store
+            .watch_all()
+            .await
+            .map_err(|e| LeaseError::Store(e.to_string()))?;
+        Ok(watch.filter_map(|entry| async move {
+            let entry = entry.ok()?;
+            let customer = Uuid::try_parse(&entry.key).ok()?;
+            let holder = (entry.operation == kv::Operation::Put)
+                .then(|| String::from_utf8_lossy(&entry.value).into_owned());
+            Some((customer, holder))
+        }))
     }
 
     /// Who holds `customer`'s lease, and its latest revision.

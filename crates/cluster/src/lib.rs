@@ -5,10 +5,13 @@
 //! [`fence`], the reader side of fencing (a stale term's messages never pass); and
 //! [`server_supported`], the server version cluster mode needs.
 
+pub mod feeds;
 pub mod fence;
 pub mod lease;
+pub mod log;
 pub mod ownership;
 
+pub use feeds::{ClusterError, ClusterFeeds, ClusterSettings};
 pub use fence::{Admit, TermFence};
 pub use lease::{Lease, LeaseError, Leases};
 pub use ownership::{Next, Ownership};

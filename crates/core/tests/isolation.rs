@@ -48,6 +48,8 @@ impl Feed for Recording {
             state: "recording",
             wanted: Vec::new(),
             down_for: Some(Duration::ZERO),
+            owner: None,
+            term: None,
         }
     }
 

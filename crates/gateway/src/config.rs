@@ -39,6 +39,75 @@ pub struct Config {
     pub shutdown: ShutdownSection,
     /// What each customer's stream keeps for resuming clients.
     pub resume: ResumeSection,
+    /// Cluster mode: several nodes, one upstream per customer for the fleet.
+    pub cluster: ClusterSection,
+}
+
+/// `[cluster]`: nodes that share their customers over NATS (protocol.md §4). Without
+/// `nats_url` the node runs alone (single-node mode).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSection {
+    /// The NATS server (≥ 2.11, JetStream enabled) of the cluster, `nats://host:4222`.
+    /// Default none: single-node mode.
+    pub nats_url: Option<String>,
+    /// This node's name in the fleet (what `/customers` shows as an owner). Default the
+    /// host name (the pod's name on Kubernetes).
+    pub node_id: Option<String>,
+    /// How long a customer's owner lease lasts unless renewed (every third of it). A dead
+    /// owner is replaced within it; below 10 s, NATS leader elections cause needless
+    /// takeovers. Default `15s`.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    /// The key-value bucket of the leases. Default `fanout_owner`.
+    pub lease_bucket: String,
+    /// The JetStream stream of the fleet's event log. Default `FANOUT_EVENTS`.
+    pub stream: String,
+    /// Events the log keeps per customer (the fleet's resume window). Default 20000.
+    pub log_max_events: u32,
+    /// Bytes the log keeps in all; the oldest go first. Default 1 GiB.
+    pub log_max_bytes: u64,
+    /// Records an owner may have sent to the log unanswered. Default 1024.
+    pub max_in_flight: usize,
+    /// How long one NATS request may take. Default `5s`.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// How long NATS may be unreachable before each node serves its own sessions from
+    /// upstreams of its own (degraded mode, `cluster_degraded` gaps) until it is back.
+    /// Default `5s`.
+    #[serde(with = "humantime_serde")]
+    pub degraded_after: Duration,
+}
+
+impl Default for ClusterSection {
+    fn default() -> Self {
+        ClusterSection {
+            nats_url: None,
+            node_id: None,
+            lease_ttl: Duration::from_secs(15),
+            lease_bucket: "fanout_owner".to_owned(),
+            stream: "FANOUT_EVENTS".to_owned(),
+            log_max_events: 20_000,
+            log_max_bytes: 1 << 30,
+            max_in_flight: 1024,
+            request_timeout: Duration::from_secs(5),
+            degraded_after: Duration::from_secs(5),
+        }
+    }
+}
+
+impl ClusterSection {
+    /// This node's id: `node_id`, else the host name.
+    pub fn node_id(&self) -> String {
+        self.node_id.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .or_else(|| std::env::var("HOSTNAME").ok())
+                .map(|h| h.trim().to_owned())
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "fanout-gateway".to_owned())
+        })
+    }
 }
 
 /// `[resume]`: each customer's window of recent events (protocol.md §1.7).
@@ -284,6 +353,7 @@ impl Default for Config {
             limits: LimitsSection::default(),
             shutdown: ShutdownSection::default(),
             resume: ResumeSection::default(),
+            cluster: ClusterSection::default(),
         }
     }
 }
@@ -305,6 +375,10 @@ pub struct Overrides {
     pub upstream_accesskeys: Option<PathBuf>,
     /// `--log-format`.
     pub log_format: Option<LogFormat>,
+    /// `--cluster-nats`.
+    pub cluster_nats: Option<String>,
+    /// `--node-id`.
+    pub node_id: Option<String>,
 }
 
 /// The configuration could not be loaded or is invalid; every problem is listed.
@@ -401,6 +475,12 @@ impl Config {
         if let Some(v) = o.log_format {
             config.log_format = v;
         }
+        if let Some(v) = o.cluster_nats {
+            config.cluster.nats_url = Some(v);
+        }
+        if let Some(v) = o.node_id {
+            config.cluster.node_id = Some(v);
+        }
         config.validate()?;
         Ok(config)
     }
@@ -447,11 +527,24 @@ impl Config {
             ("accesskeys.verify_timeout", self.accesskeys.verify_timeout),
             ("limits.header_timeout", self.limits.header_timeout),
             ("resume.max_age", self.resume.max_age),
+            ("cluster.request_timeout", self.cluster.request_timeout),
         ];
         for (name, value) in positive {
             if value.is_zero() {
                 problems.push(format!("{name} must be more than zero"));
             }
+        }
+        if self.cluster.lease_ttl < Duration::from_secs(1) {
+            problems.push("cluster.lease_ttl must be at least 1s".to_owned());
+        }
+        if self.cluster.node_id.as_deref().is_some_and(str::is_empty) {
+            problems.push("cluster.node_id must not be empty".to_owned());
+        }
+        if self.cluster.log_max_events == 0 || self.cluster.max_in_flight == 0 {
+            problems.push(
+                "cluster.log_max_events and cluster.max_in_flight must be more than zero"
+                    .to_owned(),
+            );
         }
         if self.upstream.backoff_cap < self.upstream.backoff_base {
             problems.push("upstream.backoff_cap must be at least upstream.backoff_base".to_owned());

@@ -38,7 +38,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use fanout_core::{Registry, VoipbinFeeds};
+use fanout_cluster::{ClusterFeeds, ClusterSettings};
+use fanout_core::{Feeds, Registry, VoipbinFeeds};
 
 /// A running gateway node.
 pub struct Gateway {
@@ -47,6 +48,7 @@ pub struct Gateway {
     admin_addr: SocketAddr,
     endpoint: Arc<Endpoint>,
     registry: Arc<Registry>,
+    feeds: Arc<dyn Feeds>,
     ready: Arc<AtomicBool>,
     /// Stops the listeners.
     accept: CancellationToken,
@@ -96,6 +98,21 @@ pub fn upstream_config(config: &Config) -> anyhow::Result<UpstreamConfig> {
     upstream.max_frame_bytes = config.upstream.max_frame_bytes;
     upstream.subscribe_settle = config.upstream.subscribe_settle;
     Ok(upstream)
+}
+
+/// Cluster mode's settings from the configuration.
+pub fn cluster_settings(config: &Config) -> ClusterSettings {
+    let cluster = &config.cluster;
+    let mut settings = ClusterSettings::new(cluster.node_id());
+    settings.lease_ttl = cluster.lease_ttl;
+    settings.lease_bucket = cluster.lease_bucket.clone();
+    settings.stream = cluster.stream.clone();
+    settings.max_events = i64::from(cluster.log_max_events);
+    settings.max_bytes = i64::try_from(cluster.log_max_bytes).unwrap_or(i64::MAX);
+    settings.max_in_flight = cluster.max_in_flight;
+    settings.request_timeout = cluster.request_timeout;
+    settings.degraded_after = cluster.degraded_after;
+    settings
 }
 
 /// Raises the soft descriptor limit to the hard one and answers how many connections the
@@ -156,8 +173,16 @@ impl Gateway {
         );
         let upstreams = CancellationToken::new();
         let accept = CancellationToken::new();
+        let feeds: Arc<dyn Feeds> = match &config.cluster.nats_url {
+            None => Arc::new(VoipbinFeeds::new(upstream)),
+            Some(url) => Arc::new(
+                ClusterFeeds::connect(url, cluster_settings(&config), upstream, upstreams.clone())
+                    .await
+                    .context("cluster mode")?,
+            ),
+        };
         let registry = Registry::new(
-            Arc::new(VoipbinFeeds::new(upstream)),
+            feeds.clone(),
             config.upstream.linger,
             config.resume.limits(),
             config.resume.node_max_bytes,
@@ -212,6 +237,7 @@ impl Gateway {
             admin_addr,
             endpoint,
             registry,
+            feeds,
             ready,
             accept,
             upstreams,
@@ -268,6 +294,14 @@ impl Gateway {
             );
         }
         self.registry.close_all();
+        // A cluster owner hands its customers over before the node goes.
+        let handoff = self.config.cluster.request_timeout * 2;
+        if tokio::time::timeout(handoff, self.feeds.closed())
+            .await
+            .is_err()
+        {
+            tracing::warn!("Handing the customers over took too long");
+        }
         self.upstreams.cancel();
         // Give upstream tasks a moment to send their close frames.
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -38,7 +38,7 @@ enum ConfigCommand {
     /// Print the default configuration as TOML.
     Default,
     /// Load and validate a configuration (file, environment, flags) and print it.
-    Check(ServeArgs),
+    Check(Box<ServeArgs>),
 }
 
 #[derive(Debug, clap::Args)]
@@ -67,6 +67,15 @@ struct ServeArgs {
     /// Log format: text or json [default: text].
     #[arg(long, env = "FANOUT_LOG_FORMAT")]
     log_format: Option<LogFormat>,
+    /// Cluster mode: the NATS server (2.11 or later, with JetStream) the nodes share their
+    /// customers over, nats://host:4222 (also FANOUT_CLUSTER__NATS_URL) [default: none,
+    /// single node].
+    #[arg(long)]
+    cluster_nats: Option<String>,
+    /// This node's name in the cluster (also FANOUT_CLUSTER__NODE_ID) [default: the host
+    /// name].
+    #[arg(long)]
+    node_id: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -101,6 +110,8 @@ impl ServeArgs {
             upstream_token: self.upstream_token.clone(),
             upstream_accesskeys: self.upstream_accesskeys.clone(),
             log_format: self.log_format,
+            cluster_nats: self.cluster_nats.clone(),
+            node_id: self.node_id.clone(),
         };
         Config::load(self.config.as_deref(), std::env::vars(), &overrides)
     }

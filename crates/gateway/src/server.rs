@@ -256,6 +256,8 @@ fn admin(state: &AdminState, req: &Request<Incoming>) -> Answer {
                         "users": c.users,
                         "patterns": c.patterns,
                         "upstream": c.upstream,
+                        "owner": c.owner,
+                        "term": c.term,
                         "upstream_patterns": c.upstream_patterns,
                         "covered": c.covered,
                         "window_events": c.window_events,

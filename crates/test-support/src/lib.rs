@@ -25,6 +25,8 @@ use uuid::Uuid;
 
 pub use fanout_auth::permission_bits as perm;
 
+pub mod nats;
+
 /// The JWT secret tests sign with.
 pub const SECRET: &str = "test-jwt-secret";
 /// The customer of the tutorial's examples.

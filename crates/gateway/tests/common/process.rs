@@ -82,8 +82,16 @@ pub async fn spawn_gateway_limited(
     })
     .await
     .expect("the gateway logs its addresses");
-    // Keep draining the log so the child never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    // Keep draining the log so the child never blocks on a full pipe; shown with
+    // `GATEWAY_LOGS=1`.
+    let show = std::env::var_os("GATEWAY_LOGS").is_some();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if show {
+                eprintln!("{line}");
+            }
+        }
+    });
     let addr = listening["fields"]["local_addr"]
         .as_str()
         .expect("local_addr")

@@ -1,0 +1,1379 @@
+//! Cluster mode's [`Feeds`]: a customer's events come from the fleet's log in JetStream,
+//! written by the one node that holds the customer's lease, its owner.
+//!
+//! Every node with sessions of a customer runs one task for it, which
+//! - **reads** the customer's log ([`crate::log`]) from the beginning of the current term,
+//!   through the reader-side fence ([`TermFence`]), into the customer's hub, at the owner's
+//!   cursors: every node numbers the stream alike, so a browser resumes on any of them;
+//! - **seeks the lease** ([`Ownership`]) when nobody holds it (a watch on the lease bucket
+//!   says so at once), and while it holds it **owns**: one upstream connection to VoIPBIN
+//!   subscribed to the customer's whole stream, whose events, gaps and coverage it appends
+//!   to the log, fenced on the store's side on its term's beginning and on its own side by
+//!   the time since its last renewal (a node paused past that publishes nothing);
+//! - **hands over** when the registry closes it (the customer's linger is over, or the node
+//!   shuts down): the upstream closes, the term's end is written and the lease released, so
+//!   another interested node takes over at once and tells `owner_handoff`.
+//!
+//! A new owner tells the customer's sessions a gap (`owner_failover`, or `owner_handoff` when
+//! the last term ended properly) once its upstream covers the stream, so that a client
+//! resuming from the gap's cursor misses nothing.
+
+use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::{self, consumer, stream};
+use fanout_core::{Feed, FeedStatus, Feeds, HubSink};
+use fanout_protocol::cursor::Cursor;
+use fanout_protocol::server::GapReason;
+use fanout_protocol::upstream::Event;
+use fanout_protocol::{Pattern, Scope};
+use fanout_session::Hub;
+use fanout_upstream::{EventSink, Upstream, UpstreamConfig};
+use futures_util::StreamExt as _;
+use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
+
+use crate::log::{self, Record, Stamp};
+use crate::{Admit, Lease, Leases, Next, Ownership, TermFence, server_supported};
+
+/// Cluster mode's settings.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    /// This node's name in the fleet (the lease holder's value).
+    pub node_id: String,
+    /// How long a lease lasts unless renewed.
+    pub lease_ttl: Duration,
+    /// The key-value bucket of the leases.
+    pub lease_bucket: String,
+    /// The JetStream stream of the log.
+    pub stream: String,
+    /// The log keeps at most this many events per customer.
+    pub max_events: i64,
+    /// And at most this many bytes in all.
+    pub max_bytes: i64,
+    /// How many records an owner may have published but not yet seen stored.
+    pub max_in_flight: usize,
+    /// How many records an owner's upstream may hand over before they are published; past
+    /// it, the owner gives its term up (its successor tells the gap).
+    pub max_backlog: usize,
+    /// How long a NATS request may take.
+    pub request_timeout: Duration,
+    /// How long NATS may be unreachable before the node serves its own sessions from
+    /// upstreams of its own (degraded mode).
+    pub degraded_after: Duration,
+}
+
+impl ClusterSettings {
+    /// The defaults for `node_id`.
+    pub fn new(node_id: impl Into<String>) -> Self {
+        ClusterSettings {
+            node_id: node_id.into(),
+            lease_ttl: Duration::from_secs(15),
+            lease_bucket: "fanout_owner".into(),
+            stream: "FANOUT_EVENTS".into(),
+            max_events: 20_000,
+            max_bytes: 1 << 30,
+            max_in_flight: 1024,
+            max_backlog: 16_384,
+            request_timeout: Duration::from_secs(5),
+            degraded_after: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Why cluster mode could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// NATS could not be reached.
+    #[error("cannot reach NATS at {url}: {reason}")]
+    Connect {
+        /// Where.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// The server is older than cluster mode needs.
+    #[error(
+        "nats-server {found} is too old for cluster mode: it needs 2.11 or later (expiry markers for leases, and publishes fenced on another subject's last sequence)"
+    )]
+    TooOld {
+        /// The version it reported.
+        found: String,
+    },
+    /// JetStream refused the bucket or the stream.
+    #[error("JetStream: {0}")]
+    JetStream(String),
+}
+
+struct Node {
+    settings: ClusterSettings,
+    upstream: Arc<UpstreamConfig>,
+    client: async_nats::Client,
+    js: jetstream::Context,
+    stream: stream::Stream,
+    leases: Leases,
+    /// Each customer's task, woken when its lease was seen released or expired.
+    waiters: Mutex<HashMap<Uuid, Arc<Notify>>>,
+    tasks: TaskTracker,
+    cancel: CancellationToken,
+    /// Whether NATS has been unreachable for longer than `degraded_after`.
+    degraded: tokio::sync::watch::Sender<bool>,
+}
+
+impl Node {
+    fn waiters(&self) -> MutexGuard<'_, HashMap<Uuid, Arc<Notify>>> {
+        self.waiters.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The feeds of a node in a cluster.
+pub struct ClusterFeeds {
+    node: Arc<Node>,
+}
+
+impl std::fmt::Debug for ClusterFeeds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterFeeds")
+            .field("node_id", &self.node.settings.node_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClusterFeeds {
+    /// Joins the cluster at `url`: checks the server's version, opens the lease bucket and
+    /// the log's stream (creating them if needed), and watches the leases. Customers'
+    /// upstreams connect as `upstream` says. Runs until `cancel`.
+    ///
+    /// # Errors
+    /// [`ClusterError`] when NATS cannot be reached, is too old or refuses JetStream.
+    pub async fn connect(
+        url: &str,
+        settings: ClusterSettings,
+        upstream: Arc<UpstreamConfig>,
+        cancel: CancellationToken,
+    ) -> Result<Self, ClusterError> {
+        let client = async_nats::ConnectOptions::new()
+            .name(format!("fanout-gateway {}", settings.node_id))
+            .connection_timeout(settings.request_timeout)
+            .request_timeout(Some(settings.request_timeout))
+            .connect(url)
+            .await
+            .map_err(|e| ClusterError::Connect {
+                url: url.to_owned(),
+                reason: e.to_string(),
+            })?;
+        let version = client.server_info().version;
+        if !server_supported(&version) {
+            return Err(ClusterError::TooOld { found: version });
+        }
+        let leases = Leases::open(
+            client.clone(),
+            &settings.lease_bucket,
+            settings.lease_ttl,
+            &settings.node_id,
+        )
+        .await
+        .map_err(|e| ClusterError::JetStream(e.to_string()))?;
+        let js = jetstream::new(client.clone());
+        let config = stream::Config {
+            name: settings.stream.clone(),
+            subjects: vec![log::STREAM_SUBJECTS.into()],
+            max_messages_per_subject: settings.max_events,
+            max_bytes: settings.max_bytes,
+            discard: stream::DiscardPolicy::Old,
+            storage: stream::StorageType::File,
+            allow_direct: true,
+            // Coverage refreshes expire on their own (nats-server 2.11).
+            allow_message_ttl: true,
+            ..Default::default()
+        };
+        js.create_or_update_stream(config)
+            .await
+            .map_err(|e| ClusterError::JetStream(e.to_string()))?;
+        let stream = js
+            .get_stream(&settings.stream)
+            .await
+            .map_err(|e| ClusterError::JetStream(e.to_string()))?;
+        let node = Arc::new(Node {
+            settings,
+            upstream,
+            client,
+            js,
+            stream,
+            leases,
+            waiters: Mutex::new(HashMap::new()),
+            tasks: TaskTracker::new(),
+            cancel,
+            degraded: tokio::sync::watch::Sender::new(false),
+        });
+        metrics::gauge!("fanout_cluster_degraded").set(0.0);
+        metrics::gauge!("fanout_cluster_leases_held").set(0.0);
+        tokio::spawn(watch_connection(node.clone()));
+        tokio::spawn(watch_leases(node.clone()));
+        tokio::spawn(measure_round_trip(node.clone()));
+        tracing::info!(%url, server = %version, node_id = %node.settings.node_id, "Joined the cluster");
+        Ok(ClusterFeeds { node })
+    }
+}
+
+/// Wakes a customer's task when its lease was released or expired (the store marks an
+/// expiry), and keeps watching across NATS outages.
+async fn watch_leases(node: Arc<Node>) {
+    loop {
+        match node.leases.changes().await {
+            Ok(changes) => {
+                let mut changes = std::pin::pin!(changes);
+                loop {
+                    tokio::select! {
+                        () = node.cancel.cancelled() => return,
+                        change = changes.next() => match change {
+                            Some((customer, None)) => {
+                                if let Some(waiter) = node.waiters().get(&customer) {
+                                    waiter.notify_one();
+                                }
+                            }
+                            Some((_, Some(_))) => {}
+                            None => break,
+                        }
+                    }
+                }
+            }
+            Err(error) => tracing::debug!(%error, "Cannot watch the leases yet"),
+        }
+        tokio::select! {
+            () = node.cancel.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// Declares the node degraded once its NATS connection has been down for `degraded_after`,
+/// and back when it is up again.
+async fn watch_connection(node: Arc<Node>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut down_since: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            () = node.cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let connected = node.client.connection_state() == async_nats::connection::State::Connected;
+        let degraded = if connected {
+            down_since = None;
+            false
+        } else {
+            let since = *down_since.get_or_insert_with(Instant::now);
+            since.elapsed() >= node.settings.degraded_after
+        };
+        let changed = node.degraded.send_if_modified(|now| {
+            let changed = *now != degraded;
+            *now = degraded;
+            changed
+        });
+        if changed {
+            metrics::gauge!("fanout_cluster_degraded").set(if degraded { 1.0 } else { 0.0 });
+            if degraded {
+                tracing::warn!(
+                    "NATS unreachable: serving this node's sessions from its own upstreams"
+                );
+            } else {
+                tracing::info!("NATS reachable again: rejoining the cluster");
+            }
+        }
+    }
+}
+
+/// Keeps `fanout_cluster_nats_rtt_seconds` (a flush is a round trip).
+async fn measure_round_trip(node: Arc<Node>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = node.cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let started = Instant::now();
+        let flushed =
+            tokio::time::timeout(node.settings.request_timeout, node.client.flush()).await;
+        if matches!(flushed, Ok(Ok(()))) {
+            metrics::gauge!("fanout_cluster_nats_rtt_seconds").set(started.elapsed().as_secs_f64());
+        }
+    }
+}
+
+impl Feeds for ClusterFeeds {
+    fn open(&self, customer: Uuid, hub: Arc<Hub>, cancel: &CancellationToken) -> Arc<dyn Feed> {
+        let shared = Arc::new(Shared {
+            close: cancel.child_token(),
+            status: Mutex::new(Status::default()),
+        });
+        let waiter = Arc::new(Notify::new());
+        self.node.waiters().insert(customer, waiter.clone());
+        let task = Customer {
+            node: self.node.clone(),
+            customer,
+            hub,
+            shared: shared.clone(),
+            waiter,
+        };
+        self.node.tasks.spawn(task.run());
+        Arc::new(ClusterFeed(shared))
+    }
+
+    fn closed(&self) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
+        let tasks = self.node.tasks.clone();
+        Box::pin(async move {
+            tasks.close();
+            tasks.wait().await;
+        })
+    }
+}
+
+#[derive(Default)]
+struct Status {
+    owner: Option<String>,
+    term: Option<u64>,
+    upstream: Option<Arc<Upstream>>,
+    /// Since when the log has not been read, if it is not.
+    broken_since: Option<Instant>,
+}
+
+struct Shared {
+    close: CancellationToken,
+    status: Mutex<Status>,
+}
+
+impl Shared {
+    fn status(&self) -> MutexGuard<'_, Status> {
+        self.status.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A customer's feed on a node of the cluster.
+struct ClusterFeed(Arc<Shared>);
+
+impl Feed for ClusterFeed {
+    // The owner subscribes to the customer's whole stream: what sessions need is already
+    // covered, whatever they add or drop.
+    fn add(&self, _pattern: &Pattern) {}
+
+    fn remove(&self, _pattern: &Pattern) {}
+
+    fn status(&self) -> FeedStatus {
+        let status = self.0.status();
+        let (state, wanted) = match &status.upstream {
+            Some(upstream) => (upstream.state().label(), upstream.wanted()),
+            None if status.broken_since.is_some() => ("cluster_down", Vec::new()),
+            None => ("follower", Vec::new()),
+        };
+        FeedStatus {
+            state,
+            wanted,
+            down_for: Some(
+                status
+                    .broken_since
+                    .map_or(Duration::ZERO, |since| since.elapsed()),
+            ),
+            owner: status.owner.clone(),
+            term: status.term,
+        }
+    }
+
+    fn close(&self) {
+        self.0.close.cancel();
+    }
+}
+
+/// What an owner's upstream hands to its publisher.
+enum Item {
+    Event(Event),
+    Gap(SystemTime, SystemTime),
+    Covered(Vec<Pattern>),
+    Uncovered(Vec<Pattern>),
+    /// Write the coverage again: a reader that missed it (joined late, rejoined) learns
+    /// it here, in order with the events.
+    Refresh,
+}
+
+/// The owner's upstream sink: everything goes to the term's publisher, in order; a
+/// publisher too far behind ends the term (nothing is dropped silently).
+struct OwnerSink {
+    items: mpsc::Sender<Item>,
+    overflow: CancellationToken,
+}
+
+impl OwnerSink {
+    fn send(&self, item: Item) {
+        // Closed: the term is ending in order and takes nothing more.
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.items.try_send(item) {
+            self.overflow.cancel();
+        }
+    }
+}
+
+impl EventSink for OwnerSink {
+    fn publish(&self, event: Event) {
+        self.send(Item::Event(event));
+    }
+
+    fn gap(&self, since: SystemTime, until: SystemTime) {
+        self.send(Item::Gap(since, until));
+    }
+
+    fn covered(&self, patterns: &[Pattern]) {
+        self.send(Item::Covered(patterns.to_vec()));
+    }
+
+    fn uncovered(&self, patterns: &[Pattern]) {
+        self.send(Item::Uncovered(patterns.to_vec()));
+    }
+}
+
+/// Degraded mode's sink: the node's own upstream straight into the hub, numbered here; the
+/// loss since the log was last read is told once the upstream covers the stream.
+struct LocalSink {
+    inner: HubSink,
+    owed: Mutex<Option<SystemTime>>,
+}
+
+impl EventSink for LocalSink {
+    fn publish(&self, event: Event) {
+        self.inner.publish(event);
+    }
+
+    fn gap(&self, since: SystemTime, until: SystemTime) {
+        self.inner.gap(since, until);
+    }
+
+    fn covered(&self, patterns: &[Pattern]) {
+        self.inner.covered(patterns);
+        let owed = self.owed.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(since) = owed {
+            let reason = GapReason::ClusterDegraded;
+            let told = self.inner.0.publish_gap(reason, since, SystemTime::now());
+            metrics::counter!("fanout_gaps_sent_total", "reason" => reason.as_str())
+                .increment(told as u64);
+        }
+    }
+
+    fn uncovered(&self, patterns: &[Pattern]) {
+        self.inner.uncovered(patterns);
+    }
+}
+
+/// One term this node owns.
+struct Term {
+    lease: Lease,
+    /// The stream sequence of the term's beginning, which every record of it expects.
+    fence_seq: u64,
+    upstream: Arc<Upstream>,
+    /// Until when the term may publish (self-fencing), kept by the customer's task.
+    serve_until: Arc<Mutex<Instant>>,
+    /// Cancelled when the term must end at once (fenced by the store, the publisher too
+    /// far behind, NATS not answering).
+    ended: CancellationToken,
+    /// Tells the publisher to drain and end.
+    finish: CancellationToken,
+    /// The publisher's queue, for refreshes.
+    items: mpsc::Sender<Item>,
+    publisher: tokio::task::JoinHandle<u64>,
+}
+
+/// `message`, to be stored only while the last message on `customer`'s term subject is
+/// still at `fence_seq` (the term's beginning): the store-side fence.
+fn fenced(message: PublishMessage, customer: Uuid, fence_seq: u64) -> PublishMessage {
+    message.expected_last_subject_sequence(fence_seq).header(
+        "Nats-Expected-Last-Subject-Sequence-Subject",
+        log::term_subject(customer).as_str(),
+    )
+}
+
+/// A term's publisher: stamps each item and appends it to the log, pipelined, fenced.
+struct Publisher {
+    node: Arc<Node>,
+    customer: Uuid,
+    term: u64,
+    epoch: u64,
+    fence_seq: u64,
+    seq: u64,
+    offset: u64,
+    covered: BTreeSet<Pattern>,
+    /// The loss to tell once the upstream covers the stream: the owner change.
+    owed: Option<(GapReason, SystemTime)>,
+    serve_until: Arc<Mutex<Instant>>,
+    ended: CancellationToken,
+    /// Cancelled when the term ends in order: the queue is drained, then the task ends.
+    finish: CancellationToken,
+}
+
+impl Publisher {
+    fn next_cursor(&mut self) -> Cursor {
+        let cursor = Cursor {
+            epoch: self.epoch,
+            offset: self.offset,
+        };
+        self.offset += 1;
+        cursor
+    }
+
+    /// Publishes `record`; the answer's future is sent to `acks`.
+    async fn publish(
+        &mut self,
+        record: Record,
+        acks: &mpsc::Sender<jetstream::context::PublishAckFuture>,
+    ) -> bool {
+        self.publish_for(record, acks, None).await
+    }
+
+    /// [`Publisher::publish`], the record kept by the log for `ttl` at most, when given.
+    async fn publish_for(
+        &mut self,
+        record: Record,
+        acks: &mpsc::Sender<jetstream::context::PublishAckFuture>,
+        ttl: Option<Duration>,
+    ) -> bool {
+        let serving = Instant::now() < *self.serve_until.lock().unwrap_or_else(|e| e.into_inner());
+        if !serving {
+            metrics::counter!("fanout_cluster_fenced_total", "side" => "self").increment(1);
+            tracing::warn!(customer = %self.customer, term = self.term, "Lease not renewed in time: this node stops publishing");
+            self.ended.cancel();
+            return false;
+        }
+        let (headers, body) = record.encode(Stamp {
+            term: self.term,
+            seq: self.seq,
+        });
+        self.seq += 1;
+        let mut message = fenced(
+            PublishMessage::build().headers(headers).payload(body),
+            self.customer,
+            self.fence_seq,
+        );
+        if let Some(ttl) = ttl {
+            message = message.ttl(ttl);
+        }
+        match self
+            .node
+            .js
+            .send_publish(record.subject(self.customer), message)
+            .await
+        {
+            Ok(ack) => acks.send(ack).await.is_ok(),
+            Err(error) => {
+                tracing::warn!(customer = %self.customer, %error, "Cannot publish to the log: the term ends");
+                self.ended.cancel();
+                false
+            }
+        }
+    }
+
+    async fn run(mut self, mut items: mpsc::Receiver<Item>) -> u64 {
+        let (acks, mut answers) = mpsc::channel::<jetstream::context::PublishAckFuture>(
+            self.node.settings.max_in_flight.max(1),
+        );
+        let ended = self.ended.clone();
+        let customer = self.customer;
+        let checker = tokio::spawn(async move {
+            while let Some(answer) = answers.recv().await {
+                match answer.await {
+                    Ok(_) => metrics::counter!("fanout_cluster_published_total").increment(1),
+                    Err(error) => {
+                        let fenced = error.to_string().contains("wrong last sequence");
+                        if fenced {
+                            metrics::counter!("fanout_cluster_fenced_total", "side" => "store")
+                                .increment(1);
+                        }
+                        tracing::warn!(%customer, %error, fenced, "The log refused a record: the term ends");
+                        ended.cancel();
+                        return;
+                    }
+                }
+            }
+        });
+        let mut finishing = false;
+        loop {
+            let item = tokio::select! {
+                () = self.ended.cancelled() => break,
+                () = self.finish.cancelled(), if !finishing => {
+                    // What is queued is published; nothing more is taken.
+                    finishing = true;
+                    items.close();
+                    continue;
+                }
+                item = items.recv() => item,
+            };
+            let Some(item) = item else { break };
+            let ok = match item {
+                Item::Event(event) => {
+                    let cursor = self.next_cursor();
+                    self.publish(Record::Event { cursor, event }, &acks).await
+                }
+                Item::Gap(since, until) => {
+                    let cursor = self.next_cursor();
+                    let record = Record::Gap {
+                        cursor,
+                        reason: GapReason::UpstreamReconnect,
+                        since,
+                        until,
+                    };
+                    self.publish(record, &acks).await
+                }
+                Item::Covered(patterns) => {
+                    self.covered.extend(patterns);
+                    let record = Record::Covered(self.covered.iter().cloned().collect());
+                    let mut ok = self.publish(record, &acks).await;
+                    // The owner change is told where the new upstream covers the stream:
+                    // a client resuming from the gap's cursor misses nothing.
+                    if ok && let Some((reason, since)) = self.owed.take() {
+                        let cursor = self.next_cursor();
+                        let record = Record::Gap {
+                            cursor,
+                            reason,
+                            since,
+                            until: SystemTime::now(),
+                        };
+                        ok = self.publish(record, &acks).await;
+                    }
+                    ok
+                }
+                Item::Refresh if self.covered.is_empty() => true,
+                Item::Refresh => {
+                    // The record it repeats stays; the repetition goes after a while.
+                    let record = Record::Covered(self.covered.iter().cloned().collect());
+                    let ttl = (self.node.settings.lease_ttl * 2).max(Duration::from_secs(1));
+                    self.publish_for(record, &acks, Some(ttl)).await
+                }
+                Item::Uncovered(patterns) => {
+                    for pattern in &patterns {
+                        self.covered.remove(pattern);
+                    }
+                    let record = Record::Covered(self.covered.iter().cloned().collect());
+                    self.publish(record, &acks).await
+                }
+            };
+            if !ok {
+                break;
+            }
+        }
+        drop(acks);
+        // Every answer is in before the term's end is written after it.
+        let _ = checker.await;
+        self.seq
+    }
+}
+
+/// One customer's task on this node.
+struct Customer {
+    node: Arc<Node>,
+    customer: Uuid,
+    hub: Arc<Hub>,
+    shared: Arc<Shared>,
+    waiter: Arc<Notify>,
+}
+
+/// The reader's state: where the log stands for this node.
+struct Reader {
+    fence: TermFence,
+    /// The owner's coverage, as last read.
+    covered: Vec<Pattern>,
+    /// Records of the current term never arrived: the next event may follow a loss.
+    hole: bool,
+    /// When the last record was read.
+    last_read: SystemTime,
+    /// The stream sequence of the last message read.
+    last_seq: u64,
+    /// Back from degraded mode: the log is read from its newest records on (what came
+    /// before was served by this node's own upstream).
+    rejoin: bool,
+    /// On rejoining, the owner's coverage as last written and its stream sequence: in
+    /// force for the first record read after it, if that is of the same term.
+    pending_cov: Option<(u64, u64, Vec<Pattern>)>,
+    /// That coverage, to apply where the rejoining gap is told.
+    adopt: Option<Vec<Pattern>>,
+}
+
+impl Customer {
+    async fn run(self) {
+        let ttl = self.node.settings.lease_ttl;
+        let mut ownership = Ownership::new(ttl, std::time::Instant::now());
+        let mut term: Option<Term> = None;
+        let mut reader = Reader {
+            fence: TermFence::new(),
+            covered: Vec::new(),
+            hole: false,
+            last_read: SystemTime::now(),
+            last_seq: 0,
+            rejoin: false,
+            pending_cov: None,
+            adopt: None,
+        };
+        let mut messages = None;
+        let mut degraded = self.node.degraded.subscribe();
+        let mut local: Option<Arc<Upstream>> = None;
+        let mut fence_tick = tokio::time::interval(Duration::from_millis(100));
+        fence_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        if *degraded.borrow_and_update() {
+            local = Some(self.go_local(&mut ownership, &mut term, &mut reader));
+        }
+        loop {
+            if messages.is_none() && local.is_none() {
+                messages = self.open_log(&mut reader).await;
+                if messages.is_none() {
+                    self.shared
+                        .status()
+                        .broken_since
+                        .get_or_insert_with(Instant::now);
+                } else {
+                    self.shared.status().broken_since = None;
+                }
+            }
+            let due = Instant::from_std(ownership.due());
+            let ended = term.as_ref().map(|t| t.ended.clone());
+            tokio::select! {
+                biased;
+                () = self.shared.close.cancelled() => break,
+                () = self.waiter.notified() => {
+                    ownership.look_now(std::time::Instant::now());
+                    // Whoever held it no longer covers the stream.
+                    if term.is_none() {
+                        self.uncover(&mut reader);
+                    }
+                }
+                changed = degraded.changed() => {
+                    if changed.is_err() {
+                        continue;
+                    }
+                    let now_degraded = *degraded.borrow_and_update();
+                    if now_degraded && local.is_none() {
+                        messages = None;
+                        local = Some(self.go_local(&mut ownership, &mut term, &mut reader));
+                    } else if !now_degraded && let Some(upstream) = local.take() {
+                        self.rejoin(&upstream, &mut ownership, &mut reader);
+                    }
+                }
+                () = tokio::time::sleep_until(due), if local.is_none() => {
+                    self.step(&mut ownership, &mut term).await;
+                }
+                () = async { ended.expect("guarded").cancelled().await }, if ended.is_some() => {
+                    self.end_term(&mut ownership, &mut term, false).await;
+                }
+                _ = fence_tick.tick(), if term.is_some() => {
+                    let serving = term.as_ref().is_some_and(|t| ownership.may_serve(std::time::Instant::now()) == Some(t.lease.term));
+                    if !serving {
+                        metrics::counter!("fanout_cluster_fenced_total", "side" => "self").increment(1);
+                        tracing::warn!(customer = %self.customer, "Lease not renewed in time: closing the upstream");
+                        self.end_term(&mut ownership, &mut term, false).await;
+                    }
+                }
+                message = async { messages.as_mut().expect("guarded").next().await }, if messages.is_some() && local.is_none() => {
+                    match message {
+                        Some(Ok(message)) => self.read(&mut reader, &message),
+                        Some(Err(error)) => {
+                            tracing::debug!(customer = %self.customer, %error, "Reading the log");
+                        }
+                        None => {
+                            messages = None;
+                            tokio::time::sleep(Duration::from_millis(250)).await;
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(upstream) = local {
+            upstream.close();
+        }
+        self.end_term(&mut ownership, &mut term, true).await;
+        self.node.waiters().remove(&self.customer);
+    }
+
+    /// Degraded mode: stops owning (NATS cannot be written), and serves this node's
+    /// sessions from an upstream of its own, numbered here in an epoch of its own.
+    fn go_local(
+        &self,
+        ownership: &mut Ownership,
+        term: &mut Option<Term>,
+        reader: &mut Reader,
+    ) -> Arc<Upstream> {
+        if let Some(t) = term.take() {
+            metrics::gauge!("fanout_cluster_leases_held").decrement(1.0);
+            t.upstream.close();
+            t.ended.cancel();
+        }
+        let ttl = self.node.settings.lease_ttl;
+        *ownership = Ownership::new(ttl, std::time::Instant::now());
+        self.uncover(reader);
+        self.hub.renumber(Cursor {
+            epoch: rand::random(),
+            offset: 0,
+        });
+        let upstream = Arc::new(Upstream::spawn(
+            self.customer,
+            self.node.upstream.clone(),
+            Arc::new(LocalSink {
+                inner: HubSink(self.hub.clone()),
+                owed: Mutex::new(Some(reader.last_read)),
+            }),
+            &self.shared.close,
+        ));
+        upstream.add(&Pattern::whole(Scope::Customer, self.customer));
+        let mut status = self.shared.status();
+        status.upstream = Some(upstream.clone());
+        status.owner = None;
+        status.term = None;
+        tracing::info!(customer = %self.customer, "Degraded: serving the customer from this node's own upstream");
+        upstream
+    }
+
+    /// Back from degraded mode: closes the node's own upstream and reads the log from its
+    /// newest records, telling the sessions the loss in between where the log resumes.
+    fn rejoin(&self, upstream: &Upstream, ownership: &mut Ownership, reader: &mut Reader) {
+        upstream.close();
+        self.shared.status().upstream = None;
+        self.hub
+            .uncovered(&[Pattern::whole(Scope::Customer, self.customer)]);
+        reader.fence = TermFence::new();
+        reader.covered.clear();
+        reader.hole = true;
+        reader.rejoin = true;
+        reader.last_read = SystemTime::now();
+        reader.last_seq = 0;
+        let ttl = self.node.settings.lease_ttl;
+        *ownership = Ownership::new(ttl, std::time::Instant::now());
+        tracing::info!(customer = %self.customer, "Rejoining the cluster");
+    }
+
+    /// Opens the log from the beginning of the current term (or from after the last
+    /// message read).
+    async fn open_log(&self, reader: &mut Reader) -> Option<consumer::pull::Ordered> {
+        let mut rejoin_from = None;
+        let deliver_policy = if reader.rejoin {
+            // From the first record after this node's own upstream closed: what came
+            // before it served, nothing twice.
+            match self.node.stream.get_info().await {
+                Ok(info) => {
+                    let start_sequence = info.state.last_sequence + 1;
+                    rejoin_from = Some(start_sequence);
+                    consumer::DeliverPolicy::ByStartSequence { start_sequence }
+                }
+                Err(error) => {
+                    tracing::debug!(customer = %self.customer, %error, "Cannot read the log yet");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    return None;
+                }
+            }
+        } else if reader.last_seq > 0 {
+            consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: reader.last_seq + 1,
+            }
+        } else {
+            match self
+                .node
+                .stream
+                .get_last_raw_message_by_subject(&log::term_subject(self.customer))
+                .await
+            {
+                Ok(marker) => consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: marker.sequence,
+                },
+                Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => {
+                    consumer::DeliverPolicy::All
+                }
+                Err(error) => {
+                    tracing::debug!(customer = %self.customer, %error, "Cannot find the term yet");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    return None;
+                }
+            }
+        };
+        let consumer = self
+            .node
+            .stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: log::customer_filter(self.customer),
+                deliver_policy,
+                ..Default::default()
+            })
+            .await;
+        match consumer {
+            Ok(consumer) => match consumer.messages().await {
+                Ok(messages) => {
+                    if let Some(start) = rejoin_from {
+                        if self.rejoin_at(reader, start).await.is_err() {
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                            return None;
+                        }
+                        reader.rejoin = false;
+                    }
+                    Some(messages)
+                }
+                Err(error) => {
+                    tracing::debug!(customer = %self.customer, %error, "Cannot read the log yet");
+                    None
+                }
+            },
+            Err(error) => {
+                tracing::debug!(customer = %self.customer, %error, "Cannot read the log yet");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                None
+            }
+        }
+    }
+
+    /// The last record on `subject` before the stream sequence `before`: its sequence,
+    /// stamp and record.
+    async fn last_before(
+        &self,
+        subject: &str,
+        before: u64,
+    ) -> Result<Option<(u64, Stamp, Record)>, ()> {
+        let last = tokio::time::timeout(
+            self.node.settings.request_timeout,
+            self.node.stream.get_last_raw_message_by_subject(subject),
+        )
+        .await
+        .map_err(|_| ())?;
+        let last = match last {
+            Ok(last) => last,
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => {
+                return Ok(None);
+            }
+            Err(_) => return Err(()),
+        };
+        if last.sequence >= before {
+            return Ok(None);
+        }
+        Ok(
+            Record::decode(self.customer, Some(&last.headers), &last.payload)
+                .ok()
+                .map(|(stamp, record)| (last.sequence, stamp, record)),
+        )
+    }
+
+    /// Back on the log from stream sequence `start`: takes up the term in course, if one
+    /// is (its owner, and where its numbering stands), and tells the sessions the loss
+    /// between this node's own upstream and the log there, with the coverage from it.
+    async fn rejoin_at(&self, reader: &mut Reader, start: u64) -> Result<(), ()> {
+        let customer = self.customer;
+        let Some((_, begun, Record::Begin { node, .. })) = self
+            .last_before(&log::term_subject(customer), start)
+            .await?
+        else {
+            // No term in course: the next one's owner tells the change.
+            return Ok(());
+        };
+        {
+            let mut status = self.shared.status();
+            status.owner = Some(node);
+            status.term = Some(begun.term);
+        }
+        let coverage = match self
+            .last_before(&log::coverage_subject(customer), start)
+            .await?
+        {
+            Some((seq, stamp, Record::Covered(patterns))) if stamp.term == begun.term => {
+                Some((seq, stamp.term, patterns))
+            }
+            _ => None,
+        };
+        let last = self
+            .last_before(&log::events_subject(customer), start)
+            .await?;
+        let at = match last {
+            Some((_, stamp, Record::Event { cursor, .. } | Record::Gap { cursor, .. }))
+                if stamp.term == begun.term =>
+            {
+                cursor
+            }
+            _ => {
+                // Nothing numbered in this term yet: the gap goes where the log resumes.
+                reader.pending_cov = coverage;
+                return Ok(());
+            }
+        };
+        // The gap takes the place of the last entry this node did not serve; the coverage
+        // holds from it, so a client resuming from the gap's cursor misses nothing.
+        self.hub.renumber(at);
+        if let Some((_, _, patterns)) = coverage {
+            self.hub.covered(&patterns);
+            reader.covered = patterns;
+        }
+        reader.hole = false;
+        let reason = GapReason::ClusterDegraded;
+        let told = self
+            .hub
+            .publish_gap_at(reason, reader.last_read, SystemTime::now(), Some(at));
+        metrics::counter!("fanout_gaps_sent_total", "reason" => reason.as_str())
+            .increment(told as u64);
+        Ok(())
+    }
+
+    fn uncover(&self, reader: &mut Reader) {
+        if !reader.covered.is_empty() {
+            self.hub.uncovered(&std::mem::take(&mut reader.covered));
+        }
+    }
+
+    /// One message of the log, into the hub.
+    fn read(&self, reader: &mut Reader, message: &jetstream::Message) {
+        let seq = message.info().map_or(0, |info| info.stream_sequence);
+        reader.last_seq = seq;
+        let (stamp, record) =
+            match Record::decode(self.customer, message.headers.as_ref(), &message.payload) {
+                Ok(read) => read,
+                Err(error) => {
+                    metrics::counter!("fanout_cluster_bad_records_total").increment(1);
+                    tracing::warn!(customer = %self.customer, %error, "Skipping a record");
+                    return;
+                }
+            };
+        match reader.fence.admit(stamp.term, stamp.seq) {
+            Admit::Drop => {
+                metrics::counter!("fanout_cluster_fenced_total", "side" => "reader").increment(1);
+                return;
+            }
+            Admit::NewTerm { .. } => {
+                self.uncover(reader);
+                self.shared.status().term = Some(stamp.term);
+            }
+            Admit::Skipped { .. } => {
+                // Lost records may have changed the coverage.
+                self.uncover(reader);
+                reader.hole = true;
+            }
+            Admit::Next => {}
+        }
+        if let Some((at, term, patterns)) = reader.pending_cov.take()
+            && at < seq
+            && term == stamp.term
+        {
+            reader.adopt = Some(patterns);
+        }
+        let now = SystemTime::now();
+        match record {
+            Record::Begin { epoch, node } => {
+                // A term read from its beginning: its owner tells the change itself.
+                reader.hole = false;
+                reader.adopt = None;
+                self.hub.renumber(Cursor { epoch, offset: 0 });
+                let mut status = self.shared.status();
+                status.owner = Some(node);
+                status.term = Some(stamp.term);
+            }
+            Record::End => {
+                self.uncover(reader);
+                self.shared.status().owner = None;
+            }
+            Record::Covered(patterns) if reader.hole => {
+                // In force from where the loss is told.
+                reader.adopt = Some(patterns);
+            }
+            Record::Covered(patterns) => {
+                let gone: Vec<Pattern> = reader
+                    .covered
+                    .iter()
+                    .filter(|p| !patterns.contains(p))
+                    .cloned()
+                    .collect();
+                self.hub.uncovered(&gone);
+                self.hub.covered(&patterns);
+                reader.covered = patterns;
+            }
+            Record::Event { cursor, event } => {
+                self.tell_hole(reader, cursor, now);
+                self.hub.publish_at(event, Some(cursor));
+            }
+            Record::Gap {
+                cursor,
+                reason,
+                since,
+                until,
+            } => {
+                self.tell_hole(reader, cursor, now);
+                let told = self.hub.publish_gap_at(reason, since, until, Some(cursor));
+                metrics::counter!("fanout_gaps_sent_total", "reason" => reason.as_str())
+                    .increment(told as u64);
+            }
+        }
+        reader.last_read = now;
+    }
+
+    /// After records were lost, tells the sessions a gap in the place of the last entry
+    /// missing before `cursor` (which this node never had): a client resuming from it misses
+    /// nothing after it, one resuming from before it is told.
+    fn tell_hole(&self, reader: &mut Reader, cursor: Cursor, now: SystemTime) {
+        let adopt = reader.adopt.take();
+        if !std::mem::take(&mut reader.hole) {
+            return;
+        }
+        if cursor.offset == 0 {
+            // The term's first entry: nothing of it was missed, and its owner tells the
+            // change; coverage written before it holds from it.
+            self.hub.renumber(cursor);
+            if let Some(patterns) = adopt {
+                self.hub.covered(&patterns);
+                reader.covered = patterns;
+            }
+            return;
+        }
+        let next = self.hub.next_cursor();
+        if next.epoch == cursor.epoch && next.offset >= cursor.offset {
+            return;
+        }
+        let at = Cursor {
+            epoch: cursor.epoch,
+            offset: cursor.offset - 1,
+        };
+        self.hub.renumber(at);
+        if let Some(patterns) = adopt {
+            // The owner's coverage, in force since before the gap: a client resuming
+            // from the gap's cursor misses nothing.
+            self.hub.covered(&patterns);
+            reader.covered = patterns;
+        }
+        let reason = GapReason::ClusterDegraded;
+        let told = self
+            .hub
+            .publish_gap_at(reason, reader.last_read, now, Some(at));
+        metrics::counter!("fanout_gaps_sent_total", "reason" => reason.as_str())
+            .increment(told as u64);
+    }
+
+    /// Does what the lease's state machine asks.
+    async fn step(&self, ownership: &mut Ownership, term: &mut Option<Term>) {
+        let timeout = self.node.settings.request_timeout;
+        match ownership.poll(std::time::Instant::now()) {
+            Next::Wait => {}
+            Next::Acquire => {
+                let taken = tokio::time::timeout(timeout, self.node.leases.acquire(self.customer))
+                    .await
+                    .map_err(|_| ())
+                    .and_then(|r| r.map_err(|_| ()));
+                match taken {
+                    Ok(lease) => {
+                        ownership.acquired(lease, std::time::Instant::now());
+                        if let Some(lease) = lease {
+                            *term = self.begin_term(lease, ownership).await;
+                            if term.is_none() {
+                                self.give_up(ownership).await;
+                            }
+                        }
+                    }
+                    Err(()) => ownership.acquired(None, std::time::Instant::now()),
+                }
+            }
+            Next::Renew(lease) => {
+                let renewed = tokio::time::timeout(timeout, self.node.leases.renew(lease))
+                    .await
+                    .map_err(|_| ())
+                    .and_then(|r| r.map_err(|_| ()));
+                ownership.renewed(renewed, std::time::Instant::now());
+                match ownership.serve_until() {
+                    Some(until) => {
+                        if let Some(t) = term.as_ref() {
+                            *t.serve_until.lock().unwrap_or_else(|e| e.into_inner()) =
+                                Instant::from_std(until);
+                            // Full: the publisher is busy, and a refresh can wait.
+                            let _ = t.items.try_send(Item::Refresh);
+                        }
+                    }
+                    None => {
+                        if term.is_some() {
+                            metrics::counter!("fanout_cluster_fenced_total", "side" => "lease")
+                                .increment(1);
+                            tracing::warn!(customer = %self.customer, "The lease was taken over: closing the upstream");
+                            self.end_term(ownership, term, false).await;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Starts owning: writes the term's beginning, opens the upstream.
+    async fn begin_term(&self, lease: Lease, ownership: &Ownership) -> Option<Term> {
+        let timeout = self.node.settings.request_timeout;
+        let customer = self.customer;
+        // What the last term left: a handoff, or an owner that stopped.
+        let previous = match tokio::time::timeout(
+            timeout,
+            self.node
+                .stream
+                .get_last_raw_message_by_subject(&log::term_subject(customer)),
+        )
+        .await
+        {
+            Ok(Ok(marker)) => Some(
+                match Record::decode(customer, Some(&marker.headers), &marker.payload) {
+                    Ok((_, Record::End)) => GapReason::OwnerHandoff,
+                    _ => GapReason::OwnerFailover,
+                },
+            ),
+            Ok(Err(e)) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => None,
+            _ => return None,
+        };
+        let since = match tokio::time::timeout(
+            timeout,
+            self.node
+                .stream
+                .get_last_raw_message_by_subject(&log::events_subject(customer)),
+        )
+        .await
+        {
+            Ok(Ok(last)) => SystemTime::from(last.time),
+            _ => SystemTime::now(),
+        };
+        let epoch: u64 = rand::random();
+        let begin = Record::Begin {
+            epoch,
+            node: self.node.settings.node_id.clone(),
+        };
+        let (headers, body) = begin.encode(Stamp {
+            term: lease.term,
+            seq: 0,
+        });
+        let published = tokio::time::timeout(timeout, async {
+            self.node
+                .js
+                .publish_with_headers(begin.subject(customer), headers, body)
+                .await?
+                .await
+                .map_err(async_nats::Error::from)
+        })
+        .await;
+        let fence_seq = match published {
+            Ok(Ok(ack)) => ack.sequence,
+            Ok(Err(error)) => {
+                tracing::warn!(%customer, %error, "Cannot begin the term");
+                return None;
+            }
+            Err(_) => {
+                tracing::warn!(%customer, "Cannot begin the term: NATS did not answer");
+                return None;
+            }
+        };
+        let serve_until = Arc::new(Mutex::new(Instant::from_std(
+            ownership
+                .serve_until()
+                .unwrap_or_else(std::time::Instant::now),
+        )));
+        // Not the feed's own token's child: a handoff ends the term in order, not at once.
+        let ended = CancellationToken::new();
+        let finish = CancellationToken::new();
+        let (items, receiver) = mpsc::channel(self.node.settings.max_backlog.max(1));
+        let upstream = Arc::new(Upstream::spawn(
+            customer,
+            self.node.upstream.clone(),
+            Arc::new(OwnerSink {
+                items: items.clone(),
+                overflow: ended.clone(),
+            }),
+            &ended,
+        ));
+        // The customer's whole stream: every session's pattern selects part of it.
+        upstream.add(&Pattern::whole(Scope::Customer, customer));
+        let publisher = Publisher {
+            node: self.node.clone(),
+            customer,
+            term: lease.term,
+            epoch,
+            fence_seq,
+            seq: 1,
+            offset: 0,
+            covered: BTreeSet::new(),
+            owed: previous.map(|reason| (reason, since)),
+            serve_until: serve_until.clone(),
+            ended: ended.clone(),
+            finish: finish.clone(),
+        };
+        let publisher = tokio::spawn(publisher.run(receiver));
+        metrics::gauge!("fanout_cluster_leases_held").increment(1.0);
+        if previous.is_some() {
+            metrics::counter!("fanout_cluster_takeovers_total").increment(1);
+        }
+        {
+            let mut status = self.shared.status();
+            status.upstream = Some(upstream.clone());
+        }
+        tracing::info!(%customer, term = lease.term, takeover = ?previous, "Owning the customer's upstream");
+        Some(Term {
+            lease,
+            fence_seq,
+            upstream,
+            serve_until,
+            ended,
+            finish,
+            items,
+            publisher,
+        })
+    }
+
+    /// Stops owning: closes the upstream, lets the publisher finish; on a handoff
+    /// (`handoff`: the registry closed the feed) writes the term's end; releases the lease.
+    async fn end_term(&self, ownership: &mut Ownership, term: &mut Option<Term>, handoff: bool) {
+        let Some(t) = term.take() else {
+            if handoff {
+                ownership.release();
+            }
+            return;
+        };
+        metrics::gauge!("fanout_cluster_leases_held").decrement(1.0);
+        self.shared.status().upstream = None;
+        t.upstream.close();
+        t.finish.cancel();
+        let timeout = self.node.settings.request_timeout;
+        let seq = tokio::time::timeout(timeout, t.publisher)
+            .await
+            .ok()
+            .and_then(Result::ok);
+        let orderly = handoff && !t.ended.is_cancelled();
+        if orderly && let Some(seq) = seq {
+            let (headers, body) = Record::End.encode(Stamp {
+                term: t.lease.term,
+                seq,
+            });
+            let message = fenced(
+                PublishMessage::build().headers(headers).payload(body),
+                self.customer,
+                t.fence_seq,
+            );
+            let written = tokio::time::timeout(timeout, async {
+                self.node
+                    .js
+                    .send_publish(log::term_subject(self.customer), message)
+                    .await?
+                    .await
+                    .map_err(async_nats::Error::from)
+            })
+            .await;
+            if !matches!(written, Ok(Ok(_))) {
+                tracing::warn!(customer = %self.customer, "Cannot write the term's end");
+            }
+        }
+        tracing::info!(customer = %self.customer, term = t.lease.term, handoff, "No longer owning the customer's upstream");
+        if handoff {
+            if let Some(lease) = ownership.release() {
+                let _ = tokio::time::timeout(timeout, self.node.leases.release(lease)).await;
+            }
+        } else {
+            self.give_up(ownership).await;
+        }
+    }
+
+    /// Gives a lease up that this node cannot serve, and seeks it anew after a while.
+    async fn give_up(&self, ownership: &mut Ownership) {
+        let timeout = self.node.settings.request_timeout;
+        if let Some(lease) = ownership.release() {
+            let _ = tokio::time::timeout(timeout, self.node.leases.release(lease)).await;
+        }
+        let ttl = self.node.settings.lease_ttl;
+        *ownership = Ownership::new(ttl, std::time::Instant::now() + ttl / 3);
+    }
+}

