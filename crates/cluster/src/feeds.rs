@@ -190,8 +190,6 @@ impl ClusterFeeds {
             discard: stream::DiscardPolicy::Old,
             storage: stream::StorageType::File,
             allow_direct: true,
-            // Coverage refreshes expire on their own (nats-server 2.11).
-            allow_message_ttl: true,
             ..Default::default()
         };
         js.create_or_update_stream(config)
@@ -315,6 +313,8 @@ impl Feeds for ClusterFeeds {
             close: cancel.child_token(),
             status: Mutex::new(Status::default()),
         });
+        // A resume on this node waits until the log's current term is read in.
+        hub.catching_up();
         let waiter = Arc::new(Notify::new());
         self.node.waiters().insert(customer, waiter.clone());
         let task = Customer {
@@ -398,9 +398,6 @@ enum Item {
     Gap(SystemTime, SystemTime),
     Covered(Vec<Pattern>),
     Uncovered(Vec<Pattern>),
-    /// Write the coverage again: a reader that missed it (joined late, rejoined) learns
-    /// it here, in order with the events.
-    Refresh,
 }
 
 /// The owner's upstream sink: everything goes to the term's publisher, in order; a
@@ -408,12 +405,15 @@ enum Item {
 struct OwnerSink {
     items: mpsc::Sender<Item>,
     overflow: CancellationToken,
+    /// Cancelled when the term ends in order: the publisher takes nothing more then.
+    finish: CancellationToken,
 }
 
 impl OwnerSink {
     fn send(&self, item: Item) {
-        // Closed: the term is ending in order and takes nothing more.
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.items.try_send(item) {
+        // Full, or closed while the term was not ending: items would be lost, so the term
+        // ends (its successor tells the gap).
+        if self.items.try_send(item).is_err() && !self.finish.is_cancelled() {
             self.overflow.cancel();
         }
     }
@@ -442,18 +442,34 @@ impl EventSink for OwnerSink {
 struct LocalSink {
     inner: HubSink,
     owed: Mutex<Option<SystemTime>>,
+    /// Cleared when the node rejoins, before the log's numbering takes over: nothing the
+    /// closing upstream still hands over reaches the hub after that.
+    active: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl LocalSink {
+    fn active(&self) -> bool {
+        self.active.load(std::sync::atomic::Ordering::Acquire)
+    }
 }
 
 impl EventSink for LocalSink {
     fn publish(&self, event: Event) {
-        self.inner.publish(event);
+        if self.active() {
+            self.inner.publish(event);
+        }
     }
 
     fn gap(&self, since: SystemTime, until: SystemTime) {
-        self.inner.gap(since, until);
+        if self.active() {
+            self.inner.gap(since, until);
+        }
     }
 
     fn covered(&self, patterns: &[Pattern]) {
+        if !self.active() {
+            return;
+        }
         self.inner.covered(patterns);
         let owed = self.owed.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(since) = owed {
@@ -469,6 +485,14 @@ impl EventSink for LocalSink {
     }
 }
 
+/// Degraded mode's own upstream, and the lease this node held when NATS went (to give up
+/// on rejoining, so that nobody waits for it to expire).
+struct Local {
+    upstream: Arc<Upstream>,
+    active: Arc<std::sync::atomic::AtomicBool>,
+    stale: Option<Lease>,
+}
+
 /// One term this node owns.
 struct Term {
     lease: Lease,
@@ -482,8 +506,6 @@ struct Term {
     ended: CancellationToken,
     /// Tells the publisher to drain and end.
     finish: CancellationToken,
-    /// The publisher's queue, for refreshes.
-    items: mpsc::Sender<Item>,
     publisher: tokio::task::JoinHandle<u64>,
 }
 
@@ -530,16 +552,6 @@ impl Publisher {
         record: Record,
         acks: &mpsc::Sender<jetstream::context::PublishAckFuture>,
     ) -> bool {
-        self.publish_for(record, acks, None).await
-    }
-
-    /// [`Publisher::publish`], the record kept by the log for `ttl` at most, when given.
-    async fn publish_for(
-        &mut self,
-        record: Record,
-        acks: &mpsc::Sender<jetstream::context::PublishAckFuture>,
-        ttl: Option<Duration>,
-    ) -> bool {
         let serving = Instant::now() < *self.serve_until.lock().unwrap_or_else(|e| e.into_inner());
         if !serving {
             metrics::counter!("fanout_cluster_fenced_total", "side" => "self").increment(1);
@@ -552,14 +564,11 @@ impl Publisher {
             seq: self.seq,
         });
         self.seq += 1;
-        let mut message = fenced(
+        let message = fenced(
             PublishMessage::build().headers(headers).payload(body),
             self.customer,
             self.fence_seq,
         );
-        if let Some(ttl) = ttl {
-            message = message.ttl(ttl);
-        }
         match self
             .node
             .js
@@ -576,6 +585,8 @@ impl Publisher {
     }
 
     async fn run(mut self, mut items: mpsc::Receiver<Item>) -> u64 {
+        // However the task ends (a panic included), the term ends with it.
+        let guard = self.ended.clone().drop_guard();
         let (acks, mut answers) = mpsc::channel::<jetstream::context::PublishAckFuture>(
             self.node.settings.max_in_flight.max(1),
         );
@@ -644,13 +655,6 @@ impl Publisher {
                     }
                     ok
                 }
-                Item::Refresh if self.covered.is_empty() => true,
-                Item::Refresh => {
-                    // The record it repeats stays; the repetition goes after a while.
-                    let record = Record::Covered(self.covered.iter().cloned().collect());
-                    let ttl = (self.node.settings.lease_ttl * 2).max(Duration::from_secs(1));
-                    self.publish_for(record, &acks, Some(ttl)).await
-                }
                 Item::Uncovered(patterns) => {
                     for pattern in &patterns {
                         self.covered.remove(pattern);
@@ -666,6 +670,7 @@ impl Publisher {
         drop(acks);
         // Every answer is in before the term's end is written after it.
         let _ = checker.await;
+        guard.disarm();
         self.seq
     }
 }
@@ -698,6 +703,11 @@ struct Reader {
     pending_cov: Option<(u64, u64, Vec<Pattern>)>,
     /// That coverage, to apply where the rejoining gap is told.
     adopt: Option<Vec<Pattern>>,
+    /// The log as it stood when first opened has been read in (resumes wait until then).
+    caught_up: bool,
+    /// Records still to read that were in the log when it was opened: the stream's past,
+    /// kept for resumes, not queued to the sessions.
+    history: u64,
 }
 
 impl Customer {
@@ -714,10 +724,14 @@ impl Customer {
             rejoin: false,
             pending_cov: None,
             adopt: None,
+            caught_up: false,
+            history: 0,
         };
+        // Resumes wait for the log at most this long.
+        let catch_up_by = Instant::now() + self.node.settings.request_timeout;
         let mut messages = None;
         let mut degraded = self.node.degraded.subscribe();
-        let mut local: Option<Arc<Upstream>> = None;
+        let mut local: Option<Local> = None;
         let mut fence_tick = tokio::time::interval(Duration::from_millis(100));
         fence_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         if *degraded.borrow_and_update() {
@@ -747,6 +761,11 @@ impl Customer {
                         self.uncover(&mut reader);
                     }
                 }
+                () = tokio::time::sleep_until(catch_up_by), if !reader.caught_up => {
+                    tracing::warn!(customer = %self.customer, "The log was not read in in time: resumes are judged on what this node has");
+                    reader.caught_up = true;
+                    self.hub.caught_up();
+                }
                 changed = degraded.changed() => {
                     if changed.is_err() {
                         continue;
@@ -755,8 +774,8 @@ impl Customer {
                     if now_degraded && local.is_none() {
                         messages = None;
                         local = Some(self.go_local(&mut ownership, &mut term, &mut reader));
-                    } else if !now_degraded && let Some(upstream) = local.take() {
-                        self.rejoin(&upstream, &mut ownership, &mut reader);
+                    } else if !now_degraded && let Some(left) = local.take() {
+                        self.rejoin(left, &mut ownership, &mut reader).await;
                     }
                 }
                 () = tokio::time::sleep_until(due), if local.is_none() => {
@@ -787,11 +806,20 @@ impl Customer {
                 }
             }
         }
-        if let Some(upstream) = local {
-            upstream.close();
+        if let Some(left) = local {
+            left.active
+                .store(false, std::sync::atomic::Ordering::Release);
+            left.upstream.close();
         }
         self.end_term(&mut ownership, &mut term, true).await;
-        self.node.waiters().remove(&self.customer);
+        // Unless the customer's entry was opened anew meanwhile, with a waiter of its own.
+        let mut waiters = self.node.waiters();
+        if waiters
+            .get(&self.customer)
+            .is_some_and(|w| Arc::ptr_eq(w, &self.waiter))
+        {
+            waiters.remove(&self.customer);
+        }
     }
 
     /// Degraded mode: stops owning (NATS cannot be written), and serves this node's
@@ -801,7 +829,8 @@ impl Customer {
         ownership: &mut Ownership,
         term: &mut Option<Term>,
         reader: &mut Reader,
-    ) -> Arc<Upstream> {
+    ) -> Local {
+        let stale = ownership.lease();
         if let Some(t) = term.take() {
             metrics::gauge!("fanout_cluster_leases_held").decrement(1.0);
             t.upstream.close();
@@ -814,12 +843,17 @@ impl Customer {
             epoch: rand::random(),
             offset: 0,
         });
+        if !std::mem::replace(&mut reader.caught_up, true) {
+            self.hub.caught_up();
+        }
+        let active = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let upstream = Arc::new(Upstream::spawn(
             self.customer,
             self.node.upstream.clone(),
             Arc::new(LocalSink {
                 inner: HubSink(self.hub.clone()),
                 owed: Mutex::new(Some(reader.last_read)),
+                active: active.clone(),
             }),
             &self.shared.close,
         ));
@@ -829,13 +863,24 @@ impl Customer {
         status.owner = None;
         status.term = None;
         tracing::info!(customer = %self.customer, "Degraded: serving the customer from this node's own upstream");
-        upstream
+        Local {
+            upstream,
+            active,
+            stale,
+        }
     }
 
     /// Back from degraded mode: closes the node's own upstream and reads the log from its
     /// newest records, telling the sessions the loss in between where the log resumes.
-    fn rejoin(&self, upstream: &Upstream, ownership: &mut Ownership, reader: &mut Reader) {
-        upstream.close();
+    async fn rejoin(&self, left: Local, ownership: &mut Ownership, reader: &mut Reader) {
+        left.active
+            .store(false, std::sync::atomic::Ordering::Release);
+        left.upstream.close();
+        if let Some(lease) = left.stale {
+            // Ours from before the outage: given up, so a new term can begin at once.
+            let timeout = self.node.settings.request_timeout;
+            let _ = tokio::time::timeout(timeout, self.node.leases.release(lease)).await;
+        }
         self.shared.status().upstream = None;
         self.hub
             .uncovered(&[Pattern::whole(Scope::Customer, self.customer)]);
@@ -884,7 +929,17 @@ impl Customer {
                     start_sequence: marker.sequence,
                 },
                 Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => {
-                    consumer::DeliverPolicy::All
+                    // No term in course: from now on (a term that begins meanwhile is read
+                    // from a later record and told as a loss).
+                    match self.node.stream.get_info().await {
+                        Ok(info) => consumer::DeliverPolicy::ByStartSequence {
+                            start_sequence: info.state.last_sequence + 1,
+                        },
+                        Err(_) => {
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                            return None;
+                        }
+                    }
                 }
                 Err(error) => {
                     tracing::debug!(customer = %self.customer, %error, "Cannot find the term yet");
@@ -903,8 +958,26 @@ impl Customer {
             })
             .await;
         match consumer {
-            Ok(consumer) => match consumer.messages().await {
-                Ok(messages) => {
+            Ok(consumer) => match (
+                consumer.cached_info().num_pending,
+                consumer.messages().await,
+            ) {
+                (pending, Ok(messages)) if rejoin_from.is_none() && reader.last_seq == 0 => {
+                    reader.history = pending;
+                    if pending == 0 && !reader.caught_up {
+                        // Nothing to read in: the stream is whole as it stands.
+                        reader.caught_up = true;
+                        self.hub.caught_up();
+                    }
+                    Some(messages)
+                }
+                (0, Ok(messages)) if !reader.caught_up => {
+                    // Nothing to read in: the stream is whole as it stands.
+                    reader.caught_up = true;
+                    self.hub.caught_up();
+                    Some(messages)
+                }
+                (_, Ok(messages)) => {
                     if let Some(start) = rejoin_from {
                         if self.rejoin_at(reader, start).await.is_err() {
                             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -914,7 +987,7 @@ impl Customer {
                     }
                     Some(messages)
                 }
-                Err(error) => {
+                (_, Err(error)) => {
                     tracing::debug!(customer = %self.customer, %error, "Cannot read the log yet");
                     None
                 }
@@ -979,19 +1052,30 @@ impl Customer {
             .await?
         {
             Some((seq, stamp, Record::Covered(patterns))) if stamp.term == begun.term => {
-                Some((seq, stamp.term, patterns))
+                Some((seq, stamp, patterns))
             }
             _ => None,
         };
         let last = self
             .last_before(&log::events_subject(customer), start)
-            .await?;
+            .await?
+            .filter(|(_, stamp, _)| stamp.term == begun.term);
+        // The term's last record before `start` (its records are on these three subjects):
+        // the next one read follows it, or a loss is seen.
+        let newest = [
+            Some(begun.seq),
+            coverage.as_ref().map(|(_, stamp, _)| stamp.seq),
+            last.as_ref().map(|(_, stamp, _)| stamp.seq),
+        ]
+        .into_iter()
+        .flatten()
+        .max()
+        .unwrap_or(0);
+        reader.fence = TermFence::new();
+        reader.fence.admit(begun.term, newest);
+        let coverage = coverage.map(|(seq, stamp, patterns)| (seq, stamp.term, patterns));
         let at = match last {
-            Some((_, stamp, Record::Event { cursor, .. } | Record::Gap { cursor, .. }))
-                if stamp.term == begun.term =>
-            {
-                cursor
-            }
+            Some((_, _, Record::Event { cursor, .. } | Record::Gap { cursor, .. })) => cursor,
             _ => {
                 // Nothing numbered in this term yet: the gap goes where the log resumes.
                 reader.pending_cov = coverage;
@@ -1023,8 +1107,13 @@ impl Customer {
 
     /// One message of the log, into the hub.
     fn read(&self, reader: &mut Reader, message: &jetstream::Message) {
-        let seq = message.info().map_or(0, |info| info.stream_sequence);
+        let (seq, pending) = message
+            .info()
+            .map_or((0, 0), |info| (info.stream_sequence, info.pending));
         reader.last_seq = seq;
+        let whole = !reader.caught_up && pending == 0;
+        let live = reader.history == 0;
+        reader.history = reader.history.saturating_sub(1);
         let (stamp, record) =
             match Record::decode(self.customer, message.headers.as_ref(), &message.payload) {
                 Ok(read) => read,
@@ -1041,12 +1130,20 @@ impl Customer {
             }
             Admit::NewTerm { .. } => {
                 self.uncover(reader);
+                reader.adopt = None;
+                if stamp.seq != 0 {
+                    // Not read from its beginning: what came before may be missing here.
+                    reader.hole = true;
+                    reader.pending_cov = None;
+                }
                 self.shared.status().term = Some(stamp.term);
             }
             Admit::Skipped { .. } => {
                 // Lost records may have changed the coverage.
                 self.uncover(reader);
                 reader.hole = true;
+                reader.adopt = None;
+                reader.pending_cov = None;
             }
             Admit::Next => {}
         }
@@ -1087,8 +1184,12 @@ impl Customer {
                 reader.covered = patterns;
             }
             Record::Event { cursor, event } => {
-                self.tell_hole(reader, cursor, now);
-                self.hub.publish_at(event, Some(cursor));
+                self.tell_hole(reader, cursor, now, live);
+                if live {
+                    self.hub.publish_at(event, Some(cursor));
+                } else {
+                    self.hub.store_at(event, cursor);
+                }
             }
             Record::Gap {
                 cursor,
@@ -1096,19 +1197,27 @@ impl Customer {
                 since,
                 until,
             } => {
-                self.tell_hole(reader, cursor, now);
-                let told = self.hub.publish_gap_at(reason, since, until, Some(cursor));
-                metrics::counter!("fanout_gaps_sent_total", "reason" => reason.as_str())
-                    .increment(told as u64);
+                self.tell_hole(reader, cursor, now, live);
+                if live {
+                    let told = self.hub.publish_gap_at(reason, since, until, Some(cursor));
+                    metrics::counter!("fanout_gaps_sent_total", "reason" => reason.as_str())
+                        .increment(told as u64);
+                } else {
+                    self.hub.store_gap_at(reason, since, until, cursor);
+                }
             }
         }
         reader.last_read = now;
+        if whole {
+            reader.caught_up = true;
+            self.hub.caught_up();
+        }
     }
 
     /// After records were lost, tells the sessions a gap in the place of the last entry
     /// missing before `cursor` (which this node never had): a client resuming from it misses
     /// nothing after it, one resuming from before it is told.
-    fn tell_hole(&self, reader: &mut Reader, cursor: Cursor, now: SystemTime) {
+    fn tell_hole(&self, reader: &mut Reader, cursor: Cursor, now: SystemTime, live: bool) {
         let adopt = reader.adopt.take();
         if !std::mem::take(&mut reader.hole) {
             return;
@@ -1139,6 +1248,10 @@ impl Customer {
             reader.covered = patterns;
         }
         let reason = GapReason::ClusterDegraded;
+        if !live {
+            self.hub.store_gap_at(reason, reader.last_read, now, at);
+            return;
+        }
         let told = self
             .hub
             .publish_gap_at(reason, reader.last_read, now, Some(at));
@@ -1180,8 +1293,6 @@ impl Customer {
                         if let Some(t) = term.as_ref() {
                             *t.serve_until.lock().unwrap_or_else(|e| e.into_inner()) =
                                 Instant::from_std(until);
-                            // Full: the publisher is busy, and a refresh can wait.
-                            let _ = t.items.try_send(Item::Refresh);
                         }
                     }
                     None => {
@@ -1210,15 +1321,20 @@ impl Customer {
         )
         .await
         {
-            Ok(Ok(marker)) => Some(
+            Ok(Ok(marker)) => Some((
+                marker.sequence,
                 match Record::decode(customer, Some(&marker.headers), &marker.payload) {
                     Ok((_, Record::End)) => GapReason::OwnerHandoff,
                     _ => GapReason::OwnerFailover,
                 },
-            ),
+            )),
             Ok(Err(e)) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => None,
             _ => return None,
         };
+        // The beginning is stored only after that marker: two nodes that both believe they
+        // hold the lease (one of them paused past it) cannot both begin.
+        let after = previous.map_or(0, |(seq, _)| seq);
+        let previous = previous.map(|(_, reason)| reason);
         let since = match tokio::time::timeout(
             timeout,
             self.node
@@ -1242,7 +1358,13 @@ impl Customer {
         let published = tokio::time::timeout(timeout, async {
             self.node
                 .js
-                .publish_with_headers(begin.subject(customer), headers, body)
+                .send_publish(
+                    begin.subject(customer),
+                    PublishMessage::build()
+                        .headers(headers)
+                        .payload(body)
+                        .expected_last_subject_sequence(after),
+                )
                 .await?
                 .await
                 .map_err(async_nats::Error::from)
@@ -1259,6 +1381,11 @@ impl Customer {
                 return None;
             }
         };
+        if ownership.may_serve(std::time::Instant::now()) != Some(lease.term) {
+            // The requests took too long: the lease may already be another node's.
+            tracing::warn!(%customer, "The lease ran out while the term began");
+            return None;
+        }
         let serve_until = Arc::new(Mutex::new(Instant::from_std(
             ownership
                 .serve_until()
@@ -1272,8 +1399,9 @@ impl Customer {
             customer,
             self.node.upstream.clone(),
             Arc::new(OwnerSink {
-                items: items.clone(),
+                items,
                 overflow: ended.clone(),
+                finish: finish.clone(),
             }),
             &ended,
         ));
@@ -1310,7 +1438,6 @@ impl Customer {
             serve_until,
             ended,
             finish,
-            items,
             publisher,
         })
     }

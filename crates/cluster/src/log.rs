@@ -13,7 +13,8 @@
 //! Every record carries its owner's term and a sequence number in it (0 for the beginning,
 //! then one more per record): the reader-side fence ([`crate::TermFence`]).
 //!
-//! The body of an event is VoIPBIN's `data`, as it arrived; the rest rides in headers.
+//! An event's body is its type, timestamp and topics, each with its length, then VoIPBIN's
+//! `data` as it arrived; the rest rides in headers (values of our own making only).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -29,9 +30,6 @@ const TERM: &str = "Fanout-Term";
 const SEQ: &str = "Fanout-Seq";
 const KIND: &str = "Fanout-Kind";
 const CURSOR: &str = "Fanout-Cursor";
-const EVENT_TYPE: &str = "Fanout-Type";
-const TIMESTAMP: &str = "Fanout-Time";
-const TOPICS: &str = "Fanout-Topics";
 const REASON: &str = "Fanout-Reason";
 const SINCE: &str = "Fanout-Since";
 const UNTIL: &str = "Fanout-Until";
@@ -111,6 +109,28 @@ pub enum Record {
 #[error("not a log record: {0}")]
 pub struct BadRecord(&'static str);
 
+/// Appends `part` with its length (two bytes, big-endian; longer parts are cut, which the
+/// decoder's limits would refuse anyway).
+fn put_part(body: &mut bytes::BytesMut, part: &str) {
+    let bytes = &part.as_bytes()[..part.len().min(usize::from(u16::MAX))];
+    body.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
+    body.extend_from_slice(bytes);
+}
+
+/// Takes a part [`put_part`] wrote off the front of `rest`.
+fn take_part(rest: &mut Bytes) -> Option<String> {
+    if rest.len() < 2 {
+        return None;
+    }
+    let len = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
+    if rest.len() < 2 + len {
+        return None;
+    }
+    let part = rest.slice(2..2 + len);
+    *rest = rest.slice(2 + len..);
+    String::from_utf8(part.to_vec()).ok()
+}
+
 fn nanos(at: SystemTime) -> String {
     at.duration_since(UNIX_EPOCH)
         .unwrap_or_default()
@@ -162,11 +182,22 @@ impl Record {
             Record::Event { cursor, event } => {
                 headers.insert(KIND, "ev");
                 headers.insert(CURSOR, cursor.to_string().as_str());
-                headers.insert(EVENT_TYPE, event.event_type.as_str());
-                headers.insert(TIMESTAMP, event.timestamp.as_str());
+                // VoIPBIN's strings ride in the body: a header value cannot hold every
+                // character they may (a line break), and need not be checked for it.
                 let topics: Vec<&str> = event.topics.iter().map(Topic::as_str).collect();
-                headers.insert(TOPICS, topics.join(" ").as_str());
-                event.data.clone()
+                let topics = topics.join(" ");
+                let mut body = bytes::BytesMut::with_capacity(
+                    event.event_type.len()
+                        + event.timestamp.len()
+                        + topics.len()
+                        + 12
+                        + event.data.len(),
+                );
+                for part in [event.event_type.as_str(), event.timestamp.as_str(), &topics] {
+                    put_part(&mut body, part);
+                }
+                body.extend_from_slice(&event.data);
+                body.freeze()
             }
             Record::Gap {
                 cursor,
@@ -221,8 +252,11 @@ impl Record {
             },
             "end" => Record::End,
             "ev" => {
-                let topics = get(TOPICS)
-                    .ok_or(BadRecord("topics"))?
+                let mut rest = body.clone();
+                let event_type = take_part(&mut rest).ok_or(BadRecord("type"))?;
+                let timestamp = take_part(&mut rest).ok_or(BadRecord("time"))?;
+                let topics = take_part(&mut rest).ok_or(BadRecord("topics"))?;
+                let topics = topics
                     .split(' ')
                     .take(MAX_TOPICS + 1)
                     .map(Topic::parse)
@@ -238,11 +272,11 @@ impl Record {
                     cursor: cursor()?,
                     event: Event {
                         shape: Shape::Envelope,
-                        event_type: get(EVENT_TYPE).ok_or(BadRecord("type"))?.to_owned(),
-                        timestamp: get(TIMESTAMP).ok_or(BadRecord("time"))?.to_owned(),
+                        event_type,
+                        timestamp,
                         customer_id: customer,
                         topics,
-                        data: body.clone(),
+                        data: rest,
                     },
                 }
             }
@@ -311,7 +345,8 @@ mod tests {
             },
             event: Event {
                 shape: Shape::Envelope,
-                event_type: "call_created".into(),
+                // Whatever VoIPBIN's strings hold, a line break included.
+                event_type: "call_created\r\n".into(),
                 timestamp: "2026-12-01 10:00:00.000000".into(),
                 customer_id: c,
                 topics: vec![
@@ -364,8 +399,12 @@ mod tests {
         let mut broken = headers.clone();
         broken.insert(CURSOR, "not a cursor");
         assert!(Record::decode(other, Some(&broken), &body).is_err());
-        let mut broken = headers;
+        let mut broken = headers.clone();
         broken.insert(KIND, "surprise");
         assert!(Record::decode(other, Some(&broken), &body).is_err());
+        // A body cut short anywhere is refused, never read past.
+        for cut in 0..body.len().min(40) {
+            assert!(Record::decode(other, Some(&headers), &body.slice(..cut)).is_err());
+        }
     }
 }

@@ -125,7 +125,12 @@ impl Demo {
             "topics": [format!("customer_id:{DEMO_CUSTOMER}")],
         })
         .to_string();
-        tokio::spawn(serve_page(page, sim.clone(), settings, sim_cancel.clone()));
+        tokio::spawn(serve_page(
+            page,
+            Upstreams::Embedded(sim.clone()),
+            settings,
+            sim_cancel.clone(),
+        ));
         Ok(Demo {
             gateway,
             sim,
@@ -201,10 +206,86 @@ impl Demo {
     }
 }
 
+/// Where the page's "Drop the upstream" goes.
+#[derive(Clone)]
+enum Upstreams {
+    /// The embedded simulator.
+    Embedded(std::sync::Arc<Simulator>),
+    /// A simulator running on its own, at this address (`POST /_sim/drop`).
+    Remote(SocketAddr),
+}
+
+impl Upstreams {
+    /// Drops the demo customer's upstream connections; answers how many.
+    async fn drop_customer(&self) -> u64 {
+        let customer = Uuid::parse_str(DEMO_CUSTOMER).unwrap_or_default();
+        match self {
+            Upstreams::Embedded(sim) => sim.drop_customer(customer) as u64,
+            Upstreams::Remote(addr) => remote_drop(*addr, customer).await.unwrap_or(0),
+        }
+    }
+}
+
+/// `POST /_sim/drop?customer_id=…` on the simulator at `addr`.
+async fn remote_drop(addr: SocketAddr, customer: Uuid) -> anyhow::Result<u64> {
+    use http_body_util::BodyExt as _;
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let request = hyper::Request::post(format!("/_sim/drop?customer_id={customer}"))
+        .header(hyper::header::HOST, addr.to_string())
+        .body(http_body_util::Empty::<bytes::Bytes>::new())?;
+    let body = sender
+        .send_request(request)
+        .await?
+        .into_body()
+        .collect()
+        .await?
+        .to_bytes();
+    let answer: serde_json::Value = serde_json::from_slice(&body)?;
+    Ok(answer["dropped"].as_u64().unwrap_or(0))
+}
+
+/// `fanout-gateway demo-page`: the demo page alone, for a gateway (or a cluster behind a
+/// load balancer) at `ws_url` whose browsers' JWTs are signed with `jwt_secret`, in front
+/// of the simulator at `sim`. Serves until `stop`; answers the page's address.
+///
+/// # Errors
+/// When the listener cannot be bound or a token cannot be made.
+pub async fn serve_page_alone(
+    listen: SocketAddr,
+    ws_url: String,
+    jwt_secret: &str,
+    sim: SocketAddr,
+    stop: CancellationToken,
+) -> anyhow::Result<SocketAddr> {
+    let customer = Uuid::parse_str(DEMO_CUSTOMER)?;
+    let token = agent_token(
+        jwt_secret,
+        customer,
+        Uuid::new_v4(),
+        permission_bits::CUSTOMER_ADMIN,
+    )?;
+    let settings = serde_json::json!({
+        "ws_url": ws_url,
+        "token": token,
+        "customer_id": DEMO_CUSTOMER,
+        "topics": [format!("customer_id:{DEMO_CUSTOMER}")],
+    })
+    .to_string();
+    let page = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding the demo page on {listen}"))?;
+    let addr = page.local_addr()?;
+    tokio::spawn(serve_page(page, Upstreams::Remote(sim), settings, stop));
+    Ok(addr)
+}
+
 /// Serves the demo page until `stop`.
 async fn serve_page(
     listener: tokio::net::TcpListener,
-    sim: std::sync::Arc<Simulator>,
+    upstreams: Upstreams,
     settings: String,
     stop: CancellationToken,
 ) {
@@ -217,7 +298,7 @@ async fn serve_page(
         stop,
         Duration::from_secs(10),
         move |req: hyper::Request<hyper::body::Incoming>| {
-            let sim = sim.clone();
+            let upstreams = upstreams.clone();
             let settings = settings.clone();
             async move {
                 match (req.method(), req.uri().path()) {
@@ -231,8 +312,7 @@ async fn serve_page(
                         text(StatusCode::OK, "application/json", settings)
                     }
                     (&Method::POST, "/drop-upstream") => {
-                        let customer = Uuid::parse_str(DEMO_CUSTOMER).unwrap_or_default();
-                        let dropped = sim.drop_customer(customer);
+                        let dropped = upstreams.drop_customer().await;
                         text(
                             StatusCode::OK,
                             "application/json",

@@ -295,7 +295,8 @@ impl Gateway {
         }
         self.registry.close_all();
         // A cluster owner hands its customers over before the node goes.
-        let handoff = self.config.cluster.request_timeout * 2;
+        // Draining the publisher, writing the term's end and releasing: a request each.
+        let handoff = self.config.cluster.request_timeout * 3 + Duration::from_secs(1);
         if tokio::time::timeout(handoff, self.feeds.closed())
             .await
             .is_err()

@@ -26,6 +26,9 @@ enum Command {
     Serve(ServeArgs),
     /// Run the gateway in front of an embedded VoIPBIN simulator with a random event stream.
     Demo(DemoArgs),
+    /// Serve the demo page alone, for gateways (a cluster behind a load balancer) in front
+    /// of a simulator running on its own: what `scripts/cluster-demo` runs.
+    DemoPage(DemoPageArgs),
     /// Configuration helpers.
     Config {
         #[command(subcommand)]
@@ -95,6 +98,22 @@ struct DemoArgs {
     /// Address of the demo page.
     #[arg(long, default_value = "127.0.0.1:8000")]
     page_listen: SocketAddr,
+}
+
+#[derive(Debug, clap::Args)]
+struct DemoPageArgs {
+    /// Address of the page.
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    listen: SocketAddr,
+    /// The WebSocket URL the page connects to (the load balancer's).
+    #[arg(long)]
+    ws_url: String,
+    /// The secret the gateways check browsers' JWTs with.
+    #[arg(long, env = "FANOUT_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: String,
+    /// The simulator's address (its `/_sim/drop` drops the demo customer's upstream).
+    #[arg(long)]
+    sim: SocketAddr,
 }
 
 /// The exit code for a configuration that cannot be used (EX_USAGE).
@@ -189,6 +208,28 @@ async fn main() -> ExitCode {
             };
             shutdown_signal().await;
             gateway.shutdown().await;
+            ExitCode::SUCCESS
+        }
+        Command::DemoPage(args) => {
+            telemetry::init_logs(LogFormat::Text);
+            let stop = tokio_util::sync::CancellationToken::new();
+            match fanout_gateway::demo::serve_page_alone(
+                args.listen,
+                args.ws_url,
+                &args.jwt_secret,
+                args.sim,
+                stop.clone(),
+            )
+            .await
+            {
+                Ok(addr) => tracing::info!(%addr, "Demo page listening"),
+                Err(error) => {
+                    eprintln!("demo page failed to start: {error:#}");
+                    return ExitCode::FAILURE;
+                }
+            }
+            shutdown_signal().await;
+            stop.cancel();
             ExitCode::SUCCESS
         }
         Command::Demo(args) => {

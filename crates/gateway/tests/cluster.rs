@@ -110,8 +110,8 @@ impl Fleet {
             .unwrap_or(Value::Null)
     }
 
-    /// Waits until every running node sees the whole stream of `customer` covered by one
-    /// owner, and VoIPBIN holds one connection for it; answers the owner's index.
+    /// Waits until every running node with sessions of `customer` sees its whole stream
+    /// covered by one owner, and VoIPBIN holds one connection for it; answers the owner's index.
     async fn settled(&self, customer: Uuid) -> usize {
         let deadline = tokio::time::Instant::now() + WAIT * 2;
         loop {
@@ -142,6 +142,10 @@ impl Fleet {
                 continue;
             }
             let view = self.customer(i, customer).await;
+            if view.is_null() {
+                // No session of the customer there.
+                continue;
+            }
             let covered = view["covered"]
                 .as_array()
                 .is_some_and(|p| p.iter().any(|p| p == whole.as_str()));
@@ -369,6 +373,10 @@ async fn a_paused_owner_that_wakes_up_gets_no_event_to_any_session() {
         }
     }
     // The paused owner's upstream is still open: VoIPBIN sends it everything too.
+    eventually("the successor's upstream beside the paused one", || async {
+        fleet.upstreams(c).await == 2
+    })
+    .await;
     publish(fleet.sim_addr(), &calls(c, "p", 10)).await;
     fleet.signal(owner, "-CONT");
     publish(fleet.sim_addr(), &calls(c, "q", 10)).await;
@@ -385,20 +393,126 @@ async fn a_paused_owner_that_wakes_up_gets_no_event_to_any_session() {
         }
         client.expect_silence(Duration::from_millis(500)).await;
     }
-    // The woken owner closed its upstream: one again.
+    // The woken owner closed its upstream: one again; it fenced itself.
     eventually("one upstream again", || async {
         fleet.upstreams(c).await == 1
     })
     .await;
+    let metrics = metrics_text(fleet.node(owner).admin).await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("fanout_cluster_fenced_total{side=\"self\"}")),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_stale_term_or_a_repeated_record_in_the_log_reaches_no_session() {
+    use async_nats::jetstream;
+    use fanout_cluster::log::{self, Record, Stamp};
+    let fleet = Fleet::start(2, TTL).await;
+    let c = tutorial_customer();
+    let mut clients = [
+        watcher(fleet.node(0), c).await,
+        watcher(fleet.node(1), c).await,
+    ];
+    let owner = fleet.settled(c).await;
+    let term = fleet.customer(owner, c).await["term"]
+        .as_u64()
+        .expect("term");
+    publish(fleet.sim_addr(), &calls(c, "a", 2)).await;
+    let (seen, _) = events(&mut clients[0], 2).await;
+    events(&mut clients[1], 2).await;
+    let cursor =
+        fanout_protocol::cursor::Cursor::parse(seen[1]["cursor"].as_str().expect("cursor"))
+            .expect("a cursor");
+    let js = jetstream::new(async_nats::connect(fleet.nats.url()).await.expect("nats"));
+    let forged = |id: &str, offset: u64| Record::Event {
+        cursor: fanout_protocol::cursor::Cursor {
+            epoch: cursor.epoch,
+            offset,
+        },
+        event: fanout_protocol::upstream::Event {
+            shape: fanout_protocol::upstream::Shape::Envelope,
+            event_type: "call_ringing".into(),
+            timestamp: "2026-12-01T00:00:00.000000Z".into(),
+            customer_id: c,
+            topics: vec![
+                fanout_protocol::Topic::parse(&format!("customer_id:{c}:call:{id}"))
+                    .expect("topic"),
+            ],
+            data: format!(r#"{{"id":"{id}","customer_id":"{c}"}}"#).into(),
+        },
+    };
+    // An older term's owner, woken up; and a record of this term already taken.
+    for (id, stamp) in [
+        (
+            "stale",
+            Stamp {
+                term: term - 1,
+                seq: 1_000,
+            },
+        ),
+        ("repeated", Stamp { term, seq: 1 }),
+    ] {
+        let (headers, body) = forged(id, cursor.offset + 1).encode(stamp);
+        js.publish_with_headers(log::events_subject(c), headers, body)
+            .await
+            .expect("sent")
+            .await
+            .expect("stored");
+    }
+    // The store side: a record fenced on anything but the term's beginning is refused.
+    let stream = js.get_stream("FANOUT_EVENTS").await.expect("stream");
+    let begun = stream
+        .get_last_raw_message_by_subject(&log::term_subject(c))
+        .await
+        .expect("the term's beginning")
+        .sequence;
+    let (headers, body) = forged("fenced", cursor.offset + 1).encode(Stamp { term, seq: 99 });
+    let refused = js
+        .send_publish(
+            log::events_subject(c),
+            jetstream::message::PublishMessage::build()
+                .headers(headers)
+                .payload(body)
+                .expected_last_subject_sequence(begun - 1)
+                .header(
+                    "Nats-Expected-Last-Subject-Sequence-Subject",
+                    log::term_subject(c).as_str(),
+                ),
+        )
+        .await
+        .expect("sent")
+        .await;
+    assert!(refused.is_err(), "the store fence refuses it: {refused:?}");
+    // The owner goes on; the forged records reached nobody.
+    publish(fleet.sim_addr(), &calls(c, "b", 2)).await;
+    for (i, client) in clients.iter_mut().enumerate() {
+        let (events, gaps) = events(client, 2).await;
+        assert!(gaps.is_empty(), "{gaps:?}");
+        assert_eq!(ids(&events), expected("b", 2));
+        client.expect_silence(Duration::from_millis(300)).await;
+        let metrics = metrics_text(fleet.node(i).admin).await;
+        let dropped: f64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("fanout_cluster_fenced_total{side=\"reader\"} "))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        assert_eq!(dropped, 2.0, "node {i} dropped both: {metrics}");
+    }
 }
 
 #[tokio::test]
 async fn a_browser_resumes_on_another_node_without_loss() {
-    let fleet = Fleet::start(2, TTL).await;
+    let fleet = Fleet::start(4, TTL).await;
     let c = tutorial_customer();
     let topic = format!("customer_id:{c}");
     let mut away = watcher(fleet.node(0), c).await;
     let mut stays = watcher(fleet.node(1), c).await;
+    // Node 0 keeps a session: its customer entry (and ownership) stays when `away` goes.
+    let _keeps = watcher(fleet.node(0), c).await;
     fleet.settled(c).await;
     publish(fleet.sim_addr(), &calls(c, "a", 3)).await;
     let (seen, _) = events(&mut away, 3).await;
@@ -419,6 +533,34 @@ async fn a_browser_resumes_on_another_node_without_loss() {
     publish(fleet.sim_addr(), &calls(c, "c", 2)).await;
     assert_eq!(ids(&events(&mut back, 2).await.0), expected("c", 2));
     back.expect_silence(Duration::from_millis(300)).await;
+    // A new session on a node that had none of the customer: the node reads the term in
+    // for resumes, but the session gets only what happens from now on.
+    assert!(fleet.customer(2, c).await.is_null(), "node 2 is cold");
+    let mut fresh = watcher(fleet.node(2), c).await;
+    fresh.expect_silence(Duration::from_millis(500)).await;
+    eventually("node 2 read the term in", || async {
+        fleet.customer(2, c).await["window_events"].as_u64() == Some(9)
+    })
+    .await;
+    // Through a node that has no session of the customer yet: it reads the term in from
+    // the log before it judges.
+    assert!(fleet.customer(3, c).await.is_null(), "node 3 is cold");
+    let mut cold = Client::connect_token(fleet.node(3).addr, &admin_token(c)).await;
+    cold.send_json(&json!({"type": "subscribe", "topics": [topic], "since": last}))
+        .await;
+    let answer = cold.recv_json().await;
+    assert_eq!(answer["type"], "resumed", "{answer}");
+    assert_eq!(answer["recovered"], true, "{answer}");
+    let (replay, gaps) = events(&mut cold, 6).await;
+    assert!(gaps.is_empty());
+    let mut want = expected("b", 4);
+    want.extend(expected("c", 2));
+    assert_eq!(ids(&replay), want);
+    publish(fleet.sim_addr(), &calls(c, "d", 2)).await;
+    assert_eq!(ids(&events(&mut cold, 2).await.0), expected("d", 2));
+    cold.expect_silence(Duration::from_millis(300)).await;
+    assert_eq!(ids(&events(&mut fresh, 2).await.0), expected("d", 2));
+    fresh.expect_silence(Duration::from_millis(300)).await;
 }
 
 #[tokio::test]
@@ -546,4 +688,40 @@ async fn with_nats_gone_each_node_serves_its_own_sessions_and_rejoins_when_it_is
         client.expect_silence(Duration::from_millis(300)).await;
     }
     assert_eq!(fleet.upstreams(c).await, 1);
+}
+
+#[tokio::test]
+async fn a_node_refuses_to_start_against_a_nats_server_older_than_2_11() {
+    let _serial = SERIAL.lock().await;
+    let old = Nats::start_binary(fanout_test_support::nats::old_nats_server()).await;
+    let (sim, _cancel) = start_sim(|_| {}).await;
+    let output = tokio::process::Command::new(common::process::BIN)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .args([
+            "--upstream-url",
+            &sim.ws_url(),
+            "--cluster-nats",
+            &old.url(),
+        ])
+        .env("FANOUT_JWT_SECRET", SECRET)
+        .env("FANOUT_UPSTREAM_TOKEN", service_token())
+        .output()
+        .await
+        .expect("runs");
+    assert!(!output.status.success());
+    let log = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    assert!(
+        log.contains(&format!(
+            "nats-server {} is too old for cluster mode",
+            fanout_test_support::nats::OLD_VERSION
+        )),
+        "{log}"
+    );
 }

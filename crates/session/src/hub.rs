@@ -16,7 +16,7 @@
 use std::cell::OnceCell;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime};
 
@@ -203,7 +203,25 @@ struct Stream {
     window: Window<Stored>,
     /// Upstream pattern → the offset from which every event it matches is in the stream.
     covered: HashMap<Pattern, u64>,
+    /// The stream is being filled from elsewhere (a cluster's log, from its term's
+    /// beginning): resumes wait in `deferred` until it is whole.
+    catching_up: bool,
+    deferred: Vec<Deferred>,
 }
+
+/// A resume that waits for the stream to catch up.
+struct Deferred {
+    session: Subscriber,
+    patterns: Vec<Pattern>,
+    /// The upstream pattern each of `patterns` needs.
+    upstream: Vec<Pattern>,
+    held: Vec<Pattern>,
+    held_since: Option<Cursor>,
+    since: Cursor,
+}
+
+/// Resumes that may wait for one stream to catch up; past it, they are judged at once.
+pub const MAX_DEFERRED: usize = 1024;
 
 /// What a resume answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -228,6 +246,9 @@ pub struct Hub {
     customer_id: Uuid,
     trie: Trie<Subscriber>,
     stream: Mutex<Stream>,
+    /// Whether `stream.deferred` may hold anything (read without the lock on the
+    /// unsubscribe path).
+    has_deferred: AtomicBool,
     budget: Arc<WindowBudget>,
     // Metric handles, registered once: the publish path does no registry lookups.
     events_in: metrics::Counter,
@@ -267,7 +288,10 @@ impl Hub {
             stream: Mutex::new(Stream {
                 window: Window::new(rand::random(), limits),
                 covered: HashMap::new(),
+                catching_up: false,
+                deferred: Vec::new(),
             }),
+            has_deferred: AtomicBool::new(false),
             budget,
             events_in: metrics::counter!("fanout_events_in_total"),
             deliveries: metrics::counter!("fanout_deliveries_total"),
@@ -339,9 +363,62 @@ impl Hub {
         self.trie.insert(pattern, subscriber.clone())
     }
 
-    /// Removes a session's pattern; false if it was not there.
+    /// Removes a session's pattern; false if it was not there (in the trie, or in a resume
+    /// waiting for the stream to catch up).
     pub fn remove(&self, pattern: &Pattern, subscriber: &Subscriber) -> bool {
+        if self.has_deferred.load(Ordering::Acquire) {
+            let mut stream = self.lock_stream();
+            let mut found = false;
+            for deferred in &mut stream.deferred {
+                if deferred.session == *subscriber
+                    && let Some(i) = deferred.patterns.iter().position(|p| p == pattern)
+                {
+                    deferred.patterns.remove(i);
+                    deferred.upstream.remove(i);
+                    found = true;
+                }
+            }
+            stream.deferred.retain(|d| !d.patterns.is_empty());
+            if found {
+                return true;
+            }
+        }
         self.trie.remove(pattern, subscriber)
+    }
+
+    /// The stream is filled from elsewhere from now on, and is not yet whole: resumes wait
+    /// (at most [`MAX_DEFERRED`]) until [`Hub::caught_up`].
+    pub fn catching_up(&self) {
+        self.lock_stream().catching_up = true;
+    }
+
+    /// The stream is whole: the resumes that waited are judged now, in their order.
+    pub fn caught_up(&self) {
+        let now = tokio::time::Instant::now();
+        let mut stream = self.lock_stream();
+        stream.catching_up = false;
+        let deferred = std::mem::take(&mut stream.deferred);
+        self.has_deferred.store(false, Ordering::Release);
+        let before = stream.window.bytes();
+        for d in deferred {
+            let upstream_of = |p: &Pattern| {
+                d.patterns
+                    .iter()
+                    .position(|q| q == p)
+                    .map_or_else(|| p.clone(), |i| d.upstream[i].clone())
+            };
+            self.resume_locked(
+                &mut stream,
+                now,
+                &d.session,
+                &d.patterns,
+                &d.held,
+                d.held_since,
+                d.since,
+                upstream_of,
+            );
+        }
+        self.settle(&mut stream, before, now);
     }
 
     /// Removes every pattern of a session.
@@ -405,6 +482,29 @@ impl Hub {
         until: SystemTime,
         at: Option<Cursor>,
     ) -> usize {
+        self.gap_at(reason, since, until, at, true)
+    }
+
+    /// Keeps a gap of the stream's past at `at` in the window, for resumes, without telling
+    /// the sessions (history read in, not news).
+    pub fn store_gap_at(
+        &self,
+        reason: GapReason,
+        since: SystemTime,
+        until: SystemTime,
+        at: Cursor,
+    ) {
+        self.gap_at(reason, since, until, Some(at), false);
+    }
+
+    fn gap_at(
+        &self,
+        reason: GapReason,
+        since: SystemTime,
+        until: SystemTime,
+        at: Option<Cursor>,
+        live: bool,
+    ) -> usize {
         let now = tokio::time::Instant::now();
         let mut stream = self.lock_stream();
         if !self.jump(&mut stream, at, now) {
@@ -421,11 +521,13 @@ impl Hub {
         );
         let frame = gap_frame(reason, since, until, cursor);
         let mut delivered = 0;
-        self.trie.for_each_subscriber(|subscriber| {
-            if subscriber.0.offer(frame.clone()) {
-                delivered += 1;
-            }
-        });
+        if live {
+            self.trie.for_each_subscriber(|subscriber| {
+                if subscriber.0.offer(frame.clone()) {
+                    delivered += 1;
+                }
+            });
+        }
         self.settle(&mut stream, before, now);
         delivered
     }
@@ -444,6 +546,16 @@ impl Hub {
     /// window there (forgetting what it kept and the coverage, which vouch for nothing
     /// across the break); one already given out is dropped.
     pub fn publish_at(&self, event: Event, at: Option<Cursor>) -> Published {
+        self.event_at(event, at, true)
+    }
+
+    /// Keeps an event of the stream's past at `at` in the window, for resumes, without
+    /// queueing it to the sessions (history read in, not news).
+    pub fn store_at(&self, event: Event, at: Cursor) {
+        self.event_at(event, Some(at), false);
+    }
+
+    fn event_at(&self, event: Event, at: Option<Cursor>, live: bool) -> Published {
         let started = Instant::now();
         let mut published = Published::default();
         if event.customer_id != self.customer_id {
@@ -469,17 +581,19 @@ impl Hub {
         // One frame per topic, made on first use and shared: an event nobody here subscribed
         // to costs no encoding until a resume wants it.
         let (mut delivered, mut overflowed) = (0, 0);
-        self.trie.match_topics(&stored.topics, |subscriber, index| {
-            let (frame, made) = stored.frame(index);
-            if made > 0 || index >= MAX_SHARED_FRAMES {
-                published.encoded += 1;
-            }
-            if subscriber.0.offer(frame) {
-                delivered += 1;
-            } else {
-                overflowed += 1;
-            }
-        });
+        if live {
+            self.trie.match_topics(&stored.topics, |subscriber, index| {
+                let (frame, made) = stored.frame(index);
+                if made > 0 || index >= MAX_SHARED_FRAMES {
+                    published.encoded += 1;
+                }
+                if subscriber.0.offer(frame) {
+                    delivered += 1;
+                } else {
+                    overflowed += 1;
+                }
+            });
+        }
         stored.share_data();
         let before = stream.window.bytes();
         let size = stored.size();
@@ -515,7 +629,53 @@ impl Hub {
     ) -> (Vec<bool>, Resumed) {
         let now = tokio::time::Instant::now();
         let mut stream = self.lock_stream();
+        if stream.catching_up && stream.deferred.len() < MAX_DEFERRED {
+            // Judged once the stream is whole; held meanwhile, as if inserted.
+            stream.deferred.push(Deferred {
+                session: session.clone(),
+                patterns: patterns.to_vec(),
+                upstream: patterns.iter().map(&upstream_of).collect(),
+                held: held.to_vec(),
+                held_since,
+                since,
+            });
+            self.has_deferred.store(true, Ordering::Release);
+            return (
+                vec![true; patterns.len()],
+                Resumed {
+                    recovered: false,
+                    replayed: 0,
+                },
+            );
+        }
         let before = stream.window.bytes();
+        let answer = self.resume_locked(
+            &mut stream,
+            now,
+            session,
+            patterns,
+            held,
+            held_since,
+            since,
+            upstream_of,
+        );
+        self.settle(&mut stream, before, now);
+        answer
+    }
+
+    /// [`Hub::resume`] under the stream's lock, judged now.
+    #[allow(clippy::too_many_arguments)]
+    fn resume_locked(
+        &self,
+        stream: &mut Stream,
+        now: tokio::time::Instant,
+        session: &Subscriber,
+        patterns: &[Pattern],
+        held: &[Pattern],
+        held_since: Option<Cursor>,
+        since: Cursor,
+        upstream_of: impl Fn(&Pattern) -> Pattern,
+    ) -> (Vec<bool>, Resumed) {
         stream.window.forget(now);
         let inserted: Vec<bool> = patterns
             .iter()
@@ -588,7 +748,6 @@ impl Hub {
         for (cursor, extra) in grown {
             stream.window.grow(cursor, extra);
         }
-        self.settle(&mut stream, before, now);
         (inserted, answer)
     }
 

