@@ -323,3 +323,41 @@ export async function servePages(files) {
     }),
   };
 }
+
+/**
+ * Starts `scripts/cluster-demo` (nats-server, the simulator, three gateway nodes in cluster
+ * mode, HAProxy in front) on ports from a free base and waits for its URL; answers
+ * { proc, pageUrl, settings, nodes: [ws URL…], simUrl }.
+ */
+export async function startClusterDemo({ eventRate = 10 } = {}) {
+  // The script takes ports base … base+23: look for a base with all of them free.
+  let base;
+  for (let attempt = 0; attempt < 50 && base === undefined; attempt += 1) {
+    const candidate = 20_000 + Math.floor(Math.random() * 20_000);
+    const free = await Promise.all(Array.from({ length: 24 }, (_, i) => portFree(candidate + i)));
+    if (free.every(Boolean)) base = candidate;
+  }
+  if (base === undefined) throw new Error('no free range of 24 ports');
+  const proc = new Proc('scripts/cluster-demo', path.join(ROOT, 'scripts', 'cluster-demo'), [], {
+    env: { CLUSTER_DEMO_PORT: String(base), CLUSTER_DEMO_EVENT_RATE: String(eventRate), FANOUT_BIN_DIR: BIN_DIR },
+  });
+  try {
+    const [, pageUrl] = await proc.waitForLine(/^\s*demo page\s+(http:\/\/\S+)/, 60_000);
+    const { status, body: settings } = await http(new URL('demo.json', pageUrl).href);
+    if (status !== 200) throw new Error(`GET /demo.json through the load balancer answered ${status}`);
+    const nodes = [0, 1, 2].map((i) => `ws://127.0.0.1:${base + 11 + i}/v1.0/ws`);
+    return { proc, pageUrl, settings, nodes, simUrl: `http://127.0.0.1:${base + 2}` };
+  } catch (error) {
+    await proc.stop();
+    throw error;
+  }
+}
+
+/** Whether nothing listens on 127.0.0.1:`port`. */
+function portFree(port) {
+  return new Promise((resolve) => {
+    const server = net.createServer();
+    server.once('error', () => resolve(false));
+    server.listen(port, '127.0.0.1', () => server.close(() => resolve(true)));
+  });
+}
