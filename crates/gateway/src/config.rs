@@ -77,6 +77,9 @@ pub struct ClusterSection {
     /// Default `5s`.
     #[serde(with = "humantime_serde")]
     pub degraded_after: Duration,
+    /// Readers of the log at once, fleet-wide (one per node and customer); nats-server's
+    /// own default would be 1000. Default 1000000.
+    pub log_max_readers: u32,
 }
 
 impl Default for ClusterSection {
@@ -92,6 +95,7 @@ impl Default for ClusterSection {
             max_in_flight: 1024,
             request_timeout: Duration::from_secs(5),
             degraded_after: Duration::from_secs(5),
+            log_max_readers: 1_000_000,
         }
     }
 }

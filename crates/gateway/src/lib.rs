@@ -112,6 +112,7 @@ pub fn cluster_settings(config: &Config) -> ClusterSettings {
     settings.max_in_flight = cluster.max_in_flight;
     settings.request_timeout = cluster.request_timeout;
     settings.degraded_after = cluster.degraded_after;
+    settings.max_readers = i32::try_from(cluster.log_max_readers).unwrap_or(i32::MAX);
     settings
 }
 

