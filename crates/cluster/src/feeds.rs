@@ -128,6 +128,8 @@ struct Node {
     cancel: CancellationToken,
     /// Whether NATS has been unreachable for longer than `degraded_after`.
     degraded: tokio::sync::watch::Sender<bool>,
+    /// The log's stream, to create again if NATS lost it.
+    stream_config: stream::Config,
 }
 
 impl Node {
@@ -185,7 +187,7 @@ impl ClusterFeeds {
         .await
         .map_err(|e| ClusterError::JetStream(e.to_string()))?;
         let js = jetstream::new(client.clone());
-        let config = stream::Config {
+        let stream_config = stream::Config {
             name: settings.stream.clone(),
             subjects: vec![log::STREAM_SUBJECTS.into()],
             max_messages_per_subject: settings.max_events,
@@ -198,7 +200,7 @@ impl ClusterFeeds {
             allow_direct: true,
             ..Default::default()
         };
-        js.create_or_update_stream(config)
+        js.create_or_update_stream(stream_config.clone())
             .await
             .map_err(|e| ClusterError::JetStream(e.to_string()))?;
         let stream = js
@@ -216,6 +218,7 @@ impl ClusterFeeds {
             tasks: TaskTracker::new(),
             cancel,
             degraded: tokio::sync::watch::Sender::new(false),
+            stream_config,
         });
         metrics::gauge!("fanout_cluster_degraded").set(0.0);
         metrics::gauge!("fanout_cluster_leases_held").set(0.0);
@@ -264,19 +267,68 @@ async fn watch_connection(node: Arc<Node>) {
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut down_since: Option<Instant> = None;
+    // JetStream itself: asked every second whether the log is there.
+    let mut store_down_since: Option<Instant> = None;
+    let mut ticks: u64 = 0;
+    // NATS lost its state (the log's stream is gone): every node is degraded at least this
+    // long, so that every customer's task sees it and rejoins with fresh fences (terms
+    // start again from the new bucket's revisions).
+    let mut lost_until: Option<Instant> = None;
+    let mut created = Some(node.stream.cached_info().created);
+    let hold = node
+        .settings
+        .degraded_after
+        .max(node.settings.request_timeout * 2)
+        + Duration::from_secs(1);
     loop {
         tokio::select! {
             () = node.cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
+        ticks += 1;
         let connected = node.client.connection_state() == async_nats::connection::State::Connected;
-        let degraded = if connected {
+        if connected {
             down_since = None;
-            false
+            if ticks.is_multiple_of(10) {
+                let probe =
+                    tokio::time::timeout(Duration::from_secs(1), node.stream.get_info()).await;
+                match probe {
+                    Ok(Ok(info)) => {
+                        store_down_since = None;
+                        // Made again (by this node or another): what was there is gone.
+                        let made = Some(info.created);
+                        if created.is_some() && created != made {
+                            tracing::warn!("NATS lost the cluster's state: the log was made again");
+                            lost_until = Some(Instant::now() + hold);
+                        }
+                        created = made;
+                    }
+                    Ok(Err(error)) if error.to_string().contains("stream not found") => {
+                        tracing::warn!(
+                            "NATS lost the cluster's state: creating the log and the leases again"
+                        );
+                        lost_until = Some(Instant::now() + hold);
+                        let made = node
+                            .js
+                            .create_or_update_stream(node.stream_config.clone())
+                            .await;
+                        let reopened = node.leases.reopen().await;
+                        if made.is_err() || reopened.is_err() {
+                            store_down_since.get_or_insert_with(Instant::now);
+                        }
+                    }
+                    _ => {
+                        store_down_since.get_or_insert_with(Instant::now);
+                    }
+                }
+            }
         } else {
-            let since = *down_since.get_or_insert_with(Instant::now);
-            since.elapsed() >= node.settings.degraded_after
-        };
+            down_since.get_or_insert_with(Instant::now);
+        }
+        let after = node.settings.degraded_after;
+        let degraded = down_since.is_some_and(|since| since.elapsed() >= after)
+            || store_down_since.is_some_and(|since| since.elapsed() >= after)
+            || lost_until.is_some_and(|until| Instant::now() < until);
         let changed = node.degraded.send_if_modified(|now| {
             let changed = *now != degraded;
             *now = degraded;
@@ -725,10 +777,7 @@ struct Reader {
     /// Back from degraded mode: the log is read from its newest records on (what came
     /// before was served by this node's own upstream).
     rejoin: bool,
-    /// On rejoining, the owner's coverage as last written and its stream sequence: in
-    /// force for the first record read after it, if that is of the same term.
-    pending_cov: Option<(u64, u64, Vec<Pattern>)>,
-    /// That coverage, to apply where the rejoining gap is told.
+    /// Coverage read while a loss is still to be told: applied where it is told.
     adopt: Option<Vec<Pattern>>,
     /// The log as it stood when first opened has been read in (resumes wait until then).
     caught_up: bool,
@@ -749,7 +798,6 @@ impl Customer {
             last_read: SystemTime::now(),
             last_seq: 0,
             rejoin: false,
-            pending_cov: None,
             adopt: None,
             caught_up: false,
             history: 0,
@@ -1062,7 +1110,7 @@ impl Customer {
     /// between this node's own upstream and the log there, with the coverage from it.
     async fn rejoin_at(&self, reader: &mut Reader, start: u64) -> Result<(), ()> {
         let customer = self.customer;
-        let Some((_, begun, Record::Begin { node, .. })) = self
+        let Some((_, begun, Record::Begin { node, epoch })) = self
             .last_before(&log::term_subject(customer), start)
             .await?
         else {
@@ -1104,8 +1152,15 @@ impl Customer {
         let at = match last {
             Some((_, _, Record::Event { cursor, .. } | Record::Gap { cursor, .. })) => cursor,
             _ => {
-                // Nothing numbered in this term yet: the gap goes where the log resumes.
-                reader.pending_cov = coverage;
+                // Nothing numbered in this term yet: its first entry is read from here on.
+                // Coverage written before it holds from it; nothing the owner had was lost
+                // (it would be numbered).
+                self.hub.renumber(Cursor { epoch, offset: 0 });
+                if let Some((_, _, patterns)) = coverage {
+                    self.hub.covered(&patterns);
+                    reader.covered = patterns;
+                }
+                reader.hole = false;
                 return Ok(());
             }
         };
@@ -1161,7 +1216,6 @@ impl Customer {
                 if stamp.seq != 0 {
                     // Not read from its beginning: what came before may be missing here.
                     reader.hole = true;
-                    reader.pending_cov = None;
                 }
                 self.shared.status().term = Some(stamp.term);
             }
@@ -1170,15 +1224,8 @@ impl Customer {
                 self.uncover(reader);
                 reader.hole = true;
                 reader.adopt = None;
-                reader.pending_cov = None;
             }
             Admit::Next => {}
-        }
-        if let Some((at, term, patterns)) = reader.pending_cov.take()
-            && at < seq
-            && term == stamp.term
-        {
-            reader.adopt = Some(patterns);
         }
         let now = SystemTime::now();
         match record {

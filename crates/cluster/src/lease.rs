@@ -46,6 +46,8 @@ pub enum LeaseError {
 pub struct Leases {
     store: kv::Store,
     node: Bytes,
+    context: jetstream::Context,
+    config: kv::Config,
 }
 
 impl std::fmt::Debug for Leases {
@@ -69,22 +71,37 @@ impl Leases {
         node: &str,
     ) -> Result<Self, LeaseError> {
         let context = jetstream::new(client);
+        let config = kv::Config {
+            bucket: bucket.to_owned(),
+            history: 1,
+            max_age: ttl,
+            // The store marks an expired lease (nats-server 2.11), so that watchers
+            // see it go without polling.
+            limit_markers: Some(ttl.max(Duration::from_secs(1))),
+            ..Default::default()
+        };
         let store = context
-            .create_key_value(kv::Config {
-                bucket: bucket.to_owned(),
-                history: 1,
-                max_age: ttl,
-                // The store marks an expired lease (nats-server 2.11), so that watchers
-                // see it go without polling.
-                limit_markers: Some(ttl.max(Duration::from_secs(1))),
-                ..Default::default()
-            })
+            .create_key_value(config.clone())
             .await
             .map_err(|e| LeaseError::Bucket(e.to_string()))?;
         Ok(Leases {
             store,
             node: Bytes::copy_from_slice(node.as_bytes()),
+            context,
+            config,
         })
+    }
+
+    /// Creates the bucket again if NATS lost it (its state was wiped); the handle works on.
+    ///
+    /// # Errors
+    /// [`LeaseError::Bucket`] when JetStream refuses or does not answer.
+    pub async fn reopen(&self) -> Result<(), LeaseError> {
+        self.context
+            .create_key_value(self.config.clone())
+            .await
+            .map(drop)
+            .map_err(|e| LeaseError::Bucket(e.to_string()))
     }
 
     fn key(customer: Uuid) -> String {

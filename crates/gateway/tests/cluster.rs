@@ -725,3 +725,50 @@ async fn a_node_refuses_to_start_against_a_nats_server_older_than_2_11() {
         "{log}"
     );
 }
+
+#[tokio::test]
+async fn a_nats_that_lost_its_state_is_rejoined_with_a_gap_and_terms_start_again() {
+    let mut fleet = Fleet::start(2, TTL).await;
+    let c = tutorial_customer();
+    let mut clients = [
+        watcher(fleet.node(0), c).await,
+        watcher(fleet.node(1), c).await,
+    ];
+    fleet.settled(c).await;
+    // Terms well past those a new bucket will give.
+    for _ in 0..3 {
+        let owner = fleet.settled(c).await;
+        fleet.signal(owner, "-STOP");
+        for (i, client) in clients.iter_mut().enumerate() {
+            if i != owner {
+                assert_eq!(gap(client, fleet.ttl * 3).await["reason"], "owner_failover");
+            }
+        }
+        fleet.signal(owner, "-CONT");
+        let _ = gap(&mut clients[owner], WAIT).await;
+    }
+    fleet.nats.stop();
+    fleet.nats.wipe();
+    fleet.nats.resume().await;
+    // The log and the leases are made again; every session is told, then served.
+    for client in &mut clients {
+        let gap = gap(client, WAIT * 2).await;
+        assert_eq!(gap["reason"], "cluster_degraded", "{gap}");
+    }
+    let owner = fleet.settled(c).await;
+    let term = fleet.customer(owner, c).await["term"]
+        .as_u64()
+        .expect("term");
+    assert!(term < 4, "terms of the new bucket: {term}");
+    publish(fleet.sim_addr(), &calls(c, "w", 5)).await;
+    for client in &mut clients {
+        let (events, _) = events(client, 5).await;
+        assert_eq!(
+            ids(&events),
+            expected("w", 5),
+            "each event once, none dropped as stale"
+        );
+        client.expect_silence(Duration::from_millis(300)).await;
+    }
+    assert_eq!(fleet.upstreams(c).await, 1);
+}

@@ -112,6 +112,11 @@ impl Nats {
         }
     }
 
+    /// Forgets everything it stored (after [`Nats::stop`]): a server whose disk was lost.
+    pub fn wipe(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.store);
+    }
+
     /// Starts it again on the same port and store (after [`Nats::stop`]).
     pub async fn resume(&mut self) {
         let binary = &self.binary;
