@@ -1126,8 +1126,8 @@ impl Customer {
             .last_before(&log::coverage_subject(customer), start)
             .await?
         {
-            Some((seq, stamp, Record::Covered(patterns))) if stamp.term == begun.term => {
-                Some((seq, stamp, patterns))
+            Some((_, stamp, Record::Covered(patterns))) if stamp.term == begun.term => {
+                Some((stamp.seq, patterns))
             }
             _ => None,
         };
@@ -1139,7 +1139,7 @@ impl Customer {
         // the next one read follows it, or a loss is seen.
         let newest = [
             Some(begun.seq),
-            coverage.as_ref().map(|(_, stamp, _)| stamp.seq),
+            coverage.as_ref().map(|(seq, _)| *seq),
             last.as_ref().map(|(_, stamp, _)| stamp.seq),
         ]
         .into_iter()
@@ -1148,7 +1148,7 @@ impl Customer {
         .unwrap_or(0);
         reader.fence = TermFence::new();
         reader.fence.admit(begun.term, newest);
-        let coverage = coverage.map(|(seq, stamp, patterns)| (seq, stamp.term, patterns));
+        let coverage = coverage.map(|(_, patterns)| patterns);
         let at = match last {
             Some((_, _, Record::Event { cursor, .. } | Record::Gap { cursor, .. })) => cursor,
             _ => {
@@ -1156,10 +1156,7 @@ impl Customer {
                 // Coverage written before it holds from it; nothing the owner had was lost
                 // (it would be numbered).
                 self.hub.renumber(Cursor { epoch, offset: 0 });
-                if let Some((_, _, patterns)) = coverage {
-                    self.hub.covered(&patterns);
-                    reader.covered = patterns;
-                }
+                self.adopt(reader, coverage);
                 reader.hole = false;
                 return Ok(());
             }
@@ -1167,10 +1164,7 @@ impl Customer {
         // The gap takes the place of the last entry this node did not serve; the coverage
         // holds from it, so a client resuming from the gap's cursor misses nothing.
         self.hub.renumber(at);
-        if let Some((_, _, patterns)) = coverage {
-            self.hub.covered(&patterns);
-            reader.covered = patterns;
-        }
+        self.adopt(reader, coverage);
         reader.hole = false;
         let reason = GapReason::ClusterDegraded;
         let told = self
@@ -1179,6 +1173,14 @@ impl Customer {
         metrics::counter!("fanout_gaps_sent_total", "reason" => reason.as_str())
             .increment(told as u64);
         Ok(())
+    }
+
+    /// The owner's coverage `patterns` (if known) holds from the hub's next entry.
+    fn adopt(&self, reader: &mut Reader, patterns: Option<Vec<Pattern>>) {
+        if let Some(patterns) = patterns {
+            self.hub.covered(&patterns);
+            reader.covered = patterns;
+        }
     }
 
     fn uncover(&self, reader: &mut Reader) {
@@ -1300,10 +1302,7 @@ impl Customer {
             // The term's first entry: nothing of it was missed, and its owner tells the
             // change; coverage written before it holds from it.
             self.hub.renumber(cursor);
-            if let Some(patterns) = adopt {
-                self.hub.covered(&patterns);
-                reader.covered = patterns;
-            }
+            self.adopt(reader, adopt);
             return;
         }
         let next = self.hub.next_cursor();
@@ -1315,12 +1314,9 @@ impl Customer {
             offset: cursor.offset - 1,
         };
         self.hub.renumber(at);
-        if let Some(patterns) = adopt {
-            // The owner's coverage, in force since before the gap: a client resuming
-            // from the gap's cursor misses nothing.
-            self.hub.covered(&patterns);
-            reader.covered = patterns;
-        }
+        // The owner's coverage, in force since before the gap: a client resuming from the
+        // gap's cursor misses nothing.
+        self.adopt(reader, adopt);
         let reason = GapReason::ClusterDegraded;
         if !live {
             self.hub.store_gap_at(reason, reader.last_read, now, at);
