@@ -12,8 +12,9 @@
 //!   VoIPBIN holds (independent nodes would hold 3,000), and how the owners spread.
 //!
 //! ```text
-//! cargo build --release -p fanout-gateway --examples
-//! target/release/examples/cluster_figures target/release/fanout-gateway ingest|failover|upstreams
+//! cargo build --release -p fanout-gateway --bins --examples   # --examples alone keeps an old binary
+//! NATS_SERVER=$(python3 -c "import sysconfig; print(sysconfig.get_path('scripts'))")/nats-server \
+//!   target/release/examples/cluster_figures target/release/fanout-gateway ingest|failover|upstreams
 //! ```
 
 #![allow(clippy::print_stdout, missing_docs)]
