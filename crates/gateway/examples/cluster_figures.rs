@@ -91,6 +91,7 @@ impl Fleet {
                 &format!("node-{i}"),
             ])
             .env("FANOUT_JWT_SECRET", SECRET)
+            .env("FANOUT_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("FANOUT_UPSTREAM_TOKEN", &self.service)
             .env("FANOUT_UPSTREAM__SUBSCRIBE_SETTLE", "0s")
             .env("FANOUT_CLUSTER__LEASE_TTL", self.ttl)
@@ -134,7 +135,7 @@ impl Fleet {
     }
 
     async fn owner(&self, admin: SocketAddr, customer: Uuid) -> Option<String> {
-        let (_, body) = http(admin, "GET", "/customers", None).await;
+        let (_, body) = admin_get(admin, "/customers").await;
         body["customers"]
             .as_array()?
             .iter()
@@ -246,7 +247,7 @@ async fn ingest(fleet: Fleet) -> anyhow::Result<()> {
                         println!("  {line}");
                     }
                 }
-                let (_, customers) = http(node.admin, "GET", "/customers", None).await;
+                let (_, customers) = admin_get(node.admin, "/customers").await;
                 println!("  {customers}");
             }
             bail!("stalled");
@@ -405,7 +406,7 @@ async fn upstreams(fleet: Fleet) -> anyhow::Result<()> {
     }
     println!("upstreams: sessions that missed the probe event, per node: {missing:?}");
     for (i, node) in nodes.iter().enumerate() {
-        let (_, body) = http(node.admin, "GET", "/customers", None).await;
+        let (_, body) = admin_get(node.admin, "/customers").await;
         let owned = body["customers"].as_array().map_or(0, |all| {
             all.iter()
                 .filter(|c| c["owner"] == format!("node-{i}"))

@@ -78,7 +78,7 @@ fn events(customer: Uuid, tag: &str, n: usize) -> Vec<u8> {
 }
 
 async fn customers(admin: SocketAddr) -> Value {
-    http(admin, "GET", "/customers", None).await.1
+    admin_get(admin, "/customers").await.1
 }
 
 async fn wait_covered(admin: SocketAddr, customer: Uuid) -> anyhow::Result<()> {
@@ -161,6 +161,7 @@ async fn main() -> anyhow::Result<()> {
         .args(["--admin-listen", &admin.to_string()])
         .args(["--upstream-url", &sim.ws_url(), "--jwt-secret", secret])
         .args(["--upstream-token", &service])
+        .args(["--admin-token", ADMIN_TOKEN])
         .env("FANOUT_UPSTREAM__LINGER", "120s")
         .env("RUST_LOG", "warn")
         .kill_on_drop(true)

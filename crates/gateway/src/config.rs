@@ -27,6 +27,15 @@ pub struct Config {
     pub jwt_secret: String,
     /// Log format: `text` or `json`. Default `text`.
     pub log_format: LogFormat,
+    /// The origins browsers may open sessions from: origins (`https://app.example.com`) and
+    /// patterns (`https://*.example.com`, or `*.example.com` for https); a handshake with
+    /// another `Origin` gets 403. Requests without `Origin` (clients that are not browsers)
+    /// are not concerned. Default empty: every origin.
+    pub allowed_origins: Vec<String>,
+    /// TLS on the WebSocket listener (`wss://`).
+    pub tls: TlsSection,
+    /// The admin listener's protected endpoints.
+    pub admin: AdminSection,
     /// How the upstream connections to VoIPBIN are made.
     pub upstream: UpstreamSection,
     /// How browsers' access keys are checked.
@@ -112,6 +121,39 @@ impl ClusterSection {
                 .unwrap_or_else(|| "fanout-gateway".to_owned())
         })
     }
+}
+
+/// `[tls]`: the WebSocket listener serves `wss://` when both files are set.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSection {
+    /// The certificate chain, PEM, the server's certificate first. Default none (`ws://`).
+    pub cert_file: Option<PathBuf>,
+    /// Its private key, PEM (PKCS#8, PKCS#1 or SEC1). Default none.
+    pub key_file: Option<PathBuf>,
+    /// How often the files are checked for a new certificate (they are also reloaded on
+    /// SIGHUP). Default `10s`.
+    #[serde(with = "humantime_serde")]
+    pub reload_interval: Duration,
+}
+
+impl Default for TlsSection {
+    fn default() -> Self {
+        TlsSection {
+            cert_file: None,
+            key_file: None,
+            reload_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `[admin]`: `/healthz`, `/readyz` and `/metrics` are open; `/customers`, which lists
+/// every tenant, needs `Authorization: Bearer <token>`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSection {
+    /// The bearer token `/customers` asks for. Default none: `/customers` answers 403.
+    pub token: String,
 }
 
 /// `[resume]`: each customer's window of recent events (protocol.md §1.7).
@@ -217,6 +259,16 @@ pub struct UpstreamSection {
     pub unready_after: Duration,
     /// Largest frame accepted from VoIPBIN, in bytes. Default 16 MiB.
     pub max_frame_bytes: usize,
+    /// CA certificates (PEM) trusted for VoIPBIN's TLS, besides the public roots: a private
+    /// CA. Default none.
+    pub ca_file: Option<PathBuf>,
+    /// Whether the public (Mozilla) roots are trusted too; `false` trusts only `ca_file`.
+    /// Default `true`.
+    pub public_roots: bool,
+    /// A client certificate chain (PEM) presented to VoIPBIN (mutual TLS). Default none.
+    pub client_cert_file: Option<PathBuf>,
+    /// Its private key (PEM). Default none.
+    pub client_key_file: Option<PathBuf>,
     /// How long after VoIPBIN answers the ping that follows a subscribe the subscription is
     /// taken as applied, for resumes (VoIPBIN's message bus subscribes asynchronously).
     /// Default `1s`.
@@ -239,6 +291,10 @@ impl Default for UpstreamSection {
             backoff_cap: Duration::from_secs(5),
             unready_after: Duration::from_secs(30),
             max_frame_bytes: 16 * 1024 * 1024,
+            ca_file: None,
+            public_roots: true,
+            client_cert_file: None,
+            client_key_file: None,
             subscribe_settle: Duration::from_secs(1),
         }
     }
@@ -351,6 +407,9 @@ impl Default for Config {
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
             jwt_secret: String::new(),
             log_format: LogFormat::Text,
+            allowed_origins: Vec::new(),
+            tls: TlsSection::default(),
+            admin: AdminSection::default(),
             upstream: UpstreamSection::default(),
             accesskeys: AccessKeySection::default(),
             session: SessionConfig::default(),
@@ -383,6 +442,51 @@ pub struct Overrides {
     pub cluster_nats: Option<String>,
     /// `--node-id`.
     pub node_id: Option<String>,
+    /// `--tls-cert`.
+    pub tls_cert: Option<PathBuf>,
+    /// `--tls-key`.
+    pub tls_key: Option<PathBuf>,
+    /// `--upstream-ca`.
+    pub upstream_ca: Option<PathBuf>,
+    /// `--upstream-client-cert`.
+    pub upstream_client_cert: Option<PathBuf>,
+    /// `--upstream-client-key`.
+    pub upstream_client_key: Option<PathBuf>,
+    /// `--allowed-origins`.
+    pub allowed_origins: Option<Vec<String>>,
+    /// `--admin-token`.
+    pub admin_token: Option<String>,
+}
+
+/// The upstream's TLS settings from `[upstream]`: the CA file's roots, the public roots
+/// unless turned off, the client certificate if any.
+///
+/// # Errors
+/// When a file does not load, only one of the client's files is set, or nothing is trusted.
+pub fn upstream_tls(
+    upstream: &UpstreamSection,
+) -> Result<std::sync::Arc<rustls::ClientConfig>, String> {
+    let roots = match &upstream.ca_file {
+        Some(path) => crate::tls::read_certificates(path)?,
+        None => Vec::new(),
+    };
+    let client = match (&upstream.client_cert_file, &upstream.client_key_file) {
+        (Some(cert), Some(key)) => Some((
+            crate::tls::read_certificates(cert)?,
+            crate::tls::read_key(key)?,
+        )),
+        (None, None) => None,
+        _ => {
+            return Err(
+                "set both upstream.client_cert_file and upstream.client_key_file, or neither"
+                    .to_owned(),
+            );
+        }
+    };
+    if !upstream.public_roots && upstream.ca_file.is_none() {
+        return Err("upstream.public_roots = false needs upstream.ca_file".to_owned());
+    }
+    fanout_upstream::connect::client_tls(&roots, upstream.public_roots, client)
 }
 
 /// The configuration could not be loaded or is invalid; every problem is listed.
@@ -485,6 +589,27 @@ impl Config {
         if let Some(v) = o.node_id {
             config.cluster.node_id = Some(v);
         }
+        if let Some(v) = o.tls_cert {
+            config.tls.cert_file = Some(v);
+        }
+        if let Some(v) = o.tls_key {
+            config.tls.key_file = Some(v);
+        }
+        if let Some(v) = o.upstream_ca {
+            config.upstream.ca_file = Some(v);
+        }
+        if let Some(v) = o.upstream_client_cert {
+            config.upstream.client_cert_file = Some(v);
+        }
+        if let Some(v) = o.upstream_client_key {
+            config.upstream.client_key_file = Some(v);
+        }
+        if let Some(v) = o.allowed_origins {
+            config.allowed_origins = v;
+        }
+        if let Some(v) = o.admin_token {
+            config.admin.token = v;
+        }
         config.validate()?;
         Ok(config)
     }
@@ -537,6 +662,27 @@ impl Config {
             if value.is_zero() {
                 problems.push(format!("{name} must be more than zero"));
             }
+        }
+        if let Err(errors) = fanout_session::origin::Origins::parse(&self.allowed_origins) {
+            problems.extend(errors);
+        }
+        match (&self.tls.cert_file, &self.tls.key_file) {
+            (Some(cert), Some(key)) => {
+                if let Err(e) = crate::tls::load_pair(cert, key) {
+                    problems.push(format!("tls: {e}"));
+                }
+            }
+            (None, None) => {}
+            _ => problems.push(
+                "set both tls.cert_file and tls.key_file (--tls-cert, --tls-key), or neither"
+                    .to_owned(),
+            ),
+        }
+        if self.tls.reload_interval.is_zero() {
+            problems.push("tls.reload_interval must be more than zero".to_owned());
+        }
+        if let Err(e) = upstream_tls(&self.upstream) {
+            problems.push(format!("upstream TLS: {e}"));
         }
         if self.cluster.lease_ttl < Duration::from_secs(1) {
             problems.push("cluster.lease_ttl must be at least 1s".to_owned());

@@ -62,6 +62,8 @@ pub struct Demo {
     pub gateway: Gateway,
     /// The simulator standing in for VoIPBIN.
     pub sim: std::sync::Arc<Simulator>,
+    /// The bearer token of the admin listener's `/customers`.
+    pub customers_token: String,
     /// A customer admin's token.
     pub admin_token: String,
     /// A plain agent's token.
@@ -106,6 +108,9 @@ impl Demo {
         config.upstream.linger = Duration::from_secs(5);
         // The simulator applies a subscribe before it reads the next frame.
         config.upstream.subscribe_settle = Duration::ZERO;
+        // `/customers` lists every tenant: a fresh bearer token each run.
+        config.admin.token = Uuid::new_v4().simple().to_string();
+        let customers_token = config.admin.token.clone();
         config.validate()?;
         let gateway = Gateway::start(config).await?;
         let admin_token = agent_token(
@@ -134,6 +139,7 @@ impl Demo {
         Ok(Demo {
             gateway,
             sim,
+            customers_token,
             admin_token,
             agent_token: agent_token(&secret, customer, agent_id, permission_bits::CUSTOMER_AGENT)?,
             agent_id,
@@ -167,8 +173,9 @@ impl Demo {
         println!("  demo page   {}", self.page_url());
         println!("  gateway     {base}");
         println!(
-            "  admin       http://{}/metrics  /readyz  /customers",
-            self.gateway.admin_addr()
+            "  admin       http://{}/metrics  /readyz  /customers (Authorization: Bearer {})",
+            self.gateway.admin_addr(),
+            self.customers_token
         );
         println!(
             "  simulator   {}  (POST /_sim/events, GET /_sim/stats)",

@@ -12,6 +12,7 @@
 //! - [`registry`]: customers, hubs and upstreams (the sessions' [`fanout_session::Directory`]).
 //! - [`server`]: the WebSocket and admin listeners.
 //! - [`telemetry`]: logs and metrics.
+//! - [`tls`]: the listener's certificate (reloaded on change) and the upstream's trust.
 //! - [`demo`]: the embedded demo (`fanout-gateway demo`).
 
 pub mod config;
@@ -19,6 +20,7 @@ pub mod demo;
 pub use fanout_core::registry;
 pub mod server;
 pub mod telemetry;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -97,6 +99,7 @@ pub fn upstream_config(config: &Config) -> anyhow::Result<UpstreamConfig> {
     };
     upstream.max_frame_bytes = config.upstream.max_frame_bytes;
     upstream.subscribe_settle = config.upstream.subscribe_settle;
+    upstream.tls = config::upstream_tls(&config.upstream).map_err(anyhow::Error::msg)?;
     Ok(upstream)
 }
 
@@ -161,7 +164,11 @@ impl Gateway {
     pub async fn start(config: Config) -> anyhow::Result<Gateway> {
         telemetry::metrics_handle();
         let upstream = Arc::new(upstream_config(&config)?);
-        let verifier = HttpVerifier::from_ws_url(&upstream.url, config.accesskeys.verify_timeout)?;
+        let verifier = HttpVerifier::from_ws_url(
+            &upstream.url,
+            config.accesskeys.verify_timeout,
+            &upstream.tls,
+        )?;
         let auth = Authenticator::new(
             jwt::Verifier::new(config.jwt_secret.as_bytes())?,
             Arc::new(verifier),
@@ -189,7 +196,15 @@ impl Gateway {
             config.resume.node_max_bytes,
             upstreams.clone(),
         );
-        let endpoint = Arc::new(Endpoint::new(
+        let origins = fanout_session::origin::Origins::parse(&config.allowed_origins)
+            .map_err(|problems| anyhow::anyhow!(problems.join("; ")))?;
+        let tls = match (&config.tls.cert_file, &config.tls.key_file) {
+            (Some(cert), Some(key)) => {
+                Some(tls::Reloading::load(cert, key).map_err(anyhow::Error::msg)?)
+            }
+            _ => None,
+        };
+        let mut endpoint = Endpoint::new(
             auth,
             config.session.clone(),
             AcceptLimits {
@@ -203,7 +218,14 @@ impl Gateway {
                 listener_configured: true,
             },
             registry.clone(),
-        ));
+        )
+        .with_origins(origins);
+        if let Some(resolver) = &tls {
+            endpoint = endpoint
+                .with_tls(tls::server_config(resolver.clone()).map_err(anyhow::Error::msg)?);
+        }
+        let endpoint = Arc::new(endpoint);
+        metrics::gauge!("fanout_session_limit").set(config.limits.max_sessions as f64);
         let listener = server::bind(config.listen, config.limits.listen_backlog)
             .with_context(|| format!("binding listen address {}", config.listen))?;
         fanout_session::endpoint::configure_listener(&listener, &config.session);
@@ -220,6 +242,14 @@ impl Gateway {
             endpoint.clone(),
             accept.clone(),
         )?;
+        if let Some(resolver) = tls.clone() {
+            tasks.spawn(tls::watch(
+                resolver,
+                config.tls.reload_interval,
+                upstreams.clone(),
+            ));
+        }
+        tasks.spawn(server::sample_queues(endpoint.clone(), upstreams.clone()));
         tasks.spawn(server::serve_admin(
             admin,
             server::AdminState {
@@ -227,11 +257,13 @@ impl Gateway {
                 endpoint: endpoint.clone(),
                 registry: registry.clone(),
                 unready_after: config.upstream.unready_after,
+                token: (!config.admin.token.is_empty())
+                    .then(|| Arc::from(config.admin.token.as_str())),
             },
             upstreams.clone(),
         ));
         ready.store(true, Ordering::SeqCst);
-        tracing::info!(%local_addr, %admin_addr, upstream = %config.upstream.url, "Gateway listening");
+        tracing::info!(%local_addr, %admin_addr, tls = tls.is_some(), upstream = %config.upstream.url, "Gateway listening");
         Ok(Gateway {
             config,
             local_addr,

@@ -23,7 +23,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a gateway node.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run the gateway in front of an embedded VoIPBIN simulator with a random event stream.
     Demo(DemoArgs),
     /// Serve the demo page alone, for gateways (a cluster behind a load balancer) in front
@@ -79,6 +79,39 @@ struct ServeArgs {
     /// name].
     #[arg(long)]
     node_id: Option<String>,
+    /// Serve wss://: the certificate chain (PEM), reloaded when the file changes or on
+    /// SIGHUP.
+    #[arg(long, env = "FANOUT_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, env = "FANOUT_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) trusted for VoIPBIN's TLS besides the public roots (a private
+    /// CA).
+    #[arg(long, env = "FANOUT_UPSTREAM_CA")]
+    upstream_ca: Option<PathBuf>,
+    /// A client certificate (PEM) presented to VoIPBIN.
+    #[arg(
+        long,
+        env = "FANOUT_UPSTREAM_CLIENT_CERT",
+        requires = "upstream_client_key"
+    )]
+    upstream_client_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(
+        long,
+        env = "FANOUT_UPSTREAM_CLIENT_KEY",
+        requires = "upstream_client_cert"
+    )]
+    upstream_client_key: Option<PathBuf>,
+    /// The origins browsers may connect from, comma-separated: https://app.example.com,
+    /// https://*.example.com [default: any].
+    #[arg(long, env = "FANOUT_ALLOWED_ORIGINS", value_delimiter = ',')]
+    allowed_origins: Option<Vec<String>>,
+    /// The bearer token the admin listener's /customers needs [default: none, /customers
+    /// off].
+    #[arg(long, env = "FANOUT_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -131,6 +164,13 @@ impl ServeArgs {
             log_format: self.log_format,
             cluster_nats: self.cluster_nats.clone(),
             node_id: self.node_id.clone(),
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
+            upstream_ca: self.upstream_ca.clone(),
+            upstream_client_cert: self.upstream_client_cert.clone(),
+            upstream_client_key: self.upstream_client_key.clone(),
+            allowed_origins: self.allowed_origins.clone(),
+            admin_token: self.admin_token.clone(),
         };
         Config::load(self.config.as_deref(), std::env::vars(), &overrides)
     }
@@ -181,6 +221,9 @@ async fn main() -> ExitCode {
                 }
                 if !config.upstream.token.is_empty() {
                     config.upstream.token = "<set>".into();
+                }
+                if !config.admin.token.is_empty() {
+                    config.admin.token = "<set>".into();
                 }
                 print!("{}", toml::to_string_pretty(&config).unwrap_or_default());
                 ExitCode::SUCCESS

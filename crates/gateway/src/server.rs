@@ -1,5 +1,5 @@
 //! The listeners: WebSocket (`/v1.0/ws` and its alias) and admin (`/healthz`, `/readyz`,
-//! `/metrics`, `/customers`).
+//! `/metrics`, open; `/customers`, behind the admin token).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -199,6 +199,39 @@ pub struct AdminState {
     pub registry: Arc<Registry>,
     /// Not ready once the node has had customers but no working upstream for this long.
     pub unready_after: Duration,
+    /// The bearer token `/customers` needs; without one it answers 403.
+    pub token: Option<Arc<str>>,
+}
+
+/// Whether `req` carries `Authorization: Bearer <token>`, compared in constant time.
+fn authorized(token: &str, req: &Request<Incoming>) -> bool {
+    use subtle::ConstantTimeEq;
+    req.headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|value| value.as_bytes().strip_prefix(b"Bearer "))
+        .is_some_and(|given| bool::from(given.ct_eq(token.as_bytes())))
+}
+
+/// Every few seconds, how many frames wait in each open session's queue, into the
+/// `fanout_session_queue_frames` histogram, until `stop`.
+pub async fn sample_queues(endpoint: Arc<Endpoint>, stop: CancellationToken) {
+    let histogram = metrics::histogram!("fanout_session_queue_frames");
+    let mut ticks = tokio::time::interval(QUEUE_SAMPLE_INTERVAL);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        endpoint.queue_lengths(|frames| histogram.record(frames as f64));
+    }
+}
+
+/// How often the sessions' queues are sampled.
+const QUEUE_SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
+
+fn json_error(status: StatusCode, error: &str, message: &str) -> Answer {
+    let body = serde_json::json!({"error": error, "message": message});
+    text(status, "application/json", body.to_string())
 }
 
 /// Why the node is not ready, if it is not: `draining`, `no_upstream`.
@@ -227,11 +260,16 @@ pub async fn serve_admin(listener: TcpListener, state: AdminState, stop: Cancell
     .await;
 }
 
+fn set_ready(reasons: &[&str]) {
+    metrics::gauge!("fanout_ready").set(if reasons.is_empty() { 1.0 } else { 0.0 });
+}
+
 fn admin(state: &AdminState, req: &Request<Incoming>) -> Answer {
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "text/plain", "ok\n"),
         "/readyz" => {
             let reasons = unready_reasons(state);
+            set_ready(&reasons);
             let status = if reasons.is_empty() {
                 StatusCode::OK
             } else {
@@ -240,11 +278,31 @@ fn admin(state: &AdminState, req: &Request<Incoming>) -> Answer {
             let body = serde_json::json!({"ready": reasons.is_empty(), "reasons": reasons});
             text(status, "application/json", body.to_string())
         }
-        "/metrics" => text(
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            crate::telemetry::render_metrics(),
+        "/metrics" => {
+            set_ready(&unready_reasons(state));
+            text(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                crate::telemetry::render_metrics(),
+            )
+        }
+        "/customers" if state.token.is_none() => json_error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "/customers lists every tenant: set admin.token (--admin-token) to use it",
         ),
+        "/customers" if !state.token.as_deref().is_some_and(|t| authorized(t, req)) => {
+            let mut answer = json_error(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "/customers needs Authorization: Bearer <admin.token>",
+            );
+            answer.headers_mut().insert(
+                hyper::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer"),
+            );
+            answer
+        }
         "/customers" => {
             let customers: Vec<serde_json::Value> = state
                 .registry

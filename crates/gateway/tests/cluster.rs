@@ -99,7 +99,7 @@ impl Fleet {
 
     /// Node `i`'s view of `customer` in `/customers`.
     async fn customer(&self, i: usize, customer: Uuid) -> Value {
-        let (_, body) = http(self.node(i).admin, "GET", "/customers", None).await;
+        let (_, body) = admin_get(self.node(i).admin, "/customers").await;
         body["customers"]
             .as_array()
             .and_then(|all| {
@@ -710,6 +710,7 @@ async fn a_node_refuses_to_start_against_a_nats_server_older_than_2_11() {
             &old.url(),
         ])
         .env("FANOUT_JWT_SECRET", SECRET)
+        .env("FANOUT_ADMIN_TOKEN", ADMIN_TOKEN)
         .env("FANOUT_UPSTREAM_TOKEN", service_token())
         .output()
         .await

@@ -725,7 +725,7 @@ async fn admin_endpoints() {
     ] {
         assert!(text.contains(name), "{name} missing from\n{text}");
     }
-    let (status, body) = http(stack.admin, "GET", "/customers", None).await;
+    let (status, body) = admin_get(stack.admin, "/customers").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["customers"][0]["customer_id"], c.to_string());
     assert_eq!(body["customers"][0]["upstream"], "connected");

@@ -166,16 +166,6 @@ async fn others_unharmed(gateway: &Running, sim: SocketAddr, rounds: usize) {
     victim.close().await;
 }
 
-async fn metric(admin: SocketAddr, line_start: &str) -> f64 {
-    metrics_text(admin)
-        .await
-        .lines()
-        .find(|l| l.starts_with(line_start))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frame_floods_are_closed_with_1008_and_nobody_else_notices() {
     let _one = ONE_AT_A_TIME.lock().await;

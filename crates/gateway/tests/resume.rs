@@ -33,7 +33,7 @@ async fn covered(stack: &Stack, customer: Uuid, pattern: &str) {
     eventually(&format!("{pattern} covered"), || {
         let pattern = pattern.clone();
         async move {
-            let (_, body) = http(admin, "GET", "/customers", None).await;
+            let (_, body) = admin_get(admin, "/customers").await;
             body["customers"].as_array().is_some_and(|all| {
                 all.iter().any(|c| {
                     c["customer_id"] == customer.to_string()
@@ -447,7 +447,7 @@ async fn resumes_are_bounded_per_session_and_in_work() {
 
 /// The customer's covered upstream patterns, as `/customers` shows them.
 async fn covered_now(stack: &Stack, customer: Uuid) -> Vec<String> {
-    let (_, body) = http(stack.admin, "GET", "/customers", None).await;
+    let (_, body) = admin_get(stack.admin, "/customers").await;
     body["customers"]
         .as_array()
         .and_then(|all| {

@@ -15,10 +15,13 @@ use fanout_auth::credential;
 use fanout_protocol::rest::{self, HttpError};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
 use crate::config::SessionConfig;
+use crate::conn::{Conn, TlsConn};
 use crate::handshake::{self, ReadError};
+use crate::origin::Origins;
 use crate::session::{self, Directory, SessionHandle, SessionParams};
 
 /// The paths that upgrade to a session.
@@ -219,7 +222,27 @@ pub struct Endpoint {
     next_id: AtomicU64,
     handshakes: Mutex<Bucket>,
     pending: Mutex<Pending>,
+    /// TLS on the listener (`wss://`), when configured.
+    tls: Option<TlsAcceptor>,
+    /// The origins browsers may connect from.
+    origins: Origins,
+    /// Bytes written to browsers.
+    written: metrics::Counter,
+    /// Refused handshakes logged in the current second, and those left unlogged.
+    refusal_log: Mutex<RefusalLog>,
 }
+
+/// Refused handshakes are logged at most [`REFUSALS_LOGGED_PER_SECOND`] a second; the
+/// ones past it are counted and the count logged with the next line.
+#[derive(Debug)]
+struct RefusalLog {
+    second: Instant,
+    logged: u32,
+    unlogged: u64,
+}
+
+/// Refused handshakes logged per second at most (each one is counted in the metrics).
+pub const REFUSALS_LOGGED_PER_SECOND: u32 = 10;
 
 impl std::fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -267,7 +290,51 @@ impl Endpoint {
                 last: Instant::now(),
             }),
             pending: Mutex::new(Pending::default()),
+            tls: None,
+            origins: Origins::default(),
+            written: metrics::counter!("fanout_bytes_written_total"),
+            refusal_log: Mutex::new(RefusalLog {
+                second: Instant::now(),
+                logged: 0,
+                unlogged: 0,
+            }),
         }
+    }
+
+    /// Serves `wss://`: every connection does its TLS handshake with `config` first (its
+    /// certificate resolver may change certificates at any time), within the header
+    /// timeout.
+    #[must_use]
+    pub fn with_tls(mut self, config: Arc<rustls::ServerConfig>) -> Self {
+        self.tls = Some(TlsAcceptor::from(config));
+        self
+    }
+
+    /// Refuses browsers of other origins with 403 (see [`Origins`]).
+    #[must_use]
+    pub fn with_origins(mut self, origins: Origins) -> Self {
+        self.origins = origins;
+        self
+    }
+
+    /// Logs a refused handshake or TLS failure, at most [`REFUSALS_LOGGED_PER_SECOND`] a
+    /// second (with how many went unlogged before it). Never logs the credential.
+    fn log_refusal(&self, peer: SocketAddr, reason: &str, status: u16) {
+        let unlogged = {
+            let mut log = self.refusal_log.lock().unwrap_or_else(|e| e.into_inner());
+            let now = Instant::now();
+            if now.saturating_duration_since(log.second) >= Duration::from_secs(1) {
+                log.second = now;
+                log.logged = 0;
+            }
+            if log.logged >= REFUSALS_LOGGED_PER_SECOND {
+                log.unlogged += 1;
+                return;
+            }
+            log.logged += 1;
+            std::mem::take(&mut log.unlogged)
+        };
+        tracing::info!(%peer, reason, status, unlogged, "Handshake refused");
     }
 
     /// Whether `path` is one this endpoint serves.
@@ -297,6 +364,14 @@ impl Endpoint {
 
     fn lock_live(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<SessionHandle>>> {
         self.live.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Calls `f` with the frames waiting in each open session's queue.
+    pub fn queue_lengths(&self, mut f: impl FnMut(usize)) {
+        let live: Vec<Arc<SessionHandle>> = self.lock_live().values().cloned().collect();
+        for handle in live {
+            f(handle.queue().len());
+        }
     }
 
     /// Sessions open now.
@@ -373,7 +448,7 @@ impl Endpoint {
         }
         let endpoint = self.clone();
         self.tracker
-            .spawn(async move { endpoint.serve_connection(stream, source).await });
+            .spawn(async move { endpoint.serve_connection(stream, source, peer).await });
         Ok(())
     }
 
@@ -398,11 +473,12 @@ impl Endpoint {
     ///
     /// # Cancel safety
     /// Not meant to be cancelled; [`Endpoint::shut_down`] ends the session with 1001.
-    async fn serve_connection(&self, stream: TcpStream, source: IpAddr) {
+    async fn serve_connection(&self, stream: TcpStream, source: IpAddr, peer: SocketAddr) {
         // Boxed, and everything it read dropped with it: nothing of the handshake (the
         // request's strings, the token, the pending connection's place) stays allocated for
         // the session's lifetime, whose memory is this task's size.
-        let Some((identity, pending)) = Box::pin(self.handshake_or_eviction(&stream, source)).await
+        let Some((identity, stream, pending)) =
+            Box::pin(self.handshake_or_eviction(stream, source, peer)).await
         else {
             return;
         };
@@ -415,24 +491,54 @@ impl Endpoint {
     /// The handshake, unless the connection is evicted while it still waits for its request.
     async fn handshake_or_eviction(
         &self,
-        stream: &TcpStream,
+        stream: TcpStream,
         source: IpAddr,
-    ) -> Option<(fanout_auth::Identity, Bytes)> {
+        peer: SocketAddr,
+    ) -> Option<(fanout_auth::Identity, Conn, Bytes)> {
         let guard = PendingGuard::register(self, source);
         tokio::select! {
-            handshake = self.handshake(stream, &guard) => handshake,
+            handshake = self.handshake(stream, &guard, peer) => handshake,
             () = guard.evicted.notified() => None,
         }
+    }
+
+    /// The TLS handshake, when the listener has TLS, by `deadline`; `None` when it failed
+    /// (counted and logged).
+    async fn tls_handshake(
+        &self,
+        tcp: TcpStream,
+        deadline: tokio::time::Instant,
+        peer: SocketAddr,
+    ) -> Option<Conn> {
+        let Some(acceptor) = &self.tls else {
+            return Some(Conn::Plain(tcp));
+        };
+        let reason = match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
+            Ok(Ok(stream)) => {
+                let (tcp, tls) = stream.into_inner();
+                return Some(Conn::Tls(Box::new(TlsConn::new(tcp, tls))));
+            }
+            Ok(Err(error)) => tls_failure(&error),
+            Err(_) => "timeout",
+        };
+        metrics::counter!("fanout_tls_handshake_failures_total", "reason" => reason).increment(1);
+        self.log_refusal(peer, reason, 0);
+        None
     }
 
     /// Reads and answers the upgrade request: the identity and the bytes that followed the
     /// request when the answer is 101, `None` when it was an error (already answered).
     async fn handshake(
         &self,
-        stream: &TcpStream,
+        tcp: TcpStream,
         guard: &PendingGuard<'_>,
-    ) -> Option<(fanout_auth::Identity, Bytes)> {
-        let read = handshake::read_request(stream, self.limits.header_timeout).await;
+        peer: SocketAddr,
+    ) -> Option<(fanout_auth::Identity, Conn, Bytes)> {
+        // The TLS handshake and the request head share the header timeout.
+        let deadline = tokio::time::Instant::now() + self.limits.header_timeout;
+        let mut stream = self.tls_handshake(tcp, deadline, peer).await?;
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let read = handshake::read_request(&mut stream, left).await;
         guard.head_read();
         let (request, pending) = match read {
             Ok(read) => read,
@@ -440,7 +546,7 @@ impl Endpoint {
                 if matches!(error, ReadError::Malformed | ReadError::TooLarge) {
                     let id = rest::request_id(None, rand::random());
                     return self
-                        .refuse(stream, HttpError::BAD_REQUEST, "malformed", &id)
+                        .refuse(&mut stream, peer, HttpError::BAD_REQUEST, "malformed", &id)
                         .await;
                 }
                 return None;
@@ -448,7 +554,9 @@ impl Endpoint {
         };
         let request_id = rest::request_id(request.request_id.as_deref(), rand::random());
         if let Err((error, reason)) = self.admit(&request) {
-            return self.refuse(stream, error, reason, &request_id).await;
+            return self
+                .refuse(&mut stream, peer, error, reason, &request_id)
+                .await;
         }
         let cookies: Vec<&str> = request.cookies.iter().map(String::as_str).collect();
         let credential = credential::find(
@@ -464,20 +572,22 @@ impl Endpoint {
             Ok(identity) => identity,
             Err(error) => {
                 return self
-                    .refuse(stream, error.http(), error.label(), &request_id)
+                    .refuse(&mut stream, peer, error.http(), error.label(), &request_id)
                     .await;
             }
         };
         if let Err(problem) = request.check() {
             let (error, reason) = problem.answer();
-            return self.refuse(stream, error, reason, &request_id).await;
+            return self
+                .refuse(&mut stream, peer, error, reason, &request_id)
+                .await;
         }
         // An upgrade request carries its key (`is_upgrade`).
         let key = request.websocket_key.as_deref().unwrap_or_default();
-        handshake::write_all(stream, &handshake::switching_protocols(key))
+        handshake::write_all(&mut stream, &handshake::switching_protocols(key))
             .await
             .ok()?;
-        Some((identity, Bytes::from(pending)))
+        Some((identity, stream, Bytes::from(pending)))
     }
 
     /// The checks that need no credential, in the order the answers take precedence: the
@@ -489,6 +599,11 @@ impl Endpoint {
         }
         if !request.get {
             return Err((HttpError::NOT_WEBSOCKET, "not_websocket"));
+        }
+        if request.origin_repeated && !self.origins.allows_all()
+            || !self.origins.allows(request.origin.as_deref())
+        {
+            return Err((HttpError::PERMISSION_DENIED, "origin"));
         }
         if self.is_draining() {
             return Err((HttpError::UNAVAILABLE, "draining"));
@@ -505,19 +620,20 @@ impl Endpoint {
     /// Answers with `error` and closes; always `None`, for `return self.refuse(…).await`.
     async fn refuse<T>(
         &self,
-        stream: &TcpStream,
+        stream: &mut Conn,
+        peer: SocketAddr,
         error: HttpError,
         reason: &'static str,
         request_id: &str,
     ) -> Option<T> {
         metrics::counter!("fanout_handshakes_refused_total", "reason" => reason).increment(1);
+        self.log_refusal(peer, reason, error.code);
         let answer = handshake::error_response(error, request_id);
-        let _ = tokio::time::timeout(
-            Duration::from_secs(5),
-            handshake::write_all(stream, &answer),
-        )
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            let _ = handshake::write_all(stream, &answer).await;
+            stream.shutdown().await;
+        })
         .await;
-        let _ = socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write);
         None
     }
 
@@ -525,11 +641,11 @@ impl Endpoint {
         &self,
         id: u64,
         identity: fanout_auth::Identity,
-        stream: TcpStream,
+        stream: Conn,
         pending: Bytes,
     ) {
         if !self.limits.listener_configured {
-            set_socket_options(&socket2::SockRef::from(&stream), &self.config);
+            set_socket_options(&socket2::SockRef::from(stream.tcp()), &self.config);
         }
         let customer_id = identity.customer_id;
         let kind = identity.kind_label();
@@ -542,6 +658,7 @@ impl Endpoint {
             identity,
             config: self.config.clone(),
             directory: self.directory.clone(),
+            written: self.written.clone(),
         };
         self.lock_live().insert(id, handle.clone());
         if self.is_draining() {
@@ -553,5 +670,30 @@ impl Endpoint {
         metrics::gauge!("fanout_sessions").decrement(1.0);
         metrics::counter!("fanout_sessions_closed_total", "reason" => reason.label()).increment(1);
         tracing::info!(session_id = id, %customer_id, reason = reason.label(), code = reason.code(), "Session closed");
+    }
+}
+
+/// The metric label of a failed TLS handshake: the client broke off (`eof`), refused our
+/// certificate (`certificate_rejected`: its alert says so, as a browser that does not trust
+/// the CA or finds the name wrong does), shares no version or cipher with us
+/// (`incompatible`), or sent something that is not TLS (`protocol`, e.g. plain HTTP).
+fn tls_failure(error: &std::io::Error) -> &'static str {
+    use rustls::{AlertDescription as A, Error as E};
+    match error.get_ref().and_then(|inner| inner.downcast_ref::<E>()) {
+        Some(E::AlertReceived(
+            A::BadCertificate
+            | A::UnknownCA
+            | A::CertificateExpired
+            | A::CertificateUnknown
+            | A::CertificateRevoked
+            | A::UnsupportedCertificate
+            | A::AccessDenied,
+        )) => "certificate_rejected",
+        Some(E::PeerIncompatible(_) | E::NoApplicationProtocol) => "incompatible",
+        Some(_) => "protocol",
+        None => match error.kind() {
+            std::io::ErrorKind::InvalidData => "protocol",
+            _ => "eof",
+        },
     }
 }

@@ -7,7 +7,9 @@ use std::io;
 use std::time::Duration;
 
 use fanout_protocol::rest::HttpError;
-use tokio::net::TcpStream;
+use tokio::io::Interest;
+
+use crate::conn::Conn;
 
 /// The largest request head accepted, in bytes.
 pub const MAX_REQUEST: usize = 16 * 1024;
@@ -31,6 +33,10 @@ pub struct UpgradeRequest {
     pub authorization: Option<String>,
     /// The `X-Request-Id` header.
     pub request_id: Option<String>,
+    /// The `Origin` header (browsers send it).
+    pub origin: Option<String>,
+    /// More than one `Origin` header came.
+    pub origin_repeated: bool,
     /// `Sec-WebSocket-Key`, when it is a base64 16-byte nonce (RFC 6455 §4.1).
     pub websocket_key: Option<String>,
     /// `Sec-WebSocket-Version` is 13.
@@ -162,6 +168,9 @@ pub fn parse(buf: &[u8]) -> Result<Option<(UpgradeRequest, usize)>, ReadError> {
             out.cookies.extend(text(header.value));
         } else if name.eq_ignore_ascii_case("authorization") {
             out.authorization = text(header.value);
+        } else if name.eq_ignore_ascii_case("origin") {
+            out.origin_repeated |= out.origin.is_some();
+            out.origin = text(header.value);
         } else if name.eq_ignore_ascii_case("x-request-id") {
             out.request_id = text(header.value);
         } else if name.eq_ignore_ascii_case("sec-websocket-key") {
@@ -190,13 +199,13 @@ pub fn parse(buf: &[u8]) -> Result<Option<(UpgradeRequest, usize)>, ReadError> {
 /// # Errors
 /// [`ReadError`] when the client closes, sends too much or garbage, or is too slow.
 pub async fn read_request(
-    stream: &TcpStream,
+    stream: &mut Conn,
     timeout: Duration,
 ) -> Result<(UpgradeRequest, Vec<u8>), ReadError> {
     let read = async {
         let mut buf: Vec<u8> = Vec::with_capacity(1024);
         loop {
-            stream.readable().await?;
+            stream.ready(Interest::READABLE).await?;
             let before = buf.len();
             match read_available(stream, &mut buf) {
                 Ok(0) => return Err(ReadError::Closed),
@@ -230,7 +239,7 @@ fn ends_head(buf: &[u8], from: usize) -> bool {
 
 /// Reads what the socket holds into `buf` through a stack buffer (a plain function, so the
 /// buffer is never part of a future).
-fn read_available(stream: &TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
+fn read_available(stream: &mut Conn, buf: &mut Vec<u8>) -> io::Result<usize> {
     let mut chunk = [0u8; READ_CHUNK];
     let n = stream.try_read(&mut chunk)?;
     buf.extend_from_slice(&chunk[..n]);
@@ -241,10 +250,10 @@ fn read_available(stream: &TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
 ///
 /// # Errors
 /// The write's error.
-pub async fn write_all(stream: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
+pub async fn write_all(stream: &mut Conn, mut bytes: &[u8]) -> io::Result<()> {
     while !bytes.is_empty() {
-        stream.writable().await?;
-        match stream.try_write(bytes) {
+        stream.ready(Interest::WRITABLE).await?;
+        match stream.try_write_vectored(&[io::IoSlice::new(bytes)]) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => bytes = &bytes[n..],
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}

@@ -2,7 +2,8 @@
 //!
 //! - [`endpoint`]: a connection on the WebSocket listener: credentials, the JSON error
 //!   envelopes, limits, the upgrade ([`handshake`] parses and answers it without an HTTP
-//!   stack), then the session.
+//!   stack), then the session; [`origin`] is its allow-list of browsers' origins, and
+//!   [`conn`] the connection under it, plain TCP or TLS (rustls).
 //! - [`session`](mod@session): a session is one task: it reads and decodes client frames,
 //!   handles requests, keepalive and expiry, and writes what the fan-out put in its bounded
 //!   [`queue`] of ready-made frames, many per system call.
@@ -24,9 +25,11 @@
 mod budget;
 pub mod close;
 pub mod config;
+pub mod conn;
 pub mod endpoint;
 pub mod handshake;
 pub mod hub;
+pub mod origin;
 pub mod queue;
 mod requests;
 pub mod session;

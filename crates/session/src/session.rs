@@ -11,13 +11,13 @@ use fanout_protocol::Pattern;
 use fanout_protocol::cursor::Cursor;
 use fanout_protocol::ws::{self, Decoder, OpCode, Role};
 use tokio::io::{Interest, Ready};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::budget::Budget;
 use crate::close::CloseReason;
 use crate::config::SessionConfig;
+use crate::conn::Conn;
 use crate::hub::Subscriber;
 use crate::queue::{Push, Queue, Taken};
 use crate::requests::Requests;
@@ -164,6 +164,8 @@ pub struct SessionParams {
     pub config: Arc<SessionConfig>,
     /// Where its patterns go.
     pub directory: Arc<dyn Directory>,
+    /// Counts the bytes written to browsers.
+    pub written: metrics::Counter,
 }
 
 /// Bytes read per system call.
@@ -179,7 +181,7 @@ fn deadline(at: SystemTime) -> Instant {
 
 /// Reads whatever the socket holds now into `buf`; `Ok(0)` means the peer closed. The read
 /// goes through a stack buffer, so an idle session holds no read buffer at all.
-fn read_available(stream: &TcpStream, buf: &mut BytesMut) -> std::io::Result<usize> {
+fn read_available(stream: &mut Conn, buf: &mut BytesMut) -> std::io::Result<usize> {
     let mut chunk = [0u8; READ_CHUNK];
     let n = stream.try_read(&mut chunk)?;
     buf.extend_from_slice(&chunk[..n]);
@@ -200,13 +202,13 @@ fn read_available(stream: &TcpStream, buf: &mut BytesMut) -> std::io::Result<usi
 pub async fn run(
     params: SessionParams,
     handle: Arc<SessionHandle>,
-    stream: TcpStream,
+    mut stream: Conn,
     pending: Bytes,
 ) -> CloseReason {
     let subscriber = Subscriber(handle.clone());
     params.directory.attach(&subscriber);
     let mut requests = Requests::new(&params, &handle);
-    let reason = drive(&params, &handle, &mut requests, &stream, pending).await;
+    let reason = drive(&params, &handle, &mut requests, &mut stream, pending).await;
     params.directory.detach(&subscriber, requests.patterns());
     reason
 }
@@ -222,7 +224,7 @@ async fn drive(
     params: &SessionParams,
     handle: &SessionHandle,
     requests: &mut Requests<'_>,
-    stream: &TcpStream,
+    stream: &mut Conn,
     pending: Bytes,
 ) -> CloseReason {
     let config = &params.config;
@@ -304,12 +306,22 @@ async fn drive(
                     Taken::Nothing => break,
                 }
             }
-            match outgoing.write(|slices| stream.try_write_vectored(slices)) {
+            let mut written = 0;
+            let wrote = outgoing.write(|slices| {
+                let n = stream.try_write_vectored(slices)?;
+                written += n;
+                Ok(n)
+            });
+            params.written.increment(written as u64);
+            match wrote {
                 Ok(true) => {
                     if close_frame.is_some() {
-                        // The close frame is out: the session is over.
-                        let _ = socket2_shutdown(stream);
-                        return closing.map_or(CloseReason::Internal, |(reason, _)| reason);
+                        // The close frame is out (for TLS, what rustls holds of it goes with
+                        // the close_notify, by the close deadline): the session is over.
+                        let (reason, until) =
+                            closing.unwrap_or((CloseReason::Internal, Instant::now()));
+                        let _ = tokio::time::timeout_at(until, stream.shutdown()).await;
+                        return reason;
                     }
                 }
                 Ok(false) => break,
@@ -397,10 +409,4 @@ async fn drive(
             }
         }
     }
-}
-
-/// Shuts down the write side (a FIN after the close frame), ignoring errors.
-fn socket2_shutdown(stream: &TcpStream) -> std::io::Result<()> {
-    let socket = socket2::SockRef::from(stream);
-    socket.shutdown(std::net::Shutdown::Write)
 }

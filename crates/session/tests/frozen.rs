@@ -71,8 +71,14 @@ fn start(server: TcpStream) -> Running {
         },
         config: Arc::new(config),
         directory: Arc::new(Nowhere),
+        written: metrics::Counter::noop(),
     };
-    let ended = tokio::spawn(session::run(params, handle.clone(), server, Bytes::new()));
+    let ended = tokio::spawn(session::run(
+        params,
+        handle.clone(),
+        fanout_session::conn::Conn::Plain(server),
+        Bytes::new(),
+    ));
     Running { handle, ended }
 }
 

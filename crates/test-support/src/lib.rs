@@ -26,6 +26,7 @@ use uuid::Uuid;
 pub use fanout_auth::permission_bits as perm;
 
 pub mod nats;
+pub mod pki;
 
 /// The JWT secret tests sign with.
 pub const SECRET: &str = "test-jwt-secret";
@@ -137,6 +138,10 @@ pub enum Received {
     Close(Option<u16>, String),
 }
 
+/// A byte stream a handshake runs on: TCP or TLS.
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> Io for T {}
+
 /// A WebSocket client for tests.
 pub struct Client {
     ws: FragmentCollector<TokioIo<Upgraded>>,
@@ -151,6 +156,8 @@ pub struct Connect {
     pub no_auto_pong: bool,
     /// The local address to connect from (`127.0.0.2`, …), to stand for another client host.
     pub source: Option<IpAddr>,
+    /// `wss://`: TLS with these settings, to this server name.
+    pub tls: Option<(std::sync::Arc<rustls::ClientConfig>, String)>,
 }
 
 impl Connect {
@@ -167,6 +174,12 @@ impl Connect {
 
     pub fn header(mut self, name: &str, value: &str) -> Self {
         self.headers.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Over TLS with `config`, to `server_name`.
+    pub fn tls(mut self, config: std::sync::Arc<rustls::ClientConfig>, server_name: &str) -> Self {
+        self.tls = Some((config, server_name.to_owned()));
         self
     }
 }
@@ -186,9 +199,19 @@ impl Client {
         addr: SocketAddr,
         options: Connect,
     ) -> anyhow::Result<Result<Client, Refused>> {
-        let stream = connect_from(addr, options.source).await?;
+        let tcp = connect_from(addr, options.source).await?;
+        let (stream, host): (Box<dyn Io>, String) = match &options.tls {
+            None => (Box::new(tcp), addr.to_string()),
+            Some((config, name)) => {
+                let server_name = rustls::pki_types::ServerName::try_from(name.clone())?;
+                let tls = tokio_rustls::TlsConnector::from(config.clone())
+                    .connect(server_name, tcp)
+                    .await?;
+                (Box::new(tls), format!("{name}:{}", addr.port()))
+            }
+        };
         let mut builder = Request::get(options.path_and_query.as_str())
-            .header(HOST, addr.to_string())
+            .header(HOST, host)
             .header(UPGRADE, "websocket")
             .header(CONNECTION, "upgrade")
             .header("Sec-WebSocket-Key", handshake::generate_key())
@@ -205,7 +228,7 @@ impl Client {
                     ws: FragmentCollector::new(ws),
                 }))
             }
-            Err(fastwebsockets::WebSocketError::InvalidStatusCode(_)) => {
+            Err(fastwebsockets::WebSocketError::InvalidStatusCode(_)) if options.tls.is_none() => {
                 // Ask again with a plain request to read the refusal's status and body.
                 let (status, headers, body) =
                     http_full(addr, "GET", &options.path_and_query, &options.headers, None).await?;
@@ -446,6 +469,20 @@ pub async fn http(
     let (status, _, body) = http_full(addr, method, path, &[], body.map(str::as_bytes))
         .await
         .unwrap_or_else(|e| panic!("{method} {path}: {e:#}"));
+    let value = serde_json::from_slice(&body)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()));
+    (status, value)
+}
+
+/// The admin token test gateways are started with (`admin.token`).
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
+/// A `GET` of a protected admin endpoint (`/customers`) with [`ADMIN_TOKEN`].
+pub async fn admin_get(addr: SocketAddr, path: &str) -> (StatusCode, Value) {
+    let auth = [("Authorization".to_owned(), format!("Bearer {ADMIN_TOKEN}"))];
+    let (status, _, body) = http_full(addr, "GET", path, &auth, None)
+        .await
+        .unwrap_or_else(|e| panic!("GET {path}: {e:#}"));
     let value = serde_json::from_slice(&body)
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()));
     (status, value)

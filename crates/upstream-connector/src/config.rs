@@ -53,6 +53,8 @@ pub struct UpstreamConfig {
     pub url: hyper::Uri,
     /// How to authenticate.
     pub credentials: Credentials,
+    /// TLS settings of `wss://` connections (roots, client certificate).
+    pub tls: std::sync::Arc<rustls::ClientConfig>,
     /// Connect and handshake deadline.
     pub connect_timeout: Duration,
     /// How often the gateway pings the upstream.
@@ -84,6 +86,7 @@ impl UpstreamConfig {
         UpstreamConfig {
             url,
             credentials,
+            tls: crate::connect::default_tls(),
             connect_timeout: Duration::from_secs(5),
             ping_interval: Duration::from_secs(5),
             pong_timeout: Duration::from_secs(8),

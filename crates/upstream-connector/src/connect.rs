@@ -1,5 +1,6 @@
-//! Opening connections to VoIPBIN: TCP, TLS (rustls with the Mozilla roots) for `wss://` and
-//! `https://`, then the WebSocket handshake or a plain HTTP request.
+//! Opening connections to VoIPBIN: TCP, TLS (rustls: the Mozilla roots and any private CA
+//! given, a client certificate if given) for `wss://` and `https://`, then the WebSocket
+//! handshake or a plain HTTP request.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -11,6 +12,7 @@ use hyper::header::{AUTHORIZATION, CONNECTION, COOKIE, HOST, UPGRADE};
 use hyper::upgrade::Upgraded;
 use hyper::{Request, Uri};
 use hyper_util::rt::TokioIo;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
@@ -25,9 +27,12 @@ pub enum ConnectError {
     /// No credential is configured for the customer.
     #[error("no upstream credential for this customer")]
     NoCredential,
-    /// TCP or TLS failed.
+    /// TCP failed, or TLS in a way that is no [`TlsFailure`].
     #[error("connection failed: {0}")]
     Io(#[from] std::io::Error),
+    /// The TLS handshake failed.
+    #[error("{advice}: {error}", advice = .0.advice(), error = .1)]
+    Tls(TlsFailure, std::io::Error),
     /// The deadline passed.
     #[error("timed out")]
     Timeout,
@@ -46,6 +51,7 @@ impl ConnectError {
             ConnectError::InvalidUrl(_) => "invalid_url",
             ConnectError::NoCredential => "no_credential",
             ConnectError::Io(_) => "io",
+            ConnectError::Tls(failure, _) => failure.label(),
             ConnectError::Timeout => "timeout",
             ConnectError::Handshake(_) => "handshake",
             ConnectError::Http(_) => "http",
@@ -109,32 +115,156 @@ impl Target {
     }
 }
 
-/// The TLS client settings of every connection to VoIPBIN: the ring provider and the
-/// webpki roots.
-pub(crate) fn tls_config() -> Arc<rustls::ClientConfig> {
+/// The TLS client settings of connections to VoIPBIN: the ring provider, trusting
+/// `extra_roots` (a private CA's certificates) and, when `public_roots`, the Mozilla roots
+/// (webpki-roots); presenting `client` (a certificate chain and its key) when given.
+///
+/// # Errors
+/// When no root is trusted at all, a root is not a CA certificate rustls can use, or the
+/// client key does not suit its certificate.
+pub fn client_tls(
+    extra_roots: &[CertificateDer<'static>],
+    public_roots: bool,
+    client: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+) -> Result<Arc<rustls::ClientConfig>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    if public_roots {
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    }
+    for (i, root) in extra_roots.iter().enumerate() {
+        roots
+            .add(root.clone())
+            .map_err(|e| format!("certificate {} of the CA file: {e}", i + 1))?;
+    }
+    if roots.is_empty() {
+        return Err("no CA to trust: give a CA file or keep the public roots".to_owned());
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots);
+    let config = match client {
+        None => builder.with_no_client_auth(),
+        Some((chain, key)) => builder
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| format!("client certificate: {e}"))?,
+    };
+    Ok(Arc::new(config))
+}
+
+/// The default TLS client settings: the Mozilla roots, no client certificate.
+pub fn default_tls() -> Arc<rustls::ClientConfig> {
     static CONFIG: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
     CONFIG
         .get_or_init(|| {
-            let roots = rustls::RootCertStore {
-                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-            };
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let config = rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .map(|b| b.with_root_certificates(roots).with_no_client_auth())
-                .unwrap_or_else(|_| {
-                    // The ring provider supports the default versions; this cannot be reached.
-                    rustls::ClientConfig::builder_with_provider(Arc::new(
-                        rustls::crypto::ring::default_provider(),
-                    ))
-                    .with_protocol_versions(&[&rustls::version::TLS13])
-                    .expect("bug: ring supports TLS 1.3")
-                    .with_root_certificates(rustls::RootCertStore::empty())
-                    .with_no_client_auth()
-                });
-            Arc::new(config)
+            client_tls(&[], true, None).unwrap_or_else(|error| {
+                // The ring provider supports the default versions and the bundled roots
+                // are all usable; this cannot be reached.
+                unreachable!("bug: the default TLS settings: {error}")
+            })
         })
         .clone()
+}
+
+/// What was wrong with VoIPBIN's TLS, as far as the gateway can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsFailure {
+    /// Its certificate is issued by a CA that is not trusted (a private CA: set
+    /// `upstream.ca_file`).
+    UnknownIssuer,
+    /// Its certificate expired (or is not valid yet: check the clocks).
+    Expired,
+    /// Its certificate is not for the host of the URL.
+    NameMismatch,
+    /// VoIPBIN asked for a client certificate and got none, or refused the one given.
+    ClientCertificate,
+    /// Anything else: a protocol error, no common version or cipher, a client certificate
+    /// refused by VoIPBIN.
+    Other,
+}
+
+impl TlsFailure {
+    /// Reads a failed TLS handshake's error.
+    pub fn of(error: &std::io::Error) -> Option<TlsFailure> {
+        Self::from_rustls(error.get_ref()?.downcast_ref::<rustls::Error>()?)
+    }
+
+    /// Finds a TLS error among `error` and its sources: with TLS 1.3 the server's verdict on
+    /// a client certificate arrives after the client's handshake is done, while the
+    /// WebSocket handshake reads its answer.
+    pub fn in_chain(error: &(dyn std::error::Error + 'static)) -> Option<TlsFailure> {
+        let mut next = Some(error);
+        while let Some(error) = next {
+            if let Some(tls) = error.downcast_ref::<rustls::Error>() {
+                return Self::from_rustls(tls);
+            }
+            if let Some(io) = error.downcast_ref::<std::io::Error>()
+                && let Some(failure) = Self::of(io)
+            {
+                return Some(failure);
+            }
+            next = error.source();
+        }
+        None
+    }
+
+    fn from_rustls(rustls_error: &rustls::Error) -> Option<TlsFailure> {
+        use rustls::{AlertDescription as A, CertificateError as C, Error as E};
+        Some(match rustls_error {
+            E::AlertReceived(
+                A::CertificateRequired
+                | A::BadCertificate
+                | A::UnknownCA
+                | A::CertificateExpired
+                | A::CertificateUnknown
+                | A::CertificateRevoked
+                | A::UnsupportedCertificate
+                | A::AccessDenied,
+            ) => TlsFailure::ClientCertificate,
+            E::InvalidCertificate(C::UnknownIssuer | C::BadSignature) => TlsFailure::UnknownIssuer,
+            E::InvalidCertificate(
+                C::Expired
+                | C::ExpiredContext { .. }
+                | C::NotValidYet
+                | C::NotValidYetContext { .. },
+            ) => TlsFailure::Expired,
+            E::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. }) => {
+                TlsFailure::NameMismatch
+            }
+            _ => TlsFailure::Other,
+        })
+    }
+
+    /// The label of the `reason` metric dimension.
+    pub fn label(self) -> &'static str {
+        match self {
+            TlsFailure::UnknownIssuer => "tls_unknown_issuer",
+            TlsFailure::Expired => "tls_expired",
+            TlsFailure::NameMismatch => "tls_name_mismatch",
+            TlsFailure::ClientCertificate => "tls_client_certificate",
+            TlsFailure::Other => "tls_other",
+        }
+    }
+
+    /// What an operator should do about it.
+    pub fn advice(self) -> &'static str {
+        match self {
+            TlsFailure::UnknownIssuer => {
+                "VoIPBIN's certificate is issued by an unknown CA: give its CA with --upstream-ca (upstream.ca_file)"
+            }
+            TlsFailure::Expired => {
+                "VoIPBIN's certificate has expired or is not valid yet: renew it, or check the clocks"
+            }
+            TlsFailure::NameMismatch => {
+                "VoIPBIN's certificate is not for the host of upstream.url: fix the URL or the certificate"
+            }
+            TlsFailure::ClientCertificate => {
+                "VoIPBIN refused the gateway's client certificate, or wanted one: set upstream.client_cert_file and client_key_file to one its CA issued"
+            }
+            TlsFailure::Other => "the TLS handshake with VoIPBIN failed",
+        }
+    }
 }
 
 struct SpawnExecutor;
@@ -149,8 +279,11 @@ where
     }
 }
 
-/// Opens a TCP stream to `target`, with TLS when it asks for it.
-async fn open_stream(target: &Target) -> Result<Box<dyn Io>, ConnectError> {
+/// Opens a TCP stream to `target`, with TLS (`tls`) when it asks for it.
+async fn open_stream(
+    target: &Target,
+    tls: &Arc<rustls::ClientConfig>,
+) -> Result<Box<dyn Io>, ConnectError> {
     let tcp = TcpStream::connect((target.host.as_str(), target.port)).await?;
     let _ = tcp.set_nodelay(true);
     if !target.tls {
@@ -158,9 +291,13 @@ async fn open_stream(target: &Target) -> Result<Box<dyn Io>, ConnectError> {
     }
     let name = rustls::pki_types::ServerName::try_from(target.host.clone())
         .map_err(|e| ConnectError::InvalidUrl(e.to_string()))?;
-    let tls = tokio_rustls::TlsConnector::from(tls_config())
+    let tls = tokio_rustls::TlsConnector::from(tls.clone())
         .connect(name, tcp)
-        .await?;
+        .await
+        .map_err(|error| match TlsFailure::of(&error) {
+            Some(failure) => ConnectError::Tls(failure, error),
+            None => ConnectError::Io(error),
+        })?;
     Ok(Box::new(tls))
 }
 
@@ -181,7 +318,8 @@ fn with_credential(
     builder
 }
 
-/// Opens a WebSocket to `uri` with `credential`, within `timeout`.
+/// Opens a WebSocket to `uri` with `credential`, within `timeout`, with TLS settings `tls`
+/// for `wss://`.
 ///
 /// # Errors
 /// [`ConnectError`] when the URL is unusable, the connection or TLS fails, the server
@@ -190,10 +328,11 @@ pub async fn websocket(
     uri: &Uri,
     credential: &Credential,
     timeout: Duration,
+    tls: &Arc<rustls::ClientConfig>,
 ) -> Result<WebSocket<TokioIo<Upgraded>>, ConnectError> {
     let target = Target::from_uri(uri)?;
     let open = async {
-        let stream = open_stream(&target).await?;
+        let stream = open_stream(&target, tls).await?;
         let builder = Request::get(target.path_and_query.as_str())
             .header(HOST, target.host_header())
             .header(UPGRADE, "websocket")
@@ -208,7 +347,10 @@ pub async fn websocket(
             .map_err(|e| ConnectError::Handshake(e.to_string()))?;
         let (ws, _) = fastwebsockets::handshake::client(&SpawnExecutor, req, stream)
             .await
-            .map_err(|e| ConnectError::Handshake(e.to_string()))?;
+            .map_err(|e| match TlsFailure::in_chain(&e) {
+                Some(failure) => ConnectError::Tls(failure, std::io::Error::other(e.to_string())),
+                None => ConnectError::Handshake(e.to_string()),
+            })?;
         Ok(ws)
     };
     tokio::time::timeout(timeout, open)

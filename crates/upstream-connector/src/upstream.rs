@@ -362,16 +362,19 @@ async fn run(shared: Arc<Shared>, config: Arc<UpstreamConfig>, sink: Arc<dyn Eve
             break;
         }
         shared.set_state(State::Connecting);
+        let started = Instant::now();
         let opened = match config.credentials.for_customer(customer_id) {
             None => Err(connect::ConnectError::NoCredential),
             Some(credential) => tokio::select! {
                 () = shared.cancel.cancelled() => break,
-                opened = connect::websocket(&config.url, &credential, config.connect_timeout) => opened,
+                opened = connect::websocket(&config.url, &credential, config.connect_timeout, &config.tls) => opened,
             },
         };
         match opened {
             Ok(ws) => {
                 shared.set_state(State::Connected);
+                metrics::histogram!("fanout_upstream_connect_seconds")
+                    .record(started.elapsed().as_secs_f64());
                 let since = Instant::now();
                 let (ended, last_heard, told) =
                     connected(&shared, &config, sink.clone(), ws, missed_since).await;

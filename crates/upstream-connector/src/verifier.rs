@@ -45,11 +45,16 @@ impl std::fmt::Debug for HttpVerifier {
 }
 
 impl HttpVerifier {
-    /// A verifier asking the host of the upstream WebSocket URL (`wss://h/…` → `https://h`).
+    /// A verifier asking the host of the upstream WebSocket URL (`wss://h/…` → `https://h`),
+    /// with the upstream's TLS settings `tls`.
     ///
     /// # Errors
     /// When the URL has no host or an unknown scheme.
-    pub fn from_ws_url(url: &Uri, timeout: Duration) -> Result<Self, connect::ConnectError> {
+    pub fn from_ws_url(
+        url: &Uri,
+        timeout: Duration,
+        tls: &rustls::ClientConfig,
+    ) -> Result<Self, connect::ConnectError> {
         let scheme = match url.scheme_str() {
             Some("wss" | "https") => "https",
             Some("ws" | "http") => "http",
@@ -72,7 +77,7 @@ impl HttpVerifier {
         http.set_nodelay(true);
         http.set_connect_timeout(Some(timeout));
         let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config((*connect::tls_config()).clone())
+            .with_tls_config(tls.clone())
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);

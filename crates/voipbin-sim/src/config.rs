@@ -72,6 +72,10 @@ pub struct SimConfig {
     pub known_agents: Vec<(Uuid, Uuid)>,
     /// How long `GET /v1.0/customer` takes to answer: a slow VoIPBIN. Default none.
     pub lookup_delay: Duration,
+    /// TLS settings: connections that open with a TLS handshake are served over TLS (the
+    /// endpoint is then `wss://`, and `https://` for the access-key check); plain ones on
+    /// the same port still are served plainly. Default none.
+    pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
 }
 
 impl SimConfig {
@@ -89,6 +93,48 @@ impl SimConfig {
             queue_capacity: 65_536,
             known_agents: Vec::new(),
             lookup_delay: Duration::ZERO,
+            tls: None,
         }
     }
+}
+
+/// TLS settings for the simulator from PEM files: its certificate chain and key, and, when
+/// `client_ca` is given, client certificates required and checked against that CA.
+///
+/// # Errors
+/// When a file does not load or rustls refuses the settings.
+pub fn tls_config(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    client_ca: Option<&std::path::Path>,
+) -> anyhow::Result<std::sync::Arc<rustls::ServerConfig>> {
+    use anyhow::Context as _;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_file_iter(cert)
+        .with_context(|| cert.display().to_string())?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| cert.display().to_string())?;
+    let key = PrivateKeyDer::from_pem_file(key).with_context(|| key.display().to_string())?;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(path) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for ca in
+                CertificateDer::pem_file_iter(path).with_context(|| path.display().to_string())?
+            {
+                roots.add(ca.with_context(|| path.display().to_string())?)?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                std::sync::Arc::new(roots),
+                provider,
+            )
+            .build()?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    Ok(std::sync::Arc::new(builder.with_single_cert(chain, key)?))
 }

@@ -15,7 +15,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use uuid::Uuid;
 
 use crate::hub::Simulator;
@@ -45,19 +45,52 @@ pub(crate) async fn serve(listener: TcpListener, sim: Arc<Simulator>) {
         let sim = sim.clone();
         tokio::spawn(async move {
             let cancel = sim.cancel.clone();
-            let service = service_fn(move |req| {
-                let sim = sim.clone();
-                async move { Ok::<_, Infallible>(route(sim, req).await) }
-            });
-            let conn = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades();
             tokio::select! {
                 () = cancel.cancelled() => {}
-                _ = conn => {}
+                () = serve_stream(stream, sim) => {}
             }
         });
     }
+}
+
+/// Serves one connection: TLS when it starts with a TLS handshake and the simulator has a
+/// certificate, plain HTTP otherwise (the control endpoints stay reachable without TLS).
+async fn serve_stream(stream: TcpStream, sim: Arc<Simulator>) {
+    let Some(tls) = sim.config.tls.clone() else {
+        return serve_io(TokioIo::new(stream), sim).await;
+    };
+    let mut first = [0u8; 1];
+    let peeked = tokio::time::timeout(Duration::from_secs(10), stream.peek(&mut first)).await;
+    if !matches!(peeked, Ok(Ok(1))) || first[0] != TLS_HANDSHAKE {
+        return serve_io(TokioIo::new(stream), sim).await;
+    }
+    let accepted = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_rustls::TlsAcceptor::from(tls).accept(stream),
+    )
+    .await;
+    match accepted {
+        Ok(Ok(stream)) => serve_io(TokioIo::new(stream), sim).await,
+        Ok(Err(error)) => tracing::info!(%error, "TLS handshake failed"),
+        Err(_) => tracing::info!("TLS handshake timed out"),
+    }
+}
+
+/// The first byte of a TLS record carrying a handshake message.
+const TLS_HANDSHAKE: u8 = 0x16;
+
+async fn serve_io<I>(io: TokioIo<I>, sim: Arc<Simulator>)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| {
+        let sim = sim.clone();
+        async move { Ok::<_, Infallible>(route(sim, req).await) }
+    });
+    let _ = http1::Builder::new()
+        .serve_connection(io, service)
+        .with_upgrades()
+        .await;
 }
 
 fn json(status: StatusCode, body: impl Into<Bytes>) -> Answer {

@@ -234,9 +234,14 @@ impl Simulator {
         self.local_addr
     }
 
-    /// The WebSocket URL of its endpoint.
+    /// The WebSocket URL of its endpoint (`wss://localhost:…` with TLS).
     pub fn ws_url(&self) -> String {
-        format!("ws://{}/v1.0/ws", self.local_addr)
+        if self.config.tls.is_some() {
+            // The test certificates are made out to localhost.
+            format!("wss://localhost:{}/v1.0/ws", self.local_addr.port())
+        } else {
+            format!("ws://{}/v1.0/ws", self.local_addr)
+        }
     }
 
     /// The settings it runs with.

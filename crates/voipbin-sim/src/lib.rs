@@ -23,5 +23,5 @@ mod generator;
 mod http;
 mod hub;
 
-pub use config::{Quirks, Shape, SimConfig};
+pub use config::{Quirks, Shape, SimConfig, tls_config};
 pub use hub::{PublishError, Simulator, Stats};

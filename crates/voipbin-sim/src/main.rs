@@ -46,6 +46,16 @@ struct Args {
     /// Log format: text or json.
     #[arg(long, default_value = "text")]
     log_format: String,
+    /// Serve wss:// (and https:// for the access-key check) with this certificate chain
+    /// (PEM); plain connections on the same port are still served.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+    /// Require TLS clients to present a certificate issued by this CA (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_client_ca: Option<std::path::PathBuf>,
 }
 
 fn parse_accesskey(text: &str) -> Result<(String, Uuid), String> {
@@ -83,6 +93,13 @@ async fn main() -> anyhow::Result<()> {
     };
     config.ping_interval = args.ping_interval;
     config.pong_timeout = args.pong_timeout;
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        config.tls = Some(voipbin_sim::tls_config(
+            cert,
+            key,
+            args.tls_client_ca.as_deref(),
+        )?);
+    }
     let cancel = CancellationToken::new();
     let sim = Simulator::start(config, args.listen, cancel.clone())
         .await

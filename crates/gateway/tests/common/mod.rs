@@ -70,6 +70,7 @@ pub fn test_config(sim: &Simulator) -> Config {
     };
     config.upstream.url = sim.ws_url();
     config.upstream.token = service_token();
+    config.admin.token = ADMIN_TOKEN.to_owned();
     config.upstream.linger = Duration::from_millis(300);
     // The simulator applies a subscribe before it reads the next frame.
     config.upstream.subscribe_settle = Duration::ZERO;
@@ -162,6 +163,18 @@ pub async fn subscribe_and_wait(
 pub async fn metrics_text(admin: SocketAddr) -> String {
     let (_, body) = http(admin, "GET", "/metrics", None).await;
     body.as_str().unwrap_or_default().to_owned()
+}
+
+/// The value of the first `/metrics` line that starts with `line_start` (a name and its
+/// labels), 0 when there is none.
+pub async fn metric(admin: SocketAddr, line_start: &str) -> f64 {
+    metrics_text(admin)
+        .await
+        .lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// Stalls `customer`'s upstream in the simulator for `ms` and answers how many connections

@@ -1,8 +1,10 @@
 //! The real `fanout-gateway` binary in a process of its own, for the tests about the
 //! process: its signals, its descriptors, its runtime.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 
 use fanout_test_support::*;
 use serde_json::Value;
@@ -17,6 +19,19 @@ pub struct Running {
     pub child: Child,
     pub addr: SocketAddr,
     pub admin: SocketAddr,
+    /// The log lines written after "Gateway listening" (the last 10,000).
+    pub logs: Arc<Mutex<VecDeque<String>>>,
+}
+
+impl Running {
+    /// The log lines so far whose message is `message`.
+    pub fn logged(&self, message: &str) -> Vec<Value> {
+        let logs = self.logs.lock().expect("logs");
+        logs.iter()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .filter(|v| v["fields"]["message"] == message)
+            .collect()
+    }
 }
 
 /// Starts the binary against `sim` and reads its addresses from its JSON log.
@@ -54,6 +69,7 @@ pub async fn spawn_gateway_limited(
         ])
         .args(["--upstream-url", &format!("ws://{sim}/v1.0/ws")])
         .env("FANOUT_JWT_SECRET", SECRET)
+        .env("FANOUT_ADMIN_TOKEN", ADMIN_TOKEN)
         .env("FANOUT_UPSTREAM_TOKEN", service_token())
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
@@ -85,11 +101,18 @@ pub async fn spawn_gateway_limited(
     // Keep draining the log so the child never blocks on a full pipe; shown with
     // `GATEWAY_LOGS=1`.
     let show = std::env::var_os("GATEWAY_LOGS").is_some();
+    let logs = Arc::new(Mutex::new(VecDeque::new()));
+    let kept = logs.clone();
     tokio::spawn(async move {
         while let Ok(Some(line)) = lines.next_line().await {
             if show {
                 eprintln!("{line}");
             }
+            let mut kept = kept.lock().expect("logs");
+            if kept.len() == 10_000 {
+                kept.pop_front();
+            }
+            kept.push_back(line);
         }
     });
     let addr = listening["fields"]["local_addr"]
@@ -102,7 +125,12 @@ pub async fn spawn_gateway_limited(
         .expect("admin_addr")
         .parse()
         .expect("addr");
-    Running { child, addr, admin }
+    Running {
+        child,
+        addr,
+        admin,
+        logs,
+    }
 }
 
 pub fn sigterm(child: &Child) {

@@ -1,0 +1,428 @@
+//! TLS both ways, with a private CA made in the test: browsers on `wss://` (the real binary,
+//! its certificate reloaded when the files change and on SIGHUP), and the upstream to a
+//! simulator on `wss://` (events and the access-key check over `https://`), with every TLS
+//! failure named in the metrics.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::process::*;
+use common::*;
+use fanout_test_support::pki::{Ca, Issued, Validity};
+use fanout_test_support::*;
+use hyper::StatusCode;
+
+fn install(from: &Issued, dir: &Path) {
+    // As a rotation does: the new files replace the old ones whole.
+    for (source, name) in [(&from.cert, "tls.crt"), (&from.key, "tls.key")] {
+        let next = dir.join(format!("{name}.next"));
+        std::fs::copy(source, &next).expect("copy");
+        std::fs::rename(&next, dir.join(name)).expect("rename");
+    }
+}
+
+/// Whether a client trusting `ca` opens a session on `addr`.
+async fn opens(addr: std::net::SocketAddr, ca: &Ca) -> bool {
+    let token = admin_token(tutorial_customer());
+    matches!(
+        Client::connect(
+            addr,
+            Connect::token(&token).tls(ca.client_config(), "localhost")
+        )
+        .await,
+        Ok(Ok(_))
+    )
+}
+
+fn sighup(child: &tokio::process::Child) {
+    let pid = child.id().expect("running").to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+}
+
+#[tokio::test]
+async fn browsers_get_wss_and_a_rotated_certificate_without_a_restart() {
+    let first = Ca::new("first CA");
+    let second = Ca::new("second CA");
+    let dir = first.dir().join("serving");
+    std::fs::create_dir_all(&dir).expect("dir");
+    install(
+        &first.server("gw1", &["localhost"], Validity::Current),
+        &dir,
+    );
+    let (sim, _cancel) = start_sim(|_| {}).await;
+    let cert = dir.join("tls.crt");
+    let key = dir.join("tls.key");
+    let gateway = spawn_gateway(
+        sim.local_addr(),
+        &[
+            ("FANOUT_TLS_CERT", cert.to_str().expect("path")),
+            ("FANOUT_TLS_KEY", key.to_str().expect("path")),
+            ("FANOUT_TLS__RELOAD_INTERVAL", "100ms"),
+        ],
+    )
+    .await;
+    let c = tutorial_customer();
+    let mut session = match Client::connect(
+        gateway.addr,
+        Connect::token(&admin_token(c)).tls(first.client_config(), "localhost"),
+    )
+    .await
+    {
+        Ok(Ok(client)) => client,
+        other => panic!("wss:// session refused: {:?}", other.err()),
+    };
+    session
+        .subscribe_synced(&[&format!("customer_id:{c}:call:*")])
+        .await;
+    let addr = sim.local_addr();
+    eventually("the upstream subscription", || async move {
+        sim_stats(addr).await["customers"][c.to_string()]["subscriptions"]
+            .as_array()
+            .is_some_and(|s| s.len() == 1)
+    })
+    .await;
+    publish(sim.local_addr(), &call(c, "before", None)).await;
+    assert_eq!(session.recv_event().await["data"]["id"], "before");
+    assert!(
+        metric(
+            gateway.admin,
+            "fanout_tls_certificate_expiry_timestamp_seconds"
+        )
+        .await
+            > 1_700_000_000.0,
+        "the served certificate's expiry is exported"
+    );
+
+    // A client that does not trust the CA, and one speaking plain HTTP, are turned away
+    // and counted by kind.
+    assert!(!opens(gateway.addr, &second).await);
+    assert!(
+        Client::connect(gateway.addr, Connect::token(&admin_token(c)))
+            .await
+            .map(|r| r.is_err())
+            .unwrap_or(true),
+        "a plain ws:// handshake on a TLS listener gets no session"
+    );
+    let admin = gateway.admin;
+    eventually("both failures counted", || async move {
+        metric(
+            admin,
+            "fanout_tls_handshake_failures_total{reason=\"certificate_rejected\"}",
+        )
+        .await
+            >= 1.0
+            && metric(
+                admin,
+                "fanout_tls_handshake_failures_total{reason=\"protocol\"}",
+            )
+            .await
+                >= 1.0
+    })
+    .await;
+
+    // The rotation: new sessions get the new certificate, the open one goes on.
+    install(
+        &second.server("gw2", &["localhost"], Validity::Current),
+        &dir,
+    );
+    let (first_ref, second_ref, addr) = (&first, &second, gateway.addr);
+    eventually("the new certificate served", || async move {
+        opens(addr, second_ref).await && !opens(addr, first_ref).await
+    })
+    .await;
+    assert!(metric(gateway.admin, "fanout_tls_reloads_total{outcome=\"ok\"}").await >= 1.0);
+    publish(sim.local_addr(), &call(c, "after", None)).await;
+    assert_eq!(session.recv_event().await["data"]["id"], "after");
+
+    // A half-done rotation (a key that is not the certificate's) keeps the old pair.
+    let other = second.server("gw3", &["localhost"], Validity::Current);
+    std::fs::copy(&other.key, dir.join("tls.key")).expect("copy");
+    eventually("the failed reload counted", || async move {
+        metric(admin, "fanout_tls_reloads_total{outcome=\"error\"}").await >= 1.0
+    })
+    .await;
+    assert!(
+        opens(gateway.addr, &second).await,
+        "the previous pair is still served"
+    );
+    session.close().await;
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_certificate_at_once() {
+    let first = Ca::new("first CA");
+    let second = Ca::new("second CA");
+    let dir = first.dir().join("serving");
+    std::fs::create_dir_all(&dir).expect("dir");
+    install(
+        &first.server("gw1", &["localhost"], Validity::Current),
+        &dir,
+    );
+    let (sim, _cancel) = start_sim(|_| {}).await;
+    let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+    let gateway = spawn_gateway(
+        sim.local_addr(),
+        &[
+            ("FANOUT_TLS_CERT", cert.to_str().expect("path")),
+            ("FANOUT_TLS_KEY", key.to_str().expect("path")),
+            ("FANOUT_TLS__RELOAD_INTERVAL", "1h"),
+        ],
+    )
+    .await;
+    assert!(opens(gateway.addr, &first).await);
+    install(
+        &second.server("gw2", &["localhost"], Validity::Current),
+        &dir,
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        opens(gateway.addr, &first).await,
+        "without a check or a signal the old certificate stays"
+    );
+    sighup(&gateway.child);
+    let second_ref = &second;
+    let addr = gateway.addr;
+    eventually("the new certificate after SIGHUP", || async move {
+        opens(addr, second_ref).await
+    })
+    .await;
+    assert!(!opens(gateway.addr, &first).await);
+    let (status, _) = http(gateway.admin, "GET", "/healthz", None).await;
+    assert_eq!(status, StatusCode::OK, "SIGHUP does not stop the node");
+}
+
+/// A simulator serving `wss://` with `server`'s certificate (and asking for client
+/// certificates of `client_ca`, when given).
+async fn tls_sim(
+    server: &Issued,
+    client_ca: Option<&Path>,
+) -> (
+    Arc<voipbin_sim::Simulator>,
+    tokio_util::sync::CancellationToken,
+) {
+    let tls = voipbin_sim::tls_config(&server.cert, &server.key, client_ca).expect("sim TLS");
+    start_sim(move |config| config.tls = Some(tls)).await
+}
+
+#[tokio::test]
+async fn the_upstream_over_wss_trusts_a_private_ca_for_events_and_access_keys() {
+    let ca = Ca::new("VoIPBIN private CA");
+    let (sim, sim_cancel) = tls_sim(
+        &ca.server("voipbin", &["localhost"], Validity::Current),
+        None,
+    )
+    .await;
+    assert!(sim.ws_url().starts_with("wss://localhost:"));
+    let mut config = test_config(&sim);
+    config.upstream.ca_file = Some(ca.cert_path());
+    config.validate().expect("valid");
+    let gateway = fanout_gateway::Gateway::start(config)
+        .await
+        .expect("gateway starts");
+    let c = tutorial_customer();
+    // A browser with an access key: checked against VoIPBIN over https://.
+    let mut session = match Client::connect(
+        gateway.local_addr(),
+        Connect::path(format!("/v1.0/ws?accesskey={KEY}")),
+    )
+    .await
+    {
+        Ok(Ok(client)) => client,
+        other => panic!("access-key session refused: {:?}", other.err()),
+    };
+    assert!(
+        sim.stats().lookups >= 1,
+        "the key was checked at the simulator"
+    );
+    session
+        .subscribe_synced(&[&format!("customer_id:{c}:call:*")])
+        .await;
+    let addr = sim.local_addr();
+    eventually("the upstream subscription over wss", || async move {
+        sim_stats(addr).await["customers"][c.to_string()]["subscriptions"]
+            .as_array()
+            .is_some_and(|s| s.len() == 1)
+    })
+    .await;
+    publish(sim.local_addr(), &call(c, "over-tls", None)).await;
+    assert_eq!(session.recv_event().await["data"]["id"], "over-tls");
+    session.close().await;
+    gateway.shutdown().await;
+    sim_cancel.cancel();
+}
+
+/// Starts a gateway against `sim` with `configure`, opens a session that needs the
+/// customer's upstream, and waits until the upstream's connect errors show `reason`.
+async fn upstream_fails_with(
+    sim: &voipbin_sim::Simulator,
+    configure: impl FnOnce(&mut fanout_gateway::config::Config),
+    reason: &str,
+) {
+    let mut config = test_config(sim);
+    configure(&mut config);
+    config.validate().expect("valid");
+    let gateway = fanout_gateway::Gateway::start(config)
+        .await
+        .expect("gateway starts");
+    let c = tutorial_customer();
+    let mut session = Client::connect_token(gateway.local_addr(), &admin_token(c)).await;
+    session
+        .subscribe_synced(&[&format!("customer_id:{c}:call:*")])
+        .await;
+    let admin = gateway.admin_addr();
+    let line = format!("fanout_upstream_connect_errors_total{{reason=\"{reason}\"}}");
+    let line = &line;
+    eventually(
+        &format!("an upstream failure counted as {reason}"),
+        || async move { metric(admin, line).await >= 1.0 },
+    )
+    .await;
+    let (_, customers) = admin_get(admin, "/customers").await;
+    assert_ne!(
+        customers["customers"][0]["upstream"], "connected",
+        "{reason}: no upstream may be connected: {customers}"
+    );
+    assert_eq!(
+        sim.stats().connections_total,
+        0,
+        "{reason}: no WebSocket reached VoIPBIN"
+    );
+    session.close().await;
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn upstream_tls_failures_are_named_by_kind() {
+    let ca = Ca::new("VoIPBIN private CA");
+    // Signed by a CA the gateway was not told about.
+    let (sim, _a) = tls_sim(
+        &ca.server("unknown", &["localhost"], Validity::Current),
+        None,
+    )
+    .await;
+    upstream_fails_with(&sim, |_| {}, "tls_unknown_issuer").await;
+    // Expired.
+    let (sim, _b) = tls_sim(
+        &ca.server("expired", &["localhost"], Validity::Expired),
+        None,
+    )
+    .await;
+    upstream_fails_with(
+        &sim,
+        |c| c.upstream.ca_file = Some(ca.cert_path()),
+        "tls_expired",
+    )
+    .await;
+    // Made out to another name.
+    let (sim, _c) = tls_sim(
+        &ca.server("other", &["other.example"], Validity::Current),
+        None,
+    )
+    .await;
+    upstream_fails_with(
+        &sim,
+        |c| c.upstream.ca_file = Some(ca.cert_path()),
+        "tls_name_mismatch",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_client_certificate_is_presented_when_voipbin_asks_for_one() {
+    let ca = Ca::new("VoIPBIN private CA");
+    let client = ca.client("fanout-gateway");
+    let (sim, _cancel) = tls_sim(
+        &ca.server("mtls", &["localhost"], Validity::Current),
+        Some(&ca.cert_path()),
+    )
+    .await;
+    // Without one, VoIPBIN ends the handshake.
+    upstream_fails_with(
+        &sim,
+        |c| {
+            c.upstream.ca_file = Some(ca.cert_path());
+            c.upstream.public_roots = false;
+        },
+        "tls_client_certificate",
+    )
+    .await;
+    let mut config = test_config(&sim);
+    config.upstream.ca_file = Some(ca.cert_path());
+    config.upstream.public_roots = false;
+    config.upstream.client_cert_file = Some(client.cert.clone());
+    config.upstream.client_key_file = Some(client.key.clone());
+    config.validate().expect("valid");
+    let gateway = fanout_gateway::Gateway::start(config)
+        .await
+        .expect("gateway starts");
+    let c = tutorial_customer();
+    let mut session = Client::connect_token(gateway.local_addr(), &admin_token(c)).await;
+    session
+        .subscribe_synced(&[&format!("customer_id:{c}:call:*")])
+        .await;
+    let addr = sim.local_addr();
+    eventually(
+        "the upstream subscription with a client certificate",
+        || async move {
+            sim_stats(addr).await["customers"][c.to_string()]["subscriptions"]
+                .as_array()
+                .is_some_and(|s| s.len() == 1)
+        },
+    )
+    .await;
+    publish(sim.local_addr(), &call(c, "mtls", None)).await;
+    assert_eq!(session.recv_event().await["data"]["id"], "mtls");
+    session.close().await;
+    gateway.shutdown().await;
+}
+
+#[test]
+fn tls_settings_that_cannot_work_are_refused_at_start() {
+    let ca = Ca::new("CA");
+    let a = ca.server("a", &["localhost"], Validity::Current);
+    let b = ca.server("b", &["localhost"], Validity::Current);
+    let flags = fanout_gateway::config::Overrides {
+        jwt_secret: Some("s".into()),
+        upstream_token: Some("t".into()),
+        tls_cert: Some(a.cert.clone()),
+        tls_key: Some(b.key.clone()),
+        ..Default::default()
+    };
+    let err = fanout_gateway::config::Config::load(None, [], &flags).expect_err("mismatched key");
+    assert!(err.to_string().contains("tls:"), "{err}");
+    let flags = fanout_gateway::config::Overrides {
+        jwt_secret: Some("s".into()),
+        upstream_token: Some("t".into()),
+        tls_cert: Some(a.cert.clone()),
+        ..Default::default()
+    };
+    let err = fanout_gateway::config::Config::load(None, [], &flags).expect_err("no key");
+    assert!(err.to_string().contains("tls.key_file"), "{err}");
+    let env = [(
+        "FANOUT_UPSTREAM__PUBLIC_ROOTS".to_owned(),
+        "false".to_owned(),
+    )];
+    let flags = fanout_gateway::config::Overrides {
+        jwt_secret: Some("s".into()),
+        upstream_token: Some("t".into()),
+        ..Default::default()
+    };
+    let err = fanout_gateway::config::Config::load(None, env, &flags).expect_err("no roots");
+    assert!(err.to_string().contains("upstream.ca_file"), "{err}");
+    let flags = fanout_gateway::config::Overrides {
+        jwt_secret: Some("s".into()),
+        upstream_token: Some("t".into()),
+        tls_cert: Some(a.cert.clone()),
+        tls_key: Some(a.key.clone()),
+        upstream_ca: Some(ca.cert_path()),
+        ..Default::default()
+    };
+    fanout_gateway::config::Config::load(None, [], &flags).expect("a good pair and CA");
+}
