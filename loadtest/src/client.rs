@@ -18,7 +18,40 @@ use fanout_protocol::ws::{self, Decoder, Message, OpCode, Role};
 use hdrhistogram::Histogram;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
+
+/// A session's connection: TCP, or TLS over it.
+pub(crate) type Stream = Either<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>;
+
+fn tcp_of(stream: &Stream) -> &TcpStream {
+    match stream {
+        Either::Left(tcp) => tcp,
+        Either::Right(tls) => tls.get_ref().0,
+    }
+}
+
+/// TLS client settings trusting the CA in `path` (PEM), made once per process.
+fn tls_config(path: &std::path::Path) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    static CONFIG: std::sync::OnceLock<Arc<rustls::ClientConfig>> = std::sync::OnceLock::new();
+    if let Some(config) = CONFIG.get() {
+        return Ok(config.clone());
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(path)? {
+        roots.add(cert?)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    );
+    Ok(CONFIG.get_or_init(|| config).clone())
+}
 
 /// Histogram shards, so that sessions on two threads rarely share a lock.
 const SHARDS: usize = 16;
@@ -140,6 +173,9 @@ pub(crate) struct SessionSpec {
     pub(crate) path: String,
     /// What it speaks.
     pub(crate) protocol: Protocol,
+    /// `wss://`: the CA (PEM) the server's certificate (for `localhost`) is issued by.
+    #[serde(default)]
+    pub(crate) tls_ca: Option<std::path::PathBuf>,
 }
 
 fn masked(opcode: OpCode, payload: &[u8]) -> Bytes {
@@ -153,7 +189,7 @@ fn masked(opcode: OpCode, payload: &[u8]) -> Bytes {
 pub(crate) async fn handshake(
     spec: &SessionSpec,
     source: IpAddr,
-) -> anyhow::Result<(TcpStream, BytesMut)> {
+) -> anyhow::Result<(Stream, BytesMut)> {
     let socket = if spec.addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
@@ -163,7 +199,18 @@ pub(crate) async fn handshake(
     socket
         .bind(SocketAddr::new(source, 0))
         .with_context(|| format!("binding {source}"))?;
-    let mut stream = socket.connect(spec.addr).await.context("connecting")?;
+    let tcp = socket.connect(spec.addr).await.context("connecting")?;
+    let mut stream: Stream = match &spec.tls_ca {
+        None => Either::Left(tcp),
+        Some(ca) => {
+            let name = rustls::pki_types::ServerName::try_from("localhost")?;
+            let tls = tokio_rustls::TlsConnector::from(tls_config(ca)?)
+                .connect(name, tcp)
+                .await
+                .context("TLS handshake")?;
+            Either::Right(tls)
+        }
+    };
     let key = uuid::Uuid::new_v4().simple().to_string();
     let request = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {}==\r\nSec-WebSocket-Version: 13\r\n\r\n",
@@ -210,7 +257,7 @@ fn sent_ns(payload: &[u8]) -> Option<u64> {
 /// Runs one session until `stop` or the server closes it: subscribes, reports readiness,
 /// counts events and records their latency.
 pub(crate) async fn run(
-    mut stream: TcpStream,
+    mut stream: Stream,
     mut buf: BytesMut,
     protocol: Protocol,
     shared: Arc<Shared>,
@@ -290,7 +337,7 @@ pub(crate) async fn run(
             () = stop.cancelled() => {
                 // Reset rather than close: a run leaves no TIME_WAIT behind to crowd the next
                 // run's source ports (thousands per run on a few source addresses).
-                let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+                let _ = socket2::SockRef::from(tcp_of(&stream)).set_linger(Some(Duration::ZERO));
                 return;
             }
             read = stream.read_buf(&mut buf) => match read {

@@ -101,6 +101,12 @@ pub(crate) fn markdown(results: &[RunResult]) -> String {
         higher_is_better: true,
         format: si,
     }];
+    rows.push(Row {
+        name: "handshakes per server CPU-second, opening",
+        values: col(&|r| Some(r.connect.per_server_cpu_s)),
+        higher_is_better: true,
+        format: si,
+    });
     match first.kind {
         Kind::Idle => rows.push(Row {
             name: "server memory per idle session",
@@ -112,6 +118,12 @@ pub(crate) fn markdown(results: &[RunResult]) -> String {
             rows.push(Row {
                 name: "handshakes/s, reconnect wave",
                 values: col(&|r| r.storm.as_ref().map(|w| w.handshakes_per_s)),
+                higher_is_better: true,
+                format: si,
+            });
+            rows.push(Row {
+                name: "handshakes per server CPU-second, reconnect wave",
+                values: col(&|r| r.storm.as_ref().map(|w| w.per_server_cpu_s)),
                 higher_is_better: true,
                 format: si,
             });

@@ -47,6 +47,9 @@ impl Quantiles {
 pub(crate) struct Wave {
     /// Handshakes per second over the whole wave.
     pub(crate) handshakes_per_s: f64,
+    /// Handshakes per second of the server's CPU time during the wave (the load tester's
+    /// own handshake work, on the same cores, left out).
+    pub(crate) per_server_cpu_s: f64,
     /// Handshake latency.
     pub(crate) latency: Quantiles,
 }
@@ -121,9 +124,10 @@ async fn wait_ready(shared: &Shared, count: usize, within: Duration) -> anyhow::
     Ok(())
 }
 
-fn wave(latency: &Histogram<u64>, count: u32, took: Duration) -> Wave {
+fn wave(latency: &Histogram<u64>, count: u32, took: Duration, cpu: Duration) -> Wave {
     Wave {
         handshakes_per_s: f64::from(count) / took.as_secs_f64().max(1e-9),
+        per_server_cpu_s: f64::from(count) / cpu.as_secs_f64().max(1e-9),
         latency: Quantiles::of(latency),
     }
 }
@@ -157,6 +161,7 @@ async fn measure_target(
         .map(|i| target.session(i % case.customers))
         .collect();
     let shared = Shared::new();
+    let cpu_before = measure::cpu_total(&pids);
     let (mut fleet, latency, took) = Fleet::open(
         specs,
         per_process,
@@ -165,7 +170,12 @@ async fn measure_target(
         shared.clone(),
     )
     .await?;
-    let connect = wave(&latency, case.sessions, took);
+    let connect = wave(
+        &latency,
+        case.sessions,
+        took,
+        measure::cpu_total(&pids).saturating_sub(cpu_before),
+    );
     wait_ready(&shared, case.sessions as usize, Duration::from_secs(120)).await?;
     target.settle(case.customers).await?;
     tracing::info!(target = %target.which, sessions = case.sessions, handshakes_per_s = connect.handshakes_per_s as u64, "Sessions ready");
@@ -215,14 +225,16 @@ async fn measure_target(
             // lands on a node whose clients just lost another), then reconnect them all at
             // once.
             let wave_shared = Shared::new();
+            let cpu_before = measure::cpu_total(&pids);
             let (latency, took) = fleet.reconnect(wave_shared.clone()).await?;
+            let cpu = measure::cpu_total(&pids).saturating_sub(cpu_before);
             wait_ready(
                 &wave_shared,
                 case.sessions as usize,
                 Duration::from_secs(120),
             )
             .await?;
-            result.storm = Some(wave(&latency, case.sessions, took));
+            result.storm = Some(wave(&latency, case.sessions, took, cpu));
             result.closed_by_server += wave_shared.closed.load(Ordering::Relaxed);
             fleet.stop().await;
             return Ok(result);

@@ -47,6 +47,10 @@ pub(crate) enum Which {
     Nats,
     /// Two fanout-gateway nodes in cluster mode behind HAProxy.
     Cluster,
+    /// fanout-gateway serving `wss://` (TLS on its listener, a CA made for the run).
+    #[value(name = "gateway-tls")]
+    #[serde(rename = "gateway-tls")]
+    GatewayTls,
 }
 
 impl std::fmt::Display for Which {
@@ -56,6 +60,7 @@ impl std::fmt::Display for Which {
             Which::Nchan => "nchan",
             Which::Nats => "nats",
             Which::Cluster => "cluster",
+            Which::GatewayTls => "gateway-tls",
         })
     }
 }
@@ -83,6 +88,8 @@ pub(crate) struct Target {
     publisher: Publisher,
     _sim: Option<(Arc<Simulator>, CancellationToken)>,
     _dir: Option<PathBuf>,
+    /// The CA sessions trust, for `wss://`.
+    tls_ca: Option<PathBuf>,
 }
 
 enum Publisher {
@@ -225,6 +232,7 @@ impl Upstream {
             publisher: Publisher::Gateway(self.sim.clone()),
             _sim: Some((self.sim, self.sim_cancel)),
             _dir: Some(self.dir),
+            tls_ca: None,
         })
     }
 }
@@ -243,6 +251,7 @@ impl Target {
             Which::Nchan => Self::start_nchan(repo).await,
             Which::Nats => Self::start_nats(repo).await,
             Which::Cluster => Self::start_cluster(customers, gateway_bin).await,
+            Which::GatewayTls => Self::start_gateway_tls(customers, gateway_bin).await,
         }
     }
 
@@ -251,6 +260,27 @@ impl Target {
         let (child, ws_addr) = upstream.spawn_node(gateway_bin, &[]).await?;
         let pid = child.id().context("gateway pid")?;
         upstream.into_target(Which::Gateway, vec![child], vec![pid], ws_addr)
+    }
+
+    async fn start_gateway_tls(customers: u32, gateway_bin: &Path) -> anyhow::Result<Target> {
+        let upstream = Upstream::start(customers).await?;
+        let (ca, cert, key) = make_certificate(&upstream.dir)?;
+        let (child, ws_addr) = upstream
+            .spawn_node(
+                gateway_bin,
+                &[
+                    "--tls-cert",
+                    cert.to_str().context("path")?,
+                    "--tls-key",
+                    key.to_str().context("path")?,
+                ],
+            )
+            .await?;
+        let pid = child.id().context("gateway pid")?;
+        let mut target =
+            upstream.into_target(Which::GatewayTls, vec![child], vec![pid], ws_addr)?;
+        target.tls_ca = Some(ca);
+        Ok(target)
     }
 
     async fn start_cluster(customers: u32, gateway_bin: &Path) -> anyhow::Result<Target> {
@@ -378,6 +408,7 @@ impl Target {
             publisher: Publisher::Nchan(tx),
             _sim: None,
             _dir: Some(dir),
+            tls_ca: None,
         })
     }
 
@@ -434,23 +465,26 @@ impl Target {
             publisher: Publisher::Nats(tx),
             _sim: None,
             _dir: Some(dir),
+            tls_ca: None,
         })
     }
 
     /// How session `i` of customer `c` connects.
     pub(crate) fn session(&self, c: u32) -> SessionSpec {
         match self.which {
-            Which::Gateway | Which::Cluster => SessionSpec {
+            Which::Gateway | Which::Cluster | Which::GatewayTls => SessionSpec {
                 addr: self.ws_addr,
                 path: format!("/v1.0/ws?token={}", self.tokens[c as usize]),
                 protocol: Protocol::Gateway {
                     subscribe: json!({"type":"subscribe","topics":[format!("customer_id:{}:call:*", customer(c))]}).to_string(),
                 },
+                tls_ca: self.tls_ca.clone(),
             },
             Which::Nchan => SessionSpec {
                 addr: self.ws_addr,
                 path: format!("/sub/c{c}"),
                 protocol: Protocol::Plain,
+                tls_ca: None,
             },
             Which::Nats => SessionSpec {
                 addr: self.ws_addr,
@@ -458,6 +492,7 @@ impl Target {
                 protocol: Protocol::Nats {
                     subject: format!("c.{c}.call.*"),
                 },
+                tls_ca: None,
             },
         }
     }
@@ -551,4 +586,20 @@ fn pad(head: &str, total: usize) -> String {
     out.extend(std::iter::repeat_n('x', fill));
     out.push_str("\"}");
     out
+}
+
+/// A CA and a certificate it issued for `localhost`, as PEM files in `dir`: the CA's path,
+/// the certificate's and the key's.
+fn make_certificate(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf, PathBuf)> {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate()?)?;
+    let key = KeyPair::generate()?;
+    let cert = CertificateParams::new(vec!["localhost".to_owned()])?.signed_by(&key, &ca)?;
+    let paths = (dir.join("ca.pem"), dir.join("tls.pem"), dir.join("tls.key"));
+    std::fs::write(&paths.0, ca.pem())?;
+    std::fs::write(&paths.1, cert.pem())?;
+    std::fs::write(&paths.2, key.serialize_pem())?;
+    Ok(paths)
 }

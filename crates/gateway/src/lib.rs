@@ -242,13 +242,12 @@ impl Gateway {
             endpoint.clone(),
             accept.clone(),
         )?;
-        if let Some(resolver) = tls.clone() {
-            tasks.spawn(tls::watch(
-                resolver,
-                config.tls.reload_interval,
-                upstreams.clone(),
-            ));
-        }
+        tasks.spawn(tls::watch(
+            tls.clone(),
+            tls::Hangups::listen(),
+            config.tls.reload_interval,
+            upstreams.clone(),
+        ));
         tasks.spawn(server::sample_queues(endpoint.clone(), upstreams.clone()));
         tasks.spawn(server::serve_admin(
             admin,

@@ -138,6 +138,7 @@ pub const METRICS: &[Metric] = &[
             "pending_cap",
             "descriptors",
             "pending_evicted",
+            "handshake_rate",
         ],
     ),
     labelled(
@@ -161,7 +162,13 @@ pub const METRICS: &[Metric] = &[
         Counter,
         "Browser connections whose TLS handshake failed, by reason.",
         "reason",
-        &["timeout", "protocol", "eof"],
+        &[
+            "timeout",
+            "protocol",
+            "eof",
+            "certificate_rejected",
+            "incompatible",
+        ],
     ),
     labelled(
         "fanout_tls_reloads_total",

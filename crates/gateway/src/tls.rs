@@ -45,8 +45,25 @@ pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
 /// # Errors
 /// When either file does not load or the key is not the certificate's.
 pub fn load_pair(cert: &Path, key: &Path) -> Result<CertifiedKey, String> {
-    let chain = read_certificates(cert)?;
-    let private = read_key(key)?;
+    pair_from_pem(&read(cert)?, &read(key)?, cert, key)
+}
+
+/// [`load_pair`] from the files' contents, read already (`cert` and `key` name them in
+/// errors).
+fn pair_from_pem(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    cert: &Path,
+    key: &Path,
+) -> Result<CertifiedKey, String> {
+    let chain: Vec<_> = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{}: {e}", cert.display()))?;
+    if chain.is_empty() {
+        return Err(format!("{}: no certificate in it", cert.display()));
+    }
+    let private =
+        PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| format!("{}: {e}", key.display()))?;
     let provider = rustls::crypto::ring::default_provider();
     CertifiedKey::from_der(chain, private, &provider)
         .map_err(|e| format!("{} with {}: {e}", cert.display(), key.display()))
@@ -65,8 +82,25 @@ pub struct Reloading {
     cert: PathBuf,
     key: PathBuf,
     current: ArcSwap<CertifiedKey>,
+    state: Mutex<ReloadState>,
+}
+
+/// The two files as read: their bytes, or why they could not be read.
+type Contents = (Result<Vec<u8>, String>, Result<Vec<u8>, String>);
+
+#[derive(Debug)]
+struct ReloadState {
     /// The files' contents the current pair came from.
-    loaded: Mutex<(Vec<u8>, Vec<u8>)>,
+    loaded: (Vec<u8>, Vec<u8>),
+    /// Files that did not load, and whether that was told.
+    failing: Option<Failing>,
+}
+
+#[derive(Debug)]
+struct Failing {
+    /// What was read of the two files.
+    contents: Contents,
+    told: bool,
 }
 
 impl ResolvesServerCert for Reloading {
@@ -82,52 +116,69 @@ impl Reloading {
     /// When the pair does not load.
     pub fn load(cert: &Path, key: &Path) -> Result<Arc<Reloading>, String> {
         let contents = (read(cert)?, read(key)?);
-        let pair = load_pair(cert, key)?;
+        let pair = pair_from_pem(&contents.0, &contents.1, cert, key)?;
         set_expiry(&pair);
         Ok(Arc::new(Reloading {
             cert: cert.to_owned(),
             key: key.to_owned(),
             current: ArcSwap::from_pointee(pair),
-            loaded: Mutex::new(contents),
+            state: Mutex::new(ReloadState {
+                loaded: contents,
+                failing: None,
+            }),
         }))
     }
 
     /// Loads the pair again if the files changed (or always, when `force`): answers whether
-    /// a new pair is served. A pair that fails to load is logged and counted and the old one
-    /// stays.
+    /// a new pair is served. A pair that fails to load keeps the old one served; the failure
+    /// is logged and counted once the same files failed at two checks in a row (a rotation
+    /// caught between its two files is right at the next check) or at once when `force`d,
+    /// and not again until the files change.
     pub fn reload(&self, force: bool) -> bool {
-        let contents = match (read(&self.cert), read(&self.key)) {
-            (Ok(cert), Ok(key)) => (cert, key),
-            (Err(error), _) | (_, Err(error)) => {
-                return self.failed(&error);
+        let contents = (read(&self.cert), read(&self.key));
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let outcome = match &contents {
+            (Ok(cert), Ok(key)) => {
+                if !force && state.loaded == (cert.clone(), key.clone()) {
+                    state.failing = None;
+                    return false;
+                }
+                pair_from_pem(cert, key, &self.cert, &self.key)
             }
+            (Err(error), _) | (_, Err(error)) => Err(error.clone()),
         };
-        let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
-        if !force && *loaded == contents {
-            return false;
-        }
-        match load_pair(&self.cert, &self.key) {
+        match outcome {
             Ok(pair) => {
                 set_expiry(&pair);
                 self.current.store(Arc::new(pair));
-                *loaded = contents;
+                if let (Ok(cert), Ok(key)) = contents {
+                    state.loaded = (cert, key);
+                }
+                state.failing = None;
                 metrics::counter!("fanout_tls_reloads_total", "outcome" => "ok").increment(1);
                 tracing::info!(cert = %self.cert.display(), "TLS certificate loaded");
                 true
             }
             Err(error) => {
-                // Rotations write two files: a key of the old pair with the new certificate
-                // is retried on the next check.
-                drop(loaded);
-                self.failed(&error)
+                let (told, same) = match &state.failing {
+                    Some(failing) => (failing.told, failing.contents == contents),
+                    None => (false, false),
+                };
+                let tell = force || (same && !told);
+                if !same || tell {
+                    state.failing = Some(Failing {
+                        contents,
+                        told: tell || (same && told),
+                    });
+                }
+                if tell {
+                    metrics::counter!("fanout_tls_reloads_total", "outcome" => "error")
+                        .increment(1);
+                    tracing::error!(%error, "TLS certificate not reloaded; the previous one is still served");
+                }
+                false
             }
         }
-    }
-
-    fn failed(&self, error: &str) -> bool {
-        metrics::counter!("fanout_tls_reloads_total", "outcome" => "error").increment(1);
-        tracing::error!(%error, "TLS certificate not reloaded; the previous one is still served");
-        false
     }
 
     /// The certificate served now.
@@ -162,33 +213,61 @@ pub fn server_config(resolver: Arc<Reloading>) -> Result<Arc<rustls::ServerConfi
     Ok(Arc::new(config))
 }
 
-/// Checks the files every `interval`, and at once on SIGHUP, until `stop`.
-pub async fn watch(resolver: Arc<Reloading>, interval: Duration, stop: CancellationToken) {
+/// SIGHUP, listened to from start-up on: its default would end the process, undrained.
+pub struct Hangups {
     #[cfg(unix)]
-    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    signal: Option<tokio::signal::unix::Signal>,
+}
+
+impl Hangups {
+    /// Starts listening (on the runtime, at once).
+    pub fn listen() -> Hangups {
+        Hangups {
+            #[cfg(unix)]
+            signal: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok(),
+        }
+    }
+
+    /// The next SIGHUP; never, where there are none.
+    pub async fn next(&mut self) {
+        #[cfg(unix)]
+        if let Some(signal) = self.signal.as_mut()
+            && signal.recv().await.is_some()
+        {
+            return;
+        }
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Checks the files every `interval`, and at once on SIGHUP, until `stop`; without a
+/// certificate to reload (`resolver` none), a SIGHUP is only logged.
+pub async fn watch(
+    resolver: Option<Arc<Reloading>>,
+    mut hangups: Hangups,
+    interval: Duration,
+    stop: CancellationToken,
+) {
     let mut ticks = tokio::time::interval(interval.max(Duration::from_millis(100)));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticks.tick().await;
     loop {
-        #[cfg(unix)]
-        let hangup = async {
-            match hangups.as_mut() {
-                Some(signal) => signal.recv().await,
-                None => std::future::pending().await,
-            }
-        };
-        #[cfg(not(unix))]
-        let hangup = std::future::pending::<Option<()>>();
         let force = tokio::select! {
             () = stop.cancelled() => return,
-            _ = ticks.tick() => false,
-            _ = hangup => {
+            _ = ticks.tick(), if resolver.is_some() => false,
+            () = hangups.next() => {
+                if resolver.is_none() {
+                    tracing::info!("SIGHUP: nothing to reload (no TLS certificate)");
+                    continue;
+                }
                 tracing::info!("SIGHUP: reloading the TLS certificate");
                 true
             }
         };
+        let Some(resolver) = resolver.clone() else {
+            continue;
+        };
         // Reading two small files; off the runtime's workers all the same.
-        let resolver = resolver.clone();
         let _ = tokio::task::spawn_blocking(move || resolver.reload(force)).await;
     }
 }

@@ -142,12 +142,19 @@ async fn browsers_get_wss_and_a_rotated_certificate_without_a_restart() {
     assert_eq!(session.recv_event().await["data"]["id"], "after");
 
     // A half-done rotation (a key that is not the certificate's) keeps the old pair.
+    let failed_before = metric(admin, "fanout_tls_reloads_total{outcome=\"error\"}").await;
     let other = second.server("gw3", &["localhost"], Validity::Current);
     std::fs::copy(&other.key, dir.join("tls.key")).expect("copy");
     eventually("the failed reload counted", || async move {
-        metric(admin, "fanout_tls_reloads_total{outcome=\"error\"}").await >= 1.0
+        metric(admin, "fanout_tls_reloads_total{outcome=\"error\"}").await > failed_before
     })
     .await;
+    // Told once, not at every check while the files stay as they are.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        metric(admin, "fanout_tls_reloads_total{outcome=\"error\"}").await,
+        failed_before + 1.0
+    );
     assert!(
         opens(gateway.addr, &second).await,
         "the previous pair is still served"
@@ -425,4 +432,105 @@ fn tls_settings_that_cannot_work_are_refused_at_start() {
         ..Default::default()
     };
     fanout_gateway::config::Config::load(None, [], &flags).expect("a good pair and CA");
+}
+
+#[tokio::test]
+async fn over_wss_a_frozen_reader_is_closed_as_too_slow_and_big_events_arrive_whole() {
+    let ca = Ca::new("CA");
+    let served = ca.server("gw", &["localhost"], Validity::Current);
+    let stack = start_with(
+        |_| {},
+        |config| {
+            config.tls.cert_file = Some(served.cert.clone());
+            config.tls.key_file = Some(served.key.clone());
+            config.session.queue_bytes = 512 * 1024;
+            config.session.close_timeout = Duration::from_secs(1);
+        },
+    )
+    .await;
+    let c = tutorial_customer();
+    let connect = || {
+        Client::connect(
+            stack.addr,
+            Connect::token(&admin_token(c)).tls(ca.client_config(), "localhost"),
+        )
+    };
+    let (Ok(Ok(mut reader)), Ok(Ok(mut frozen))) = (connect().await, connect().await) else {
+        panic!("wss:// sessions refused");
+    };
+    let topic = format!("customer_id:{c}:call:*");
+    reader.subscribe_synced(&[&topic]).await;
+    frozen.subscribe_synced(&[&topic]).await;
+    upstream_subscriptions(&stack, c, 1).await;
+    // 200 events of 40 KB: 8 MB, far past the frozen one's socket buffers and queue, and
+    // each one more than rustls takes in one write.
+    let padding = "x".repeat(40_000);
+    for i in 0..200 {
+        let mut event = call(c, &format!("big-{i}"), None);
+        event["data"]["padding"] = serde_json::json!(padding);
+        publish(stack.sim_addr(), &event).await;
+        let got = reader.recv_event().await;
+        assert_eq!(got["data"]["id"], format!("big-{i}"));
+        assert_eq!(got["data"]["padding"].as_str().map(str::len), Some(40_000));
+    }
+    let admin = stack.admin;
+    eventually("the frozen reader closed as too slow", || async move {
+        metric(admin, "fanout_slow_consumers_total").await >= 1.0
+    })
+    .await;
+    assert!(metric(admin, "fanout_bytes_written_total").await > 8_000_000.0);
+    drop(frozen);
+    reader.close().await;
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_tls_listener_takes_the_handshake_rate_before_the_tls_handshake() {
+    let ca = Ca::new("CA");
+    let served = ca.server("gw", &["localhost"], Validity::Current);
+    let stack = start_with(
+        |_| {},
+        |config| {
+            config.tls.cert_file = Some(served.cert.clone());
+            config.tls.key_file = Some(served.key.clone());
+            config.limits.handshakes_per_second = 1;
+            config.limits.handshake_burst = 2;
+        },
+    )
+    .await;
+    let token = admin_token(tutorial_customer());
+    let mut opened = 0;
+    for _ in 0..6 {
+        if let Ok(Ok(client)) = Client::connect(
+            stack.addr,
+            Connect::token(&token).tls(ca.client_config(), "localhost"),
+        )
+        .await
+        {
+            opened += 1;
+            client.close().await;
+        }
+    }
+    assert!(
+        (2..=3).contains(&opened),
+        "{opened} of 6 opened with a burst of 2"
+    );
+    assert!(
+        metric(
+            stack.admin,
+            "fanout_connections_refused_total{reason=\"handshake_rate\"}"
+        )
+        .await
+            >= 3.0
+    );
+    assert_eq!(
+        metric(
+            stack.admin,
+            "fanout_handshakes_refused_total{reason=\"handshake_rate\"}"
+        )
+        .await,
+        0.0,
+        "not taken twice"
+    );
+    stack.shutdown().await;
 }

@@ -87,6 +87,8 @@ pub enum Turned {
     /// The node holds `max_connections` connections (sessions, pending ones, and evicted ones
     /// not yet closed).
     Descriptors,
+    /// Over the handshake rate on a TLS listener (checked before the TLS handshake).
+    HandshakeRate,
 }
 
 impl Turned {
@@ -96,6 +98,7 @@ impl Turned {
             Turned::SourceCap => "source_cap",
             Turned::PendingCap => "pending_cap",
             Turned::Descriptors => "descriptors",
+            Turned::HandshakeRate => "handshake_rate",
         }
     }
 }
@@ -513,16 +516,29 @@ impl Endpoint {
         let Some(acceptor) = &self.tls else {
             return Some(Conn::Plain(tcp));
         };
+        // The TLS handshake is the costly part (a signature and a key exchange), so the
+        // handshake rate is taken before it; over the rate the connection is closed unread.
+        if !self.take_handshake() {
+            Self::turn(Turned::HandshakeRate);
+            return None;
+        }
         let reason = match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
             Ok(Ok(stream)) => {
                 let (tcp, tls) = stream.into_inner();
-                return Some(Conn::Tls(Box::new(TlsConn::new(tcp, tls))));
+                match TlsConn::new(tcp, tls) {
+                    Ok(conn) => return Some(Conn::Tls(Box::new(conn))),
+                    Err(_) => "protocol",
+                }
             }
             Ok(Err(error)) => tls_failure(&error),
             Err(_) => "timeout",
         };
         metrics::counter!("fanout_tls_handshake_failures_total", "reason" => reason).increment(1);
-        self.log_refusal(peer, reason, 0);
+        // A client gone before its hello (a load balancer's TCP check, a port scan) is
+        // counted, not logged: it would crowd the log's budget out.
+        if reason != "eof" {
+            self.log_refusal(peer, reason, 0);
+        }
         None
     }
 
@@ -553,7 +569,7 @@ impl Endpoint {
             }
         };
         let request_id = rest::request_id(request.request_id.as_deref(), rand::random());
-        if let Err((error, reason)) = self.admit(&request) {
+        if let Err((error, reason)) = self.admit(&request, self.tls.is_some()) {
             return self
                 .refuse(&mut stream, peer, error, reason, &request_id)
                 .await;
@@ -593,7 +609,12 @@ impl Endpoint {
     /// The checks that need no credential, in the order the answers take precedence: the
     /// path, the method, draining, the limits. (The upgrade headers are checked after the
     /// credential, as VoIPBIN answers 401 before 400.)
-    fn admit(&self, request: &handshake::UpgradeRequest) -> Result<(), (HttpError, &'static str)> {
+    /// `rate_taken`: the handshake rate was taken already (before the TLS handshake).
+    fn admit(
+        &self,
+        request: &handshake::UpgradeRequest,
+        rate_taken: bool,
+    ) -> Result<(), (HttpError, &'static str)> {
         if !Self::serves(&request.path) {
             return Err((HttpError::NOT_FOUND, "not_found"));
         }
@@ -611,7 +632,7 @@ impl Endpoint {
         if self.open.load(Ordering::Relaxed) >= self.limits.max_sessions {
             return Err((HttpError::RESOURCE_EXHAUSTED, "max_sessions"));
         }
-        if !self.take_handshake() {
+        if !rate_taken && !self.take_handshake() {
             return Err((HttpError::RESOURCE_EXHAUSTED, "handshake_rate"));
         }
         Ok(())

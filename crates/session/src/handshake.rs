@@ -170,7 +170,8 @@ pub fn parse(buf: &[u8]) -> Result<Option<(UpgradeRequest, usize)>, ReadError> {
             out.authorization = text(header.value);
         } else if name.eq_ignore_ascii_case("origin") {
             out.origin_repeated |= out.origin.is_some();
-            out.origin = text(header.value);
+            // One that is not text is there all the same, and matches nothing.
+            out.origin = Some(text(header.value).unwrap_or_default());
         } else if name.eq_ignore_ascii_case("x-request-id") {
             out.request_id = text(header.value);
         } else if name.eq_ignore_ascii_case("sec-websocket-key") {

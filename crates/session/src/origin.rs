@@ -75,6 +75,13 @@ impl Origins {
             if entry.is_empty() {
                 continue;
             }
+            if !entry.is_ascii() {
+                // Browsers send international names in their ASCII (punycode) form.
+                problems.push(format!(
+                    "allowed origin {entry:?}: write international names in their xn-- form"
+                ));
+                continue;
+            }
             if entry == "null" {
                 entries.push(Entry::Exact(entry));
                 continue;
@@ -194,6 +201,10 @@ mod tests {
     fn no_origin_is_a_client_that_is_not_a_browser() {
         let o = origins(&["https://app.example.com"]);
         assert!(o.allows(None));
+        assert!(
+            !o.allows(Some("")),
+            "an empty or undecodable Origin is one all the same"
+        );
         assert!(!o.allows(Some("null")), "null only when listed");
         assert!(origins(&["null"]).allows(Some("null")));
         let all = origins(&[]);
@@ -212,6 +223,7 @@ mod tests {
         ])
         .expect_err("invalid");
         assert_eq!(err.len(), 5, "{err:?}");
+        assert!(Origins::parse(&["https://bücher.example"]).is_err());
         assert!(Origins::parse(&["https://[::1]:8443", "https://*.example.com"]).is_ok());
         assert!(origins(&["https://[::1]:8443"]).allows(Some("https://[::1]:8443")));
     }

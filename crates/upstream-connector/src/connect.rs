@@ -222,7 +222,7 @@ impl TlsFailure {
                 | A::UnsupportedCertificate
                 | A::AccessDenied,
             ) => TlsFailure::ClientCertificate,
-            E::InvalidCertificate(C::UnknownIssuer | C::BadSignature) => TlsFailure::UnknownIssuer,
+            E::InvalidCertificate(C::UnknownIssuer) => TlsFailure::UnknownIssuer,
             E::InvalidCertificate(
                 C::Expired
                 | C::ExpiredContext { .. }
