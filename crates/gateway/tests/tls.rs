@@ -37,15 +37,6 @@ async fn opens(addr: std::net::SocketAddr, ca: &Ca) -> bool {
     )
 }
 
-fn sighup(child: &tokio::process::Child) {
-    let pid = child.id().expect("running").to_string();
-    let status = std::process::Command::new("kill")
-        .args(["-HUP", &pid])
-        .status()
-        .expect("kill runs");
-    assert!(status.success());
-}
-
 #[tokio::test]
 async fn browsers_get_wss_and_a_rotated_certificate_without_a_restart() {
     let first = Ca::new("first CA");
@@ -81,13 +72,7 @@ async fn browsers_get_wss_and_a_rotated_certificate_without_a_restart() {
     session
         .subscribe_synced(&[&format!("customer_id:{c}:call:*")])
         .await;
-    let addr = sim.local_addr();
-    eventually("the upstream subscription", || async move {
-        sim_stats(addr).await["customers"][c.to_string()]["subscriptions"]
-            .as_array()
-            .is_some_and(|s| s.len() == 1)
-    })
-    .await;
+    sim_subscriptions(sim.local_addr(), c, 1).await;
     publish(sim.local_addr(), &call(c, "before", None)).await;
     assert_eq!(session.recv_event().await["data"]["id"], "before");
     assert!(
@@ -193,7 +178,7 @@ async fn sighup_reloads_the_certificate_at_once() {
         opens(gateway.addr, &first).await,
         "without a check or a signal the old certificate stays"
     );
-    sighup(&gateway.child);
+    signal(&gateway.child, "-HUP");
     let second_ref = &second;
     let addr = gateway.addr;
     eventually("the new certificate after SIGHUP", || async move {
@@ -251,13 +236,7 @@ async fn the_upstream_over_wss_trusts_a_private_ca_for_events_and_access_keys() 
     session
         .subscribe_synced(&[&format!("customer_id:{c}:call:*")])
         .await;
-    let addr = sim.local_addr();
-    eventually("the upstream subscription over wss", || async move {
-        sim_stats(addr).await["customers"][c.to_string()]["subscriptions"]
-            .as_array()
-            .is_some_and(|s| s.len() == 1)
-    })
-    .await;
+    sim_subscriptions(sim.local_addr(), c, 1).await;
     publish(sim.local_addr(), &call(c, "over-tls", None)).await;
     assert_eq!(session.recv_event().await["data"]["id"], "over-tls");
     session.close().await;
@@ -374,16 +353,7 @@ async fn a_client_certificate_is_presented_when_voipbin_asks_for_one() {
     session
         .subscribe_synced(&[&format!("customer_id:{c}:call:*")])
         .await;
-    let addr = sim.local_addr();
-    eventually(
-        "the upstream subscription with a client certificate",
-        || async move {
-            sim_stats(addr).await["customers"][c.to_string()]["subscriptions"]
-                .as_array()
-                .is_some_and(|s| s.len() == 1)
-        },
-    )
-    .await;
+    sim_subscriptions(sim.local_addr(), c, 1).await;
     publish(sim.local_addr(), &call(c, "mtls", None)).await;
     assert_eq!(session.recv_event().await["data"]["id"], "mtls");
     session.close().await;

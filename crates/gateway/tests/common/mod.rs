@@ -128,7 +128,11 @@ pub fn call(customer: Uuid, id: &str, owner: Option<Uuid>) -> Value {
 /// Waits until the simulator holds `count` subscriptions for `customer` (the gateway's
 /// upstream has subscribed).
 pub async fn upstream_subscriptions(stack: &Stack, customer: Uuid, count: usize) {
-    let addr = stack.sim_addr();
+    sim_subscriptions(stack.sim_addr(), customer, count).await;
+}
+
+/// Waits until the simulator at `addr` holds `count` subscriptions for `customer`.
+pub async fn sim_subscriptions(addr: SocketAddr, customer: Uuid, count: usize) {
     eventually(
         &format!("{count} upstream subscriptions for {customer}"),
         || async move {

@@ -134,9 +134,14 @@ pub async fn spawn_gateway_limited(
 }
 
 pub fn sigterm(child: &Child) {
+    signal(child, "-TERM");
+}
+
+/// Sends `signal` (`-HUP`, `-TERM`, …) to `child`.
+pub fn signal(child: &Child, signal: &str) {
     let pid = child.id().expect("running").to_string();
     let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
+        .args([signal, &pid])
         .status()
         .expect("kill runs");
     assert!(status.success());
