@@ -504,3 +504,45 @@ async fn a_tls_listener_takes_the_handshake_rate_before_the_tls_handshake() {
     );
     stack.shutdown().await;
 }
+
+/// The tutorial's own Python and Node programs over `wss://`, unchanged but for the URL,
+/// trusting the test's CA the way each library is told to from outside.
+#[tokio::test]
+async fn the_tutorial_clients_work_over_wss() {
+    let ca = Ca::new("CA");
+    let served = ca.server("gw", &["localhost"], Validity::Current);
+    let (sim, _cancel) = start_sim(|_| {}).await;
+    let gateway = spawn_gateway(
+        sim.local_addr(),
+        &[
+            ("FANOUT_TLS_CERT", served.cert.to_str().expect("path")),
+            ("FANOUT_TLS_KEY", served.key.to_str().expect("path")),
+            // So that the first client's subscriptions are gone before the second starts.
+            ("FANOUT_UPSTREAM__LINGER", "100ms"),
+        ],
+    )
+    .await;
+    let c = TUTORIAL_CUSTOMER;
+    for (which, expected) in [
+        (TutorialClient::Python, "Call a1b2c3d4 status: answered"),
+        (TutorialClient::Node, "Call a1b2c3d4: answered"),
+    ] {
+        let mut run = TutorialRun::start_tls(
+            which,
+            gateway.addr.port(),
+            &admin_token(tutorial_customer()),
+            &ca.cert_path(),
+        )
+        .await
+        .expect("tutorial client starts (installed by .ci/run)");
+        run.expect_line("WebSocket connection established").await;
+        run.expect_line("Subscribed to events").await;
+        sim_subscriptions(sim.local_addr(), tutorial_customer(), 3).await;
+        let event = serde_json::json!({"event_type":"call.status","data":{"id":"a1b2c3d4","customer_id":c,"status":"answered"}});
+        publish(sim.local_addr(), &event).await;
+        run.expect_line(expected).await;
+        drop(run);
+        // The next client starts once this one's subscriptions are gone upstream.
+        sim_subscriptions(sim.local_addr(), tutorial_customer(), 0).await;
+    }
+}

@@ -551,6 +551,28 @@ impl TutorialRun {
         addr: SocketAddr,
         token: &str,
     ) -> anyhow::Result<TutorialRun> {
+        Self::start_at(which, &format!("ws://{addr}"), token, None).await
+    }
+
+    /// Starts the tutorial's example against `wss://localhost:port` (its URL's scheme kept),
+    /// trusting the CA in `ca` the way each library is told to from outside the program:
+    /// `WEBSOCKET_CLIENT_CA_BUNDLE` for Python's websocket-client, `NODE_EXTRA_CA_CERTS` for
+    /// Node.
+    pub async fn start_tls(
+        which: TutorialClient,
+        port: u16,
+        token: &str,
+        ca: &std::path::Path,
+    ) -> anyhow::Result<TutorialRun> {
+        Self::start_at(which, &format!("wss://localhost:{port}"), token, Some(ca)).await
+    }
+
+    async fn start_at(
+        which: TutorialClient,
+        base: &str,
+        token: &str,
+        ca: Option<&std::path::Path>,
+    ) -> anyhow::Result<TutorialRun> {
         let clients = repo_root().join("tests/clients");
         let (file, token_line, filled) = match which {
             TutorialClient::Python => (
@@ -570,7 +592,7 @@ impl TutorialRun {
             bail!("{file} no longer holds the tutorial's URL and token lines");
         }
         let source = source
-            .replace("wss://api.voipbin.net", &format!("ws://{addr}"))
+            .replace("wss://api.voipbin.net", base)
             .replace(token_line, &filled);
         // Written beside the original so that Node finds `ws` in tests/clients/node_modules.
         let name = format!(".run-{}-{file}", Uuid::new_v4().simple());
@@ -588,6 +610,10 @@ impl TutorialRun {
                 c
             }
         };
+        if let Some(ca) = ca {
+            command.env("WEBSOCKET_CLIENT_CA_BUNDLE", ca);
+            command.env("NODE_EXTRA_CA_CERTS", ca);
+        }
         let mut child = command
             .current_dir(&clients)
             .stdout(Stdio::piped())
