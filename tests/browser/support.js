@@ -234,12 +234,15 @@ export function parseCursor(cursor) {
   return { epoch: match[1], offset: BigInt(`0x${match[2]}`) };
 }
 
-/** Launches headless Chromium (Debian's build, no bundled browser, no network of its own). */
-export function launchBrowser() {
+/**
+ * Launches headless Chromium (Debian's build, no bundled browser, no network of its own),
+ * with `extraArgs` besides the usual ones.
+ */
+export function launchBrowser(extraArgs = []) {
   return chromium.launch({
     executablePath: CHROMIUM,
     headless: true,
-    args: ['--no-sandbox', '--disable-background-networking', '--disable-component-update', '--no-first-run'],
+    args: ['--no-sandbox', '--disable-background-networking', '--disable-component-update', '--no-first-run', ...extraArgs],
     timeout: 30_000,
   });
 }
