@@ -108,8 +108,8 @@ struct ServeArgs {
     /// https://*.example.com [default: any].
     #[arg(long, env = "FANOUT_ALLOWED_ORIGINS", value_delimiter = ',')]
     allowed_origins: Option<Vec<String>>,
-    /// The bearer token the admin listener's /customers needs [default: none, /customers
-    /// off].
+    /// The bearer token the admin listener's /customers needs; prefer the variable, as a
+    /// flag shows in the process list [default: none, /customers off].
     #[arg(long, env = "FANOUT_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
 }
