@@ -546,3 +546,48 @@ async fn the_tutorial_clients_work_over_wss() {
         sim_subscriptions(sim.local_addr(), tutorial_customer(), 0).await;
     }
 }
+
+#[tokio::test]
+async fn slow_tls_clients_are_cut_at_the_header_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ca = Ca::new("CA");
+    let served = ca.server("gw", &["localhost"], Validity::Current);
+    let stack = start_with(
+        |_| {},
+        |config| {
+            config.tls.cert_file = Some(served.cert.clone());
+            config.tls.key_file = Some(served.key.clone());
+            config.limits.header_timeout = Duration::from_millis(500);
+        },
+    )
+    .await;
+    // A hello never finished: the first byte of a TLS record, then nothing.
+    let mut stalled = tokio::net::TcpStream::connect(stack.addr)
+        .await
+        .expect("connect");
+    stalled.write_all(&[0x16]).await.expect("write");
+    // The TLS handshake done, then no request.
+    let tcp = tokio::net::TcpStream::connect(stack.addr)
+        .await
+        .expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let mut silent = tokio_rustls::TlsConnector::from(ca.client_config())
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake");
+    let mut buf = [0u8; 64];
+    let cut = |read: std::io::Result<usize>| matches!(read, Ok(0) | Err(_));
+    let ended = tokio::time::timeout(WAIT, stalled.read(&mut buf)).await;
+    assert!(ended.is_ok_and(cut), "the stalled hello was cut");
+    let ended = tokio::time::timeout(WAIT, silent.read(&mut buf)).await;
+    assert!(ended.is_ok_and(cut), "the silent TLS client was cut");
+    assert!(
+        metric(
+            stack.admin,
+            "fanout_tls_handshake_failures_total{reason=\"timeout\"}"
+        )
+        .await
+            >= 1.0
+    );
+    stack.shutdown().await;
+}
