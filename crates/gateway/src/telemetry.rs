@@ -116,7 +116,7 @@ pub const METRICS: &[Metric] = &[
     metric(
         "fanout_bytes_written_total",
         Counter,
-        "Bytes written to browsers' sockets (WebSocket frames, before TLS).",
+        "Bytes written to browsers' sockets (WebSocket frames, before TLS), added 64 KiB at a time per session and the rest when it ends.",
     ),
     metric(
         "fanout_session_queue_frames",

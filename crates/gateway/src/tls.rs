@@ -160,17 +160,17 @@ impl Reloading {
                 true
             }
             Err(error) => {
-                let (told, same) = match &state.failing {
-                    Some(failing) => (failing.told, failing.contents == contents),
-                    None => (false, false),
-                };
-                let tell = force || (same && !told);
-                if !same || tell {
-                    state.failing = Some(Failing {
-                        contents,
-                        told: tell || (same && told),
-                    });
-                }
+                // Told before, for these same files?
+                let before = state
+                    .failing
+                    .as_ref()
+                    .filter(|failing| failing.contents == contents)
+                    .map(|failing| failing.told);
+                let tell = force || before == Some(false);
+                state.failing = Some(Failing {
+                    contents,
+                    told: tell || before == Some(true),
+                });
                 if tell {
                     metrics::counter!("fanout_tls_reloads_total", "outcome" => "error")
                         .increment(1);

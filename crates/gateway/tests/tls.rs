@@ -37,8 +37,18 @@ async fn opens(addr: std::net::SocketAddr, ca: &Ca) -> bool {
     )
 }
 
-#[tokio::test]
-async fn browsers_get_wss_and_a_rotated_certificate_without_a_restart() {
+/// Two CAs, the first one's certificate installed as `tls.crt`/`tls.key` in a directory,
+/// and the gateway binary serving those files, checking them every `reload_interval`.
+struct Rotating {
+    first: Ca,
+    second: Ca,
+    dir: std::path::PathBuf,
+    sim: Arc<voipbin_sim::Simulator>,
+    _cancel: tokio_util::sync::CancellationToken,
+    gateway: Running,
+}
+
+async fn rotating_gateway(reload_interval: &str) -> Rotating {
     let first = Ca::new("first CA");
     let second = Ca::new("second CA");
     let dir = first.dir().join("serving");
@@ -47,18 +57,54 @@ async fn browsers_get_wss_and_a_rotated_certificate_without_a_restart() {
         &first.server("gw1", &["localhost"], Validity::Current),
         &dir,
     );
-    let (sim, _cancel) = start_sim(|_| {}).await;
-    let cert = dir.join("tls.crt");
-    let key = dir.join("tls.key");
+    let (sim, cancel) = start_sim(|_| {}).await;
+    let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
     let gateway = spawn_gateway(
         sim.local_addr(),
         &[
             ("FANOUT_TLS_CERT", cert.to_str().expect("path")),
             ("FANOUT_TLS_KEY", key.to_str().expect("path")),
-            ("FANOUT_TLS__RELOAD_INTERVAL", "100ms"),
+            ("FANOUT_TLS__RELOAD_INTERVAL", reload_interval),
         ],
     )
     .await;
+    Rotating {
+        first,
+        second,
+        dir,
+        sim,
+        _cancel: cancel,
+        gateway,
+    }
+}
+
+/// A gateway in this process serving `wss://` with `served`, configured further by
+/// `configure`.
+async fn tls_stack(
+    served: &Issued,
+    configure: impl FnOnce(&mut fanout_gateway::config::Config),
+) -> Stack {
+    start_with(
+        |_| {},
+        |config| {
+            config.tls.cert_file = Some(served.cert.clone());
+            config.tls.key_file = Some(served.key.clone());
+            configure(config);
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn browsers_get_wss_and_a_rotated_certificate_without_a_restart() {
+    let Rotating {
+        first,
+        second,
+        dir,
+        sim,
+        _cancel,
+        gateway,
+    } = rotating_gateway("100ms").await;
     let c = tutorial_customer();
     let mut session = match Client::connect(
         gateway.addr,
@@ -149,25 +195,14 @@ async fn browsers_get_wss_and_a_rotated_certificate_without_a_restart() {
 
 #[tokio::test]
 async fn sighup_reloads_the_certificate_at_once() {
-    let first = Ca::new("first CA");
-    let second = Ca::new("second CA");
-    let dir = first.dir().join("serving");
-    std::fs::create_dir_all(&dir).expect("dir");
-    install(
-        &first.server("gw1", &["localhost"], Validity::Current),
-        &dir,
-    );
-    let (sim, _cancel) = start_sim(|_| {}).await;
-    let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
-    let gateway = spawn_gateway(
-        sim.local_addr(),
-        &[
-            ("FANOUT_TLS_CERT", cert.to_str().expect("path")),
-            ("FANOUT_TLS_KEY", key.to_str().expect("path")),
-            ("FANOUT_TLS__RELOAD_INTERVAL", "1h"),
-        ],
-    )
-    .await;
+    let Rotating {
+        first,
+        second,
+        dir,
+        sim: _,
+        _cancel,
+        gateway,
+    } = rotating_gateway("1h").await;
     assert!(opens(gateway.addr, &first).await);
     install(
         &second.server("gw2", &["localhost"], Validity::Current),
@@ -408,15 +443,10 @@ fn tls_settings_that_cannot_work_are_refused_at_start() {
 async fn over_wss_a_frozen_reader_is_closed_as_too_slow_and_big_events_arrive_whole() {
     let ca = Ca::new("CA");
     let served = ca.server("gw", &["localhost"], Validity::Current);
-    let stack = start_with(
-        |_| {},
-        |config| {
-            config.tls.cert_file = Some(served.cert.clone());
-            config.tls.key_file = Some(served.key.clone());
-            config.session.queue_bytes = 512 * 1024;
-            config.session.close_timeout = Duration::from_secs(1);
-        },
-    )
+    let stack = tls_stack(&served, |config| {
+        config.session.queue_bytes = 512 * 1024;
+        config.session.close_timeout = Duration::from_secs(1);
+    })
     .await;
     let c = tutorial_customer();
     let connect = || {
@@ -458,15 +488,10 @@ async fn over_wss_a_frozen_reader_is_closed_as_too_slow_and_big_events_arrive_wh
 async fn a_tls_listener_takes_the_handshake_rate_before_the_tls_handshake() {
     let ca = Ca::new("CA");
     let served = ca.server("gw", &["localhost"], Validity::Current);
-    let stack = start_with(
-        |_| {},
-        |config| {
-            config.tls.cert_file = Some(served.cert.clone());
-            config.tls.key_file = Some(served.key.clone());
-            config.limits.handshakes_per_second = 1;
-            config.limits.handshake_burst = 2;
-        },
-    )
+    let stack = tls_stack(&served, |config| {
+        config.limits.handshakes_per_second = 1;
+        config.limits.handshake_burst = 2;
+    })
     .await;
     let token = admin_token(tutorial_customer());
     let mut opened = 0;
@@ -552,14 +577,9 @@ async fn slow_tls_clients_are_cut_at_the_header_timeout() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let ca = Ca::new("CA");
     let served = ca.server("gw", &["localhost"], Validity::Current);
-    let stack = start_with(
-        |_| {},
-        |config| {
-            config.tls.cert_file = Some(served.cert.clone());
-            config.tls.key_file = Some(served.key.clone());
-            config.limits.header_timeout = Duration::from_millis(500);
-        },
-    )
+    let stack = tls_stack(&served, |config| {
+        config.limits.header_timeout = Duration::from_millis(500);
+    })
     .await;
     // A hello never finished: the first byte of a TLS record, then nothing.
     let mut stalled = tokio::net::TcpStream::connect(stack.addr)
