@@ -5,11 +5,14 @@
 //! - **reads** the customer's log ([`crate::log`]) from the beginning of the current term,
 //!   through the reader-side fence ([`TermFence`]), into the customer's hub, at the owner's
 //!   cursors: every node numbers the stream alike, so a browser resumes on any of them;
+//! - **tells the fleet what its sessions need** ([`crate::interest`]): the prefixes of its
+//!   sessions' patterns, in a key of its own in the interest bucket;
 //! - **seeks the lease** ([`Ownership`]) when nobody holds it (a watch on the lease bucket
-//!   says so at once), and while it holds it **owns**: one upstream connection to VoIPBIN
-//!   subscribed to the customer's whole stream, whose events, gaps and coverage it appends
-//!   to the log, fenced on the store's side on its term's beginning and on its own side by
-//!   the time since its last renewal (a node paused past that publishes nothing);
+//!   says so at once), and while it holds it **owns**: the customer's upstream to VoIPBIN,
+//!   subscribed to the union of what every node needs (one connection per label, as on a
+//!   single node), whose events, gaps and coverage it appends to the log, fenced on the
+//!   store's side on its term's beginning and on its own side by the time since its last
+//!   renewal (a node paused past that publishes nothing);
 //! - **hands over** when the registry closes it (the customer's linger is over, or the node
 //!   shuts down): the upstream closes, the term's end is written and the lease released, so
 //!   another interested node takes over at once and tells `owner_handoff`.
@@ -18,7 +21,7 @@
 //! the last term ended properly) once its upstream covers the stream, so that a client
 //! resuming from the gap's cursor misses nothing.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -28,9 +31,9 @@ use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, consumer, stream};
 use fanout_core::{Feed, FeedStatus, Feeds, HubSink};
 use fanout_protocol::cursor::Cursor;
+use fanout_protocol::prefix::{Label, Prefix};
 use fanout_protocol::server::GapReason;
 use fanout_protocol::upstream::Event;
-use fanout_protocol::{Pattern, Scope};
 use fanout_session::Hub;
 use fanout_upstream::{EventSink, Upstream, UpstreamConfig};
 use futures_util::StreamExt as _;
@@ -40,6 +43,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
+use crate::interest::{self, Fleet, Interests};
 use crate::log::{self, Record, Stamp};
 use crate::{Admit, Lease, Leases, Next, Ownership, TermFence, server_supported};
 
@@ -52,6 +56,12 @@ pub struct ClusterSettings {
     pub lease_ttl: Duration,
     /// The key-value bucket of the leases.
     pub lease_bucket: String,
+    /// The key-value bucket of the nodes' interest in each customer.
+    pub interest_bucket: String,
+    /// How long an owner keeps a prefix subscribed after no node needs it any more (a
+    /// session back soon finds it covered; longer than [`interest::REFRESH`], so that a
+    /// NATS that lost the interest keys has them back first).
+    pub interest_linger: Duration,
     /// The JetStream stream of the log.
     pub stream: String,
     /// The log keeps at most this many events per customer.
@@ -79,6 +89,8 @@ impl ClusterSettings {
             node_id: node_id.into(),
             lease_ttl: Duration::from_secs(15),
             lease_bucket: "fanout_owner".into(),
+            interest_bucket: "fanout_interest".into(),
+            interest_linger: Duration::from_secs(30),
             stream: "FANOUT_EVENTS".into(),
             max_events: 20_000,
             max_bytes: 1 << 30,
@@ -122,8 +134,12 @@ struct Node {
     js: jetstream::Context,
     stream: stream::Stream,
     leases: Leases,
-    /// Each customer's task, woken when its lease was seen released or expired.
-    waiters: Mutex<HashMap<Uuid, Arc<Notify>>>,
+    interests: Interests,
+    /// What this node knows of every node's interest.
+    fleet: Mutex<Fleet>,
+    /// Each customer's task, woken when its lease was seen released or expired, or when
+    /// the fleet's interest in it changed.
+    waiters: Mutex<HashMap<Uuid, Arc<Waiter>>>,
     tasks: TaskTracker,
     cancel: CancellationToken,
     /// Whether NATS has been unreachable for longer than `degraded_after`.
@@ -132,9 +148,22 @@ struct Node {
     stream_config: stream::Config,
 }
 
+/// What wakes a customer's task.
+#[derive(Default)]
+struct Waiter {
+    /// The lease was released or expired.
+    lease: Notify,
+    /// Another node's interest in the customer changed.
+    interest: Notify,
+}
+
 impl Node {
-    fn waiters(&self) -> MutexGuard<'_, HashMap<Uuid, Arc<Notify>>> {
+    fn waiters(&self) -> MutexGuard<'_, HashMap<Uuid, Arc<Waiter>>> {
         self.waiters.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn fleet(&self) -> MutexGuard<'_, Fleet> {
+        self.fleet.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -186,6 +215,10 @@ impl ClusterFeeds {
         )
         .await
         .map_err(|e| ClusterError::JetStream(e.to_string()))?;
+        let interests =
+            Interests::open(client.clone(), &settings.interest_bucket, &settings.node_id)
+                .await
+                .map_err(|e| ClusterError::JetStream(e.to_string()))?;
         let js = jetstream::new(client.clone());
         let stream_config = stream::Config {
             name: settings.stream.clone(),
@@ -214,6 +247,8 @@ impl ClusterFeeds {
             js,
             stream,
             leases,
+            interests,
+            fleet: Mutex::new(Fleet::default()),
             waiters: Mutex::new(HashMap::new()),
             tasks: TaskTracker::new(),
             cancel,
@@ -224,6 +259,7 @@ impl ClusterFeeds {
         metrics::gauge!("fanout_cluster_leases_held").set(0.0);
         tokio::spawn(watch_connection(node.clone()));
         tokio::spawn(watch_leases(node.clone()));
+        tokio::spawn(watch_interest(node.clone()));
         tokio::spawn(measure_round_trip(node.clone()));
         tracing::info!(%url, server = %version, node_id = %node.settings.node_id, "Joined the cluster");
         Ok(ClusterFeeds { node })
@@ -243,7 +279,7 @@ async fn watch_leases(node: Arc<Node>) {
                         change = changes.next() => match change {
                             Some((customer, None)) => {
                                 if let Some(waiter) = node.waiters().get(&customer) {
-                                    waiter.notify_one();
+                                    waiter.lease.notify_one();
                                 }
                             }
                             Some((_, Some(_))) => {}
@@ -253,6 +289,40 @@ async fn watch_leases(node: Arc<Node>) {
                 }
             }
             Err(error) => tracing::debug!(%error, "Cannot watch the leases yet"),
+        }
+        tokio::select! {
+            () = node.cancel.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// Keeps the node's view of the fleet's interest ([`Fleet`]) and wakes the customers whose
+/// interest changed; across NATS outages, read again from the start each time.
+async fn watch_interest(node: Arc<Node>) {
+    loop {
+        match node.interests.changes().await {
+            Ok(changes) => {
+                node.fleet().clear();
+                let mut changes = std::pin::pin!(changes);
+                loop {
+                    tokio::select! {
+                        () = node.cancel.cancelled() => return,
+                        change = changes.next() => match change {
+                            Some(change) => {
+                                let customer = change.customer;
+                                if node.fleet().apply(change)
+                                    && let Some(waiter) = node.waiters().get(&customer)
+                                {
+                                    waiter.interest.notify_one();
+                                }
+                            }
+                            None => break,
+                        }
+                    }
+                }
+            }
+            Err(error) => tracing::debug!(%error, "Cannot watch the fleet's interest yet"),
         }
         tokio::select! {
             () = node.cancel.cancelled() => return,
@@ -313,7 +383,8 @@ async fn watch_connection(node: Arc<Node>) {
                             .create_or_update_stream(node.stream_config.clone())
                             .await;
                         let reopened = node.leases.reopen().await;
-                        if made.is_err() || reopened.is_err() {
+                        let interests = node.interests.reopen().await;
+                        if made.is_err() || reopened.is_err() || interests.is_err() {
                             store_down_since.get_or_insert_with(Instant::now);
                         }
                     }
@@ -368,12 +439,16 @@ async fn measure_round_trip(node: Arc<Node>) {
 impl Feeds for ClusterFeeds {
     fn open(&self, customer: Uuid, hub: Arc<Hub>, cancel: &CancellationToken) -> Arc<dyn Feed> {
         let shared = Arc::new(Shared {
+            customer,
+            node: self.node.clone(),
             close: cancel.child_token(),
             status: Mutex::new(Status::default()),
+            wanted: Mutex::new(BTreeMap::new()),
+            local: tokio::sync::watch::Sender::new(0),
         });
         // A resume on this node waits until the log's current term is read in.
         hub.catching_up();
-        let waiter = Arc::new(Notify::new());
+        let waiter = Arc::new(Waiter::default());
         self.node.waiters().insert(customer, waiter.clone());
         let task = Customer {
             node: self.node.clone(),
@@ -383,6 +458,9 @@ impl Feeds for ClusterFeeds {
             waiter,
         };
         self.node.tasks.spawn(task.run());
+        self.node
+            .tasks
+            .spawn(publish_interest(self.node.clone(), shared.clone()));
         Arc::new(ClusterFeed(shared))
     }
 
@@ -392,6 +470,52 @@ impl Feeds for ClusterFeeds {
             tasks.close();
             tasks.wait().await;
         })
+    }
+}
+
+/// Keeps this node's interest in a customer in the fleet's bucket: written when it changes
+/// and every [`interest::REFRESH`]; removed when the feed closes.
+async fn publish_interest(node: Arc<Node>, shared: Arc<Shared>) {
+    let timeout = node.settings.request_timeout;
+    let mut changes = shared.local.subscribe();
+    let mut refresh = tokio::time::interval(interest::REFRESH);
+    refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut written: Option<BTreeSet<Prefix>> = None;
+    loop {
+        tokio::select! {
+            () = shared.close.cancelled() => break,
+            changed = changes.changed() => if changed.is_err() { break },
+            _ = refresh.tick() => {
+                // Written again, changed or not: the bucket forgets unwritten keys.
+                if written.as_ref().is_some_and(|w| !w.is_empty()) {
+                    written = None;
+                }
+            }
+        }
+        let now = shared.wanted_set();
+        if written.as_ref() == Some(&now) || (written.is_none() && now.is_empty()) {
+            written = Some(now);
+            continue;
+        }
+        match tokio::time::timeout(timeout, node.interests.put(shared.customer, &now)).await {
+            Ok(Ok(())) => written = Some(now),
+            failed => {
+                tracing::debug!(customer = %shared.customer, ?failed, "Cannot write this node's interest yet");
+                tokio::select! {
+                    () = shared.close.cancelled() => break,
+                    () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
+                // Tried again at once.
+                shared.local.send_modify(|n| *n += 1);
+            }
+        }
+    }
+    if written.is_some_and(|w| !w.is_empty()) {
+        let _ = tokio::time::timeout(
+            timeout,
+            node.interests.put(shared.customer, &BTreeSet::new()),
+        )
+        .await;
     }
 }
 
@@ -405,13 +529,49 @@ struct Status {
 }
 
 struct Shared {
+    customer: Uuid,
+    node: Arc<Node>,
     close: CancellationToken,
     status: Mutex<Status>,
+    /// What this node's sessions need upstream, counted.
+    wanted: Mutex<BTreeMap<Prefix, usize>>,
+    /// Bumped whenever the set of `wanted` changes.
+    local: tokio::sync::watch::Sender<u64>,
 }
 
 impl Shared {
     fn status(&self) -> MutexGuard<'_, Status> {
         self.status.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn wanted(&self) -> MutexGuard<'_, BTreeMap<Prefix, usize>> {
+        self.wanted.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// What this node's sessions need upstream, each prefix once.
+    fn wanted_set(&self) -> BTreeSet<Prefix> {
+        self.wanted().keys().cloned().collect()
+    }
+
+    /// What the customer's upstream should carry: this node's prefixes and every other
+    /// node's, within the connections a customer may have (this node's labels first, then
+    /// the others' in order; a prefix of a label past the limit is left out).
+    fn desired(&self) -> BTreeSet<Prefix> {
+        let max = self.node.upstream.max_connections;
+        let own = self.wanted_set();
+        let others = self
+            .node
+            .fleet()
+            .others(self.customer, &self.node.settings.node_id);
+        let mut labels: BTreeSet<Label> = BTreeSet::new();
+        let mut desired = BTreeSet::new();
+        for prefix in own.into_iter().chain(others) {
+            if labels.contains(prefix.label()) || labels.len() < max {
+                labels.insert(prefix.label().clone());
+                desired.insert(prefix);
+            }
+        }
+        desired
     }
 }
 
@@ -419,22 +579,68 @@ impl Shared {
 struct ClusterFeed(Arc<Shared>);
 
 impl Feed for ClusterFeed {
-    // The owner subscribes to the customer's whole stream: what sessions need is already
-    // covered, whatever they add or drop.
-    fn add(&self, _pattern: &Pattern) {}
+    fn admits(&self, prefixes: &[Prefix]) -> Result<(), usize> {
+        let shared = &self.0;
+        let max = shared.node.upstream.max_connections;
+        let mut labels: BTreeSet<Label> =
+            shared.wanted().keys().map(|p| p.label().clone()).collect();
+        let others = shared
+            .node
+            .fleet()
+            .others(shared.customer, &shared.node.settings.node_id);
+        labels.extend(others.iter().chain(prefixes).map(|p| p.label().clone()));
+        if labels.len() > max {
+            return Err(max);
+        }
+        Ok(())
+    }
 
-    fn remove(&self, _pattern: &Pattern) {}
+    fn add(&self, prefix: &Prefix) {
+        let first = {
+            let mut wanted = self.0.wanted();
+            let count = wanted.entry(prefix.clone()).or_insert(0);
+            *count += 1;
+            *count == 1
+        };
+        if first {
+            self.0.local.send_modify(|n| *n += 1);
+        }
+    }
+
+    // The hub's coverage is the owner's, read from the log: every event of the customer
+    // reaches this node's hub whatever its sessions need, and the owner tells in the log
+    // when a prefix stops being covered.
+    fn remove(&self, prefix: &Prefix) {
+        let last = {
+            let mut wanted = self.0.wanted();
+            match wanted.get_mut(prefix) {
+                Some(count) if *count > 1 => {
+                    *count -= 1;
+                    false
+                }
+                Some(_) => {
+                    wanted.remove(prefix);
+                    true
+                }
+                None => false,
+            }
+        };
+        if last {
+            self.0.local.send_modify(|n| *n += 1);
+        }
+    }
 
     fn status(&self) -> FeedStatus {
         let status = self.0.status();
-        let (state, wanted) = match &status.upstream {
-            Some(upstream) => (upstream.state().label(), upstream.wanted()),
-            None if status.broken_since.is_some() => ("cluster_down", Vec::new()),
-            None => ("follower", Vec::new()),
+        let (state, connections) = match &status.upstream {
+            Some(upstream) => (upstream.state().label(), upstream.connections()),
+            None if status.broken_since.is_some() => ("cluster_down", 0),
+            None => ("follower", 0),
         };
         FeedStatus {
             state,
-            wanted,
+            wanted: self.0.wanted_set().into_iter().collect(),
+            connections,
             down_for: Some(
                 status
                     .broken_since
@@ -454,8 +660,8 @@ impl Feed for ClusterFeed {
 enum Item {
     Event(Event),
     Gap(SystemTime, SystemTime),
-    Covered(Vec<Pattern>),
-    Uncovered(Vec<Pattern>),
+    Covered(Vec<Prefix>),
+    Uncovered(Vec<Prefix>),
 }
 
 /// The owner's upstream sink: everything goes to the term's publisher, in order; a
@@ -507,12 +713,12 @@ impl EventSink for OwnerSink {
         self.send(Item::Gap(since, until));
     }
 
-    fn covered(&self, patterns: &[Pattern]) {
-        self.send(Item::Covered(patterns.to_vec()));
+    fn covered(&self, prefixes: &[Prefix]) {
+        self.send(Item::Covered(prefixes.to_vec()));
     }
 
-    fn uncovered(&self, patterns: &[Pattern]) {
-        self.send(Item::Uncovered(patterns.to_vec()));
+    fn uncovered(&self, prefixes: &[Prefix]) {
+        self.send(Item::Uncovered(prefixes.to_vec()));
     }
 }
 
@@ -545,11 +751,11 @@ impl EventSink for LocalSink {
         }
     }
 
-    fn covered(&self, patterns: &[Pattern]) {
+    fn covered(&self, prefixes: &[Prefix]) {
         if !self.active() {
             return;
         }
-        self.inner.covered(patterns);
+        self.inner.covered(prefixes);
         let owed = self.owed.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(since) = owed {
             let reason = GapReason::ClusterDegraded;
@@ -559,8 +765,8 @@ impl EventSink for LocalSink {
         }
     }
 
-    fn uncovered(&self, patterns: &[Pattern]) {
-        self.inner.uncovered(patterns);
+    fn uncovered(&self, prefixes: &[Prefix]) {
+        self.inner.uncovered(prefixes);
     }
 }
 
@@ -568,8 +774,22 @@ impl EventSink for LocalSink {
 /// on rejoining, so that nobody waits for it to expire).
 struct Local {
     upstream: Arc<Upstream>,
+    /// What it has been asked for: this node's own prefixes.
+    owned: BTreeSet<Prefix>,
     active: Arc<std::sync::atomic::AtomicBool>,
     stale: Option<Lease>,
+}
+
+/// What an owner's upstream carries for the fleet.
+struct Carried {
+    upstream: Arc<Upstream>,
+    /// What it has been asked for (the publisher tells the owner change once all of it is
+    /// covered).
+    owned: Arc<Mutex<BTreeSet<Prefix>>>,
+    /// Prefixes no node needs any more, since when: they go after `interest_linger`.
+    dropping: BTreeMap<Prefix, Instant>,
+    /// Whether the fleet's interest was found past the connection limit (said once).
+    capped: bool,
 }
 
 /// One term this node owns.
@@ -577,7 +797,7 @@ struct Term {
     lease: Lease,
     /// The stream sequence of the term's beginning, which every record of it expects.
     fence_seq: u64,
-    upstream: Arc<Upstream>,
+    carried: Carried,
     /// Until when the term may publish (self-fencing), kept by the customer's task.
     serve_until: Arc<Mutex<Instant>>,
     /// Cancelled when the term must end at once (fenced by the store, the publisher too
@@ -606,9 +826,13 @@ struct Publisher {
     fence_seq: u64,
     seq: u64,
     offset: u64,
-    covered: BTreeSet<Pattern>,
-    /// The loss to tell once the upstream covers the stream: the owner change.
+    covered: BTreeSet<Prefix>,
+    /// The loss to tell once the upstream covers what it was asked for: the owner change.
     owed: Option<(GapReason, SystemTime)>,
+    /// What the upstream was asked for.
+    owned: Arc<Mutex<BTreeSet<Prefix>>>,
+    /// Until when the owner change waits for all of it to be covered.
+    hold_until: Instant,
     serve_until: Arc<Mutex<Instant>>,
     ended: CancellationToken,
     /// Cancelled when the term ends in order: the queue is drained, then the task ends.
@@ -663,6 +887,99 @@ impl Publisher {
         }
     }
 
+    /// Appends one item of the upstream's.
+    async fn append(
+        &mut self,
+        item: Item,
+        acks: &mpsc::Sender<jetstream::context::PublishAckFuture>,
+    ) -> bool {
+        match item {
+            Item::Event(event) => {
+                let cursor = self.next_cursor();
+                self.publish(Record::Event { cursor, event }, acks).await
+            }
+            Item::Gap(since, until) => {
+                let cursor = self.next_cursor();
+                let record = Record::Gap {
+                    cursor,
+                    reason: GapReason::UpstreamReconnect,
+                    since,
+                    until,
+                };
+                self.publish(record, acks).await
+            }
+            Item::Covered(prefixes) => {
+                self.covered.extend(prefixes);
+                let record = Record::Covered(self.covered.iter().cloned().collect());
+                self.publish(record, acks).await
+            }
+            Item::Uncovered(prefixes) => {
+                for prefix in &prefixes {
+                    self.covered.remove(prefix);
+                }
+                let record = Record::Covered(self.covered.iter().cloned().collect());
+                self.publish(record, acks).await
+            }
+        }
+    }
+
+    /// While the owner change is owed: events and gaps wait (bounded: past it they are
+    /// inside the gap), coverage is only counted.
+    fn hold(&mut self, item: Item, held: &mut Vec<Item>) {
+        match item {
+            Item::Covered(prefixes) => self.covered.extend(prefixes),
+            Item::Uncovered(prefixes) => {
+                for prefix in &prefixes {
+                    self.covered.remove(prefix);
+                }
+            }
+            item if held.len() < fanout_upstream::link::MAX_HELD_EVENTS => held.push(item),
+            _ => {
+                metrics::counter!("fanout_events_dropped_total", "reason" => "inside_gap")
+                    .increment(1);
+            }
+        }
+    }
+
+    /// Whether the upstream covers everything it was asked for.
+    fn covers_all(&self) -> bool {
+        self.owned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .all(|p| self.covered.contains(p))
+    }
+
+    /// Tells the owner change at the point from which the upstream covers what it was asked
+    /// for (a client resuming from the gap's cursor misses nothing): what waited first, then
+    /// the coverage, then the gap.
+    async fn tell_owed(
+        &mut self,
+        held: &mut Vec<Item>,
+        acks: &mpsc::Sender<jetstream::context::PublishAckFuture>,
+    ) -> bool {
+        let Some((reason, since)) = self.owed.take() else {
+            return true;
+        };
+        for item in std::mem::take(held) {
+            if !self.append(item, acks).await {
+                return false;
+            }
+        }
+        let record = Record::Covered(self.covered.iter().cloned().collect());
+        if !self.publish(record, acks).await {
+            return false;
+        }
+        let cursor = self.next_cursor();
+        let record = Record::Gap {
+            cursor,
+            reason,
+            since,
+            until: SystemTime::now(),
+        };
+        self.publish(record, acks).await
+    }
+
     async fn run(mut self, mut items: mpsc::Receiver<Item>) -> u64 {
         // However the task ends (a panic included), the term ends with it.
         let guard = self.ended.clone().drop_guard();
@@ -689,7 +1006,12 @@ impl Publisher {
             }
         });
         let mut finishing = false;
+        let mut held: Vec<Item> = Vec::new();
         loop {
+            if self.owed.is_some() && self.covers_all() && !self.tell_owed(&mut held, &acks).await {
+                break;
+            }
+            let holding = self.owed.is_some();
             let item = tokio::select! {
                 () = self.ended.cancelled() => break,
                 () = self.finish.cancelled(), if !finishing => {
@@ -698,51 +1020,19 @@ impl Publisher {
                     items.close();
                     continue;
                 }
+                () = tokio::time::sleep_until(self.hold_until), if holding => {
+                    tracing::warn!(%customer, term = self.term, "The new upstream did not cover everything in time: the owner change is told from what it covers");
+                    if !self.tell_owed(&mut held, &acks).await {
+                        break;
+                    }
+                    continue;
+                }
                 item = items.recv() => item,
             };
             let Some(item) = item else { break };
-            let ok = match item {
-                Item::Event(event) => {
-                    let cursor = self.next_cursor();
-                    self.publish(Record::Event { cursor, event }, &acks).await
-                }
-                Item::Gap(since, until) => {
-                    let cursor = self.next_cursor();
-                    let record = Record::Gap {
-                        cursor,
-                        reason: GapReason::UpstreamReconnect,
-                        since,
-                        until,
-                    };
-                    self.publish(record, &acks).await
-                }
-                Item::Covered(patterns) => {
-                    self.covered.extend(patterns);
-                    let record = Record::Covered(self.covered.iter().cloned().collect());
-                    let mut ok = self.publish(record, &acks).await;
-                    // The owner change is told where the new upstream covers the stream:
-                    // a client resuming from the gap's cursor misses nothing.
-                    if ok && let Some((reason, since)) = self.owed.take() {
-                        let cursor = self.next_cursor();
-                        let record = Record::Gap {
-                            cursor,
-                            reason,
-                            since,
-                            until: SystemTime::now(),
-                        };
-                        ok = self.publish(record, &acks).await;
-                    }
-                    ok
-                }
-                Item::Uncovered(patterns) => {
-                    for pattern in &patterns {
-                        self.covered.remove(pattern);
-                    }
-                    let record = Record::Covered(self.covered.iter().cloned().collect());
-                    self.publish(record, &acks).await
-                }
-            };
-            if !ok {
+            if holding {
+                self.hold(item, &mut held);
+            } else if !self.append(item, &acks).await {
                 break;
             }
         }
@@ -760,14 +1050,14 @@ struct Customer {
     customer: Uuid,
     hub: Arc<Hub>,
     shared: Arc<Shared>,
-    waiter: Arc<Notify>,
+    waiter: Arc<Waiter>,
 }
 
 /// The reader's state: where the log stands for this node.
 struct Reader {
     fence: TermFence,
     /// The owner's coverage, as last read.
-    covered: Vec<Pattern>,
+    covered: Vec<Prefix>,
     /// Records of the current term never arrived: the next event may follow a loss.
     hole: bool,
     /// When the last record was read.
@@ -778,7 +1068,7 @@ struct Reader {
     /// before was served by this node's own upstream).
     rejoin: bool,
     /// Coverage read while a loss is still to be told: applied where it is told.
-    adopt: Option<Vec<Pattern>>,
+    adopt: Option<Vec<Prefix>>,
     /// The log as it stood when first opened has been read in (resumes wait until then).
     caught_up: bool,
     /// Records still to read that were in the log when it was opened: the stream's past,
@@ -809,6 +1099,7 @@ impl Customer {
         let mut local: Option<Local> = None;
         let mut fence_tick = tokio::time::interval(Duration::from_millis(100));
         fence_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut wanted = self.shared.local.subscribe();
         if *degraded.borrow_and_update() {
             local = Some(self.go_local(&mut ownership, &mut term, &mut reader));
         }
@@ -829,7 +1120,7 @@ impl Customer {
             tokio::select! {
                 biased;
                 () = self.shared.close.cancelled() => break,
-                () = self.waiter.notified() => {
+                () = self.waiter.lease.notified() => {
                     ownership.look_now(std::time::Instant::now());
                     // Whoever held it no longer covers the stream.
                     if term.is_none() {
@@ -865,6 +1156,24 @@ impl Customer {
                         metrics::counter!("fanout_cluster_fenced_total", "side" => "self").increment(1);
                         tracing::warn!(customer = %self.customer, "Lease not renewed in time: closing the upstream");
                         self.end_term(&mut ownership, &mut term, false).await;
+                    } else if let Some(t) = term.as_mut().filter(|t| !t.carried.dropping.is_empty()) {
+                        self.reconcile(&mut t.carried);
+                    }
+                }
+                () = self.waiter.interest.notified() => {
+                    if let Some(t) = term.as_mut() {
+                        self.reconcile(&mut t.carried);
+                    }
+                }
+                changed = wanted.changed() => {
+                    if changed.is_err() {
+                        continue;
+                    }
+                    if let Some(t) = term.as_mut() {
+                        self.reconcile(&mut t.carried);
+                    }
+                    if let Some(local) = local.as_mut() {
+                        self.reconcile_local(local);
                     }
                 }
                 message = async { messages.as_mut().expect("guarded").next().await }, if messages.is_some() && local.is_none() => {
@@ -887,6 +1196,7 @@ impl Customer {
             left.upstream.close();
         }
         self.end_term(&mut ownership, &mut term, true).await;
+        // Not this node's interest any more (its writer removes the key).
         // Unless the customer's entry was opened anew meanwhile, with a waiter of its own.
         let mut waiters = self.node.waiters();
         if waiters
@@ -895,6 +1205,57 @@ impl Customer {
         {
             waiters.remove(&self.customer);
         }
+    }
+
+    /// Brings the term's upstream to what the fleet needs now: a prefix some node needs is
+    /// added at once; one no node needs goes after `interest_linger` (a session back soon
+    /// finds it covered, and interest a NATS lost is written again first).
+    fn reconcile(&self, carried: &mut Carried) {
+        let desired = self.shared.desired();
+        let now = Instant::now();
+        let linger = self.node.settings.interest_linger;
+        let mut owned = carried.owned.lock().unwrap_or_else(|e| e.into_inner());
+        for prefix in &desired {
+            carried.dropping.remove(prefix);
+            if owned.insert(prefix.clone()) {
+                carried.upstream.add(prefix);
+            }
+        }
+        let unneeded: Vec<Prefix> = owned
+            .iter()
+            .filter(|p| !desired.contains(*p))
+            .cloned()
+            .collect();
+        for prefix in unneeded {
+            let since = *carried.dropping.entry(prefix.clone()).or_insert(now);
+            if now.saturating_duration_since(since) >= linger {
+                carried.dropping.remove(&prefix);
+                owned.remove(&prefix);
+                carried.upstream.remove(&prefix);
+            }
+        }
+        let mut wanted = self.shared.wanted_set();
+        wanted.extend(
+            self.node
+                .fleet()
+                .others(self.customer, &self.node.settings.node_id),
+        );
+        if !carried.capped && desired.len() < wanted.len() {
+            carried.capped = true;
+            tracing::warn!(customer = %self.customer, max = self.node.upstream.max_connections, "The fleet's sessions need more connections to VoIPBIN than a customer may have: some of their topics are left out");
+        }
+    }
+
+    /// Brings degraded mode's own upstream to what this node's sessions need now.
+    fn reconcile_local(&self, local: &mut Local) {
+        let desired = self.shared.wanted_set();
+        for prefix in desired.difference(&local.owned) {
+            local.upstream.add(prefix);
+        }
+        for prefix in local.owned.difference(&desired) {
+            local.upstream.remove(prefix);
+        }
+        local.owned = desired;
     }
 
     /// Degraded mode: stops owning (NATS cannot be written), and serves this node's
@@ -908,7 +1269,7 @@ impl Customer {
         let stale = ownership.lease();
         if let Some(t) = term.take() {
             metrics::gauge!("fanout_cluster_leases_held").decrement(1.0);
-            t.upstream.close();
+            t.carried.upstream.close();
             t.ended.cancel();
         }
         let ttl = self.node.settings.lease_ttl;
@@ -932,17 +1293,20 @@ impl Customer {
             }),
             &self.shared.close,
         ));
-        upstream.add(&Pattern::whole(Scope::Customer, self.customer));
         let mut status = self.shared.status();
         status.upstream = Some(upstream.clone());
         status.owner = None;
         status.term = None;
+        drop(status);
         tracing::info!(customer = %self.customer, "Degraded: serving the customer from this node's own upstream");
-        Local {
+        let mut local = Local {
             upstream,
+            owned: BTreeSet::new(),
             active,
             stale,
-        }
+        };
+        self.reconcile_local(&mut local);
+        local
     }
 
     /// Back from degraded mode: closes the node's own upstream and reads the log from its
@@ -958,7 +1322,7 @@ impl Customer {
         }
         self.shared.status().upstream = None;
         self.hub
-            .uncovered(&[Pattern::whole(Scope::Customer, self.customer)]);
+            .uncovered(&left.owned.iter().cloned().collect::<Vec<_>>());
         reader.fence = TermFence::new();
         reader.covered.clear();
         reader.hole = true;
@@ -1176,7 +1540,7 @@ impl Customer {
     }
 
     /// The owner's coverage `patterns` (if known) holds from the hub's next entry.
-    fn adopt(&self, reader: &mut Reader, patterns: Option<Vec<Pattern>>) {
+    fn adopt(&self, reader: &mut Reader, patterns: Option<Vec<Prefix>>) {
         if let Some(patterns) = patterns {
             self.hub.covered(&patterns);
             reader.covered = patterns;
@@ -1249,7 +1613,7 @@ impl Customer {
                 reader.adopt = Some(patterns);
             }
             Record::Covered(patterns) => {
-                let gone: Vec<Pattern> = reader
+                let gone: Vec<Prefix> = reader
                     .covered
                     .iter()
                     .filter(|p| !patterns.contains(p))
@@ -1475,8 +1839,15 @@ impl Customer {
             }),
             &ended,
         ));
-        // The customer's whole stream: every session's pattern selects part of it.
-        upstream.add(&Pattern::whole(Scope::Customer, customer));
+        let config = &self.node.upstream;
+        let mut carried = Carried {
+            upstream: upstream.clone(),
+            owned: Arc::new(Mutex::new(BTreeSet::new())),
+            dropping: BTreeMap::new(),
+            capped: false,
+        };
+        // What the fleet needs now; more as it comes.
+        self.reconcile(&mut carried);
         let publisher = Publisher {
             node: self.node.clone(),
             customer,
@@ -1487,6 +1858,9 @@ impl Customer {
             offset: 0,
             covered: BTreeSet::new(),
             owed: previous.map(|reason| (reason, since)),
+            owned: carried.owned.clone(),
+            // A new connection has this long to open and answer its first barrier.
+            hold_until: Instant::now() + config.connect_timeout + config.pong_timeout,
             serve_until: serve_until.clone(),
             ended: ended.clone(),
             finish: finish.clone(),
@@ -1504,7 +1878,7 @@ impl Customer {
         Some(Term {
             lease,
             fence_seq,
-            upstream,
+            carried,
             serve_until,
             ended,
             finish,
@@ -1523,7 +1897,7 @@ impl Customer {
         };
         metrics::gauge!("fanout_cluster_leases_held").decrement(1.0);
         self.shared.status().upstream = None;
-        t.upstream.close();
+        t.carried.upstream.close();
         t.finish.cancel();
         let timeout = self.node.settings.request_timeout;
         let seq = tokio::time::timeout(timeout, t.publisher)

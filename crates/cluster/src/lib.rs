@@ -1,12 +1,15 @@
-//! Cluster mode on NATS (protocol.md §4, `shared/cluster.md`): the pieces one node needs to
-//! share customers with the rest of the fleet. So far: [`lease`], the owner lease per
-//! customer in NATS key-value, whose term is the fencing token; [`ownership`], when to take,
-//! renew and give it up and whether this node may serve as owner now (self-fencing);
-//! [`fence`], the reader side of fencing (a stale term's messages never pass); and
-//! [`server_supported`], the server version cluster mode needs.
+//! Cluster mode on NATS (docs/protocol.md §12): the pieces one node needs to share
+//! customers with the rest of the fleet: [`lease`], the owner lease per customer in NATS
+//! key-value, whose term is the fencing token; [`ownership`], when to take, renew and give it
+//! up and whether this node may serve as owner now (self-fencing); [`interest`], what each
+//! node's sessions need of a customer's upstream, whose union the owner subscribes to;
+//! [`log`], the records of the fleet's event log; [`fence`], the reader side of fencing (a
+//! stale term's messages never pass); [`feeds`], the customer tasks that tie them together;
+//! and [`server_supported`], the server version cluster mode needs.
 
 pub mod feeds;
 pub mod fence;
+pub mod interest;
 pub mod lease;
 pub mod log;
 pub mod ownership;

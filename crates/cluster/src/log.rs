@@ -3,7 +3,7 @@
 //!
 //! Subjects, per customer `<c>` (its UUID without hyphens):
 //! - `fanout.<c>.ev`: events and gaps, each with its cursor (the owner numbers them);
-//! - `fanout.<c>.cov`: the upstream patterns the owner's connection covers, whole, whenever
+//! - `fanout.<c>.cov`: the upstream prefixes the owner's connections cover, whole, whenever
 //!   that changes;
 //! - `fanout.<c>.term`: a term's beginning (with its epoch) and its end (a handoff). Every
 //!   other record of a term is published on the condition that this subject's last
@@ -14,16 +14,19 @@
 //! then one more per record): the reader-side fence ([`crate::TermFence`]).
 //!
 //! An event's body is its type, timestamp and topics, each with its length, then VoIPBIN's
-//! `data` as it arrived; the rest rides in headers (values of our own making only).
+//! `data` as it arrived; the rest rides in headers (values of our own making only), among
+//! them how many of its topics an earlier copy of it went out under
+//! (`Event::fresh_from`, only when not 0).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
+use fanout_protocol::Topic;
 use fanout_protocol::cursor::Cursor;
+use fanout_protocol::prefix::Prefix;
 use fanout_protocol::server::GapReason;
 use fanout_protocol::upstream::{Event, Shape};
-use fanout_protocol::{Pattern, Topic};
 use uuid::Uuid;
 
 const TERM: &str = "Fanout-Term";
@@ -34,6 +37,7 @@ const REASON: &str = "Fanout-Reason";
 const SINCE: &str = "Fanout-Since";
 const UNTIL: &str = "Fanout-Until";
 const EPOCH: &str = "Fanout-Epoch";
+const FRESH_FROM: &str = "Fanout-Fresh-From";
 
 /// The most topics one event may carry in the log (the decoder gives at most four).
 const MAX_TOPICS: usize = 16;
@@ -100,8 +104,8 @@ pub enum Record {
         /// Until when.
         until: SystemTime,
     },
-    /// The upstream patterns covered from here on (all of them: any other is not).
-    Covered(Vec<Pattern>),
+    /// The upstream prefixes covered from here on (all of them: any other is not).
+    Covered(Vec<Prefix>),
 }
 
 /// A message that is no record of this customer's log.
@@ -182,6 +186,9 @@ impl Record {
             Record::Event { cursor, event } => {
                 headers.insert(KIND, "ev");
                 headers.insert(CURSOR, cursor.to_string().as_str());
+                if event.fresh_from > 0 {
+                    headers.insert(FRESH_FROM, event.fresh_from.to_string().as_str());
+                }
                 // VoIPBIN's strings ride in the body: a header value cannot hold every
                 // character they may (a line break), and need not be checked for it.
                 let topics: Vec<&str> = event.topics.iter().map(Topic::as_str).collect();
@@ -214,7 +221,7 @@ impl Record {
             }
             Record::Covered(patterns) => {
                 headers.insert(KIND, "cov");
-                let text: Vec<&str> = patterns.iter().map(Pattern::as_str).collect();
+                let text: Vec<&str> = patterns.iter().map(Prefix::as_str).collect();
                 Bytes::from(text.join("\n"))
             }
         };
@@ -268,6 +275,14 @@ impl Record {
                 {
                     return Err(BadRecord("topics"));
                 }
+                let fresh_from = match get(FRESH_FROM) {
+                    None => 0,
+                    Some(n) => n
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|n| *n < topics.len())
+                        .ok_or(BadRecord("fresh from"))?,
+                };
                 Record::Event {
                     cursor: cursor()?,
                     event: Event {
@@ -276,6 +291,7 @@ impl Record {
                         timestamp,
                         customer_id: customer,
                         topics,
+                        fresh_from,
                         data: rest,
                     },
                 }
@@ -290,13 +306,16 @@ impl Record {
             },
             "cov" => {
                 let text = std::str::from_utf8(body).map_err(|_| BadRecord("coverage"))?;
-                Record::Covered(
-                    text.lines()
-                        .filter(|l| !l.is_empty())
-                        .map(Pattern::parse)
-                        .collect::<Result<Vec<_>, _>>()
-                        .map_err(|_| BadRecord("pattern"))?,
-                )
+                let prefixes = text
+                    .lines()
+                    .filter(|l| !l.is_empty())
+                    .map(Prefix::parse)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|_| BadRecord("prefix"))?;
+                if prefixes.iter().any(|p| p.customer() != customer) {
+                    return Err(BadRecord("prefix"));
+                }
+                Record::Covered(prefixes)
             }
             _ => return Err(BadRecord("kind")),
         };
@@ -354,6 +373,7 @@ mod tests {
                     Topic::parse("agent_id:98765432-4321-4321-4321-210987654321:call:1")
                         .expect("topic"),
                 ],
+                fresh_from: 1,
                 data: Bytes::from_static(br#"{"id":"1"}"#),
             },
         });
@@ -367,7 +387,8 @@ mod tests {
             until: UNIX_EPOCH + Duration::from_secs(1_700_000_001),
         });
         round_trip(Record::Covered(vec![
-            Pattern::parse(&format!("customer_id:{c}")).expect("pattern"),
+            Prefix::whole(c),
+            Prefix::parse(&format!("customer_id:{c}:call:")).expect("prefix"),
         ]));
         round_trip(Record::Covered(Vec::new()));
     }
@@ -387,6 +408,7 @@ mod tests {
                 timestamp: "t".into(),
                 customer_id: other,
                 topics: vec![Topic::parse(&format!("customer_id:{other}:call:1")).expect("t")],
+                fresh_from: 0,
                 data: Bytes::new(),
             },
         };
@@ -402,6 +424,20 @@ mod tests {
         let mut broken = headers.clone();
         broken.insert(KIND, "surprise");
         assert!(Record::decode(other, Some(&broken), &body).is_err());
+        // A fresh-from past the topics would deliver to nobody, or to anybody.
+        let mut broken = headers.clone();
+        broken.insert(FRESH_FROM, "1");
+        assert_eq!(
+            Record::decode(other, Some(&broken), &body),
+            Err(BadRecord("fresh from"))
+        );
+        // Coverage of another customer is no coverage of this one.
+        let (cov_headers, cov_body) =
+            Record::Covered(vec![Prefix::whole(other)]).encode(Stamp { term: 1, seq: 2 });
+        assert_eq!(
+            Record::decode(c, Some(&cov_headers), &cov_body),
+            Err(BadRecord("prefix"))
+        );
         // A body cut short anywhere is refused, never read past.
         for cut in 0..body.len().min(40) {
             assert!(Record::decode(other, Some(&headers), &body.slice(..cut)).is_err());

@@ -5,7 +5,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use fanout_protocol::Pattern;
+use fanout_protocol::prefix::Prefix;
 use fanout_protocol::server::GapReason;
 use fanout_protocol::upstream::Event;
 use fanout_session::Hub;
@@ -18,8 +18,10 @@ use uuid::Uuid;
 pub struct FeedStatus {
     /// A word for people and metrics (`connected`, `backoff`, …).
     pub state: &'static str,
-    /// What it is asked to deliver, each pattern once.
-    pub wanted: Vec<Pattern>,
+    /// What it is asked to deliver, each prefix once.
+    pub wanted: Vec<Prefix>,
+    /// The connections to VoIPBIN it holds on this node.
+    pub connections: usize,
     /// How long ago it last worked: zero while it works, `None` if it never did.
     pub down_for: Option<Duration>,
     /// The node that holds the customer's upstream, in a cluster.
@@ -29,13 +31,18 @@ pub struct FeedStatus {
 }
 
 /// One customer's source of events. It publishes into the customer's hub (events, gaps,
-/// coverage) and is told, counted, which upstream patterns the customer's sessions need.
+/// coverage) and is told, counted, which upstream prefixes the customer's sessions need.
 pub trait Feed: Send + Sync + 'static {
-    /// One more user needs `pattern`.
-    fn add(&self, pattern: &Pattern);
-    /// One user less needs `pattern`; the last one's leaving must reach the hub as
+    /// Whether it can serve `prefixes` besides what it serves now.
+    ///
+    /// # Errors
+    /// The most connections to VoIPBIN the customer may have, when they would need more.
+    fn admits(&self, prefixes: &[Prefix]) -> Result<(), usize>;
+    /// One more user needs `prefix`.
+    fn add(&self, prefix: &Prefix);
+    /// One user less needs `prefix`; the last one's leaving must reach the hub as
     /// `uncovered` before this returns (resumes are judged on it).
-    fn remove(&self, pattern: &Pattern);
+    fn remove(&self, prefix: &Prefix);
     /// Where it stands.
     fn status(&self) -> FeedStatus;
     /// Stops for good.
@@ -71,12 +78,12 @@ impl EventSink for HubSink {
             .increment(told as u64);
     }
 
-    fn covered(&self, patterns: &[Pattern]) {
-        self.0.covered(patterns);
+    fn covered(&self, prefixes: &[Prefix]) {
+        self.0.covered(prefixes);
     }
 
-    fn uncovered(&self, patterns: &[Pattern]) {
-        self.0.uncovered(patterns);
+    fn uncovered(&self, prefixes: &[Prefix]) {
+        self.0.uncovered(prefixes);
     }
 }
 
@@ -104,18 +111,23 @@ impl Feeds for VoipbinFeeds {
 }
 
 impl Feed for Upstream {
-    fn add(&self, pattern: &Pattern) {
-        Upstream::add(self, pattern);
+    fn admits(&self, prefixes: &[Prefix]) -> Result<(), usize> {
+        Upstream::admits(self, prefixes).map_err(|e| e.max)
     }
 
-    fn remove(&self, pattern: &Pattern) {
-        Upstream::remove(self, pattern);
+    fn add(&self, prefix: &Prefix) {
+        Upstream::add(self, prefix);
+    }
+
+    fn remove(&self, prefix: &Prefix) {
+        Upstream::remove(self, prefix);
     }
 
     fn status(&self) -> FeedStatus {
         FeedStatus {
             state: self.state().label(),
             wanted: self.wanted(),
+            connections: self.connections(),
             down_for: self.down_for(),
             owner: None,
             term: None,

@@ -11,4 +11,4 @@ pub mod feed;
 pub mod registry;
 
 pub use feed::{Feed, FeedStatus, Feeds, HubSink, VoipbinFeeds};
-pub use registry::{CustomerInfo, Registry, upstream_pattern};
+pub use registry::{CustomerInfo, Registry};

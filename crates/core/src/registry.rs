@@ -9,9 +9,14 @@
 //! Which hub a pattern goes to:
 //! - `customer_id:<X>…` → customer X's hub (X is the session's own customer, except for a
 //!   project super-admin, whose patterns may name any customer);
-//! - `agent_id:<A>…` → the session's own customer's hub, upstream-subscribed as
-//!   `customer_id:<C>…` with the same remaining segments (agent events are served from the
+//! - `agent_id:<A>…` → the session's own customer's hub (agent events are served from the
 //!   customer's stream, and matched to the agent by the owner topics the decoder derives).
+//!
+//! What a pattern needs upstream is its [`Prefix`] on the customer's stream, in the
+//! upstream's [`Matching`] (`customer_id:<C>:call:` for `customer_id:<C>:call:*` and
+//! `agent_id:<A>:call:*` alike, on VoIPBIN's prefix-matching server). A subscribe whose
+//! prefixes the customer's feed cannot take (more connections to VoIPBIN than allowed) is
+//! refused whole, checked and applied under one lock.
 //!
 //! A session that ends leaves its upstream patterns subscribed for the linger time (an
 //! explicit unsubscribe does not): a browser that reconnects within it resumes without the
@@ -27,11 +32,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
+use fanout_protocol::Pattern;
 use fanout_protocol::cursor::Cursor;
-use fanout_protocol::{Pattern, Scope};
+use fanout_protocol::prefix::{Matching, Prefix};
 use fanout_session::hub::WindowBudget;
 use fanout_session::window::WindowLimits;
-use fanout_session::{Directory, Hub, Subscriber};
+use fanout_session::{Directory, Hub, Subscriber, UpstreamLimit};
 
 use crate::feed::{Feed, Feeds};
 use tokio_util::sync::CancellationToken;
@@ -63,7 +69,9 @@ pub struct CustomerInfo {
     pub term: Option<u64>,
     /// What its upstream is subscribed to.
     pub upstream_patterns: Vec<String>,
-    /// Upstream patterns known applied by VoIPBIN: a resume needs them covered.
+    /// Its connections to VoIPBIN on this node (one per label in use).
+    pub upstream_connections: usize,
+    /// Upstream prefixes known applied by VoIPBIN: a resume needs them covered.
     pub covered: Vec<String>,
     /// Events and gaps its window keeps for resumes.
     pub window_events: usize,
@@ -102,6 +110,7 @@ pub struct Registry {
     /// had none: how long the node has been without a working upstream is counted from it.
     worked: Mutex<Instant>,
     feeds: Arc<dyn Feeds>,
+    matching: Matching,
     linger: Duration,
     window: WindowLimits,
     budget: Arc<WindowBudget>,
@@ -115,31 +124,13 @@ impl std::fmt::Debug for Registry {
     }
 }
 
-/// The pattern a customer's upstream needs for a session pattern placed in its hub.
-pub fn upstream_pattern(pattern: &Pattern, customer: Uuid) -> Pattern {
-    match pattern.scope() {
-        Scope::Customer => pattern.clone(),
-        Scope::Agent => {
-            let mut text = Pattern::whole(Scope::Customer, customer)
-                .as_str()
-                .to_owned();
-            for segment in pattern.rest() {
-                text.push(':');
-                text.push_str(segment);
-            }
-            // The rest segments were valid in the agent pattern, and the customer prefix is no
-            // longer than the agent one, so this parses; fall back to the whole stream if not.
-            Pattern::parse(&text).unwrap_or_else(|_| Pattern::whole(Scope::Customer, customer))
-        }
-    }
-}
-
 impl Registry {
-    /// An empty registry whose customers' events come from `feeds`, each window keeping
-    /// what `window` says within `window_budget` bytes for the node; feeds run until
-    /// `cancel` is cancelled.
+    /// An empty registry whose customers' events come from `feeds`, asked for in
+    /// `matching`, each window keeping what `window` says within `window_budget` bytes for
+    /// the node; feeds run until `cancel` is cancelled.
     pub fn new(
         feeds: Arc<dyn Feeds>,
+        matching: Matching,
         linger: Duration,
         window: WindowLimits,
         window_budget: usize,
@@ -149,6 +140,7 @@ impl Registry {
             customers: Mutex::new(HashMap::new()),
             worked: Mutex::new(Instant::now()),
             feeds,
+            matching,
             linger,
             window,
             budget: WindowBudget::new(window_budget),
@@ -157,6 +149,11 @@ impl Registry {
         });
         tokio::spawn(sweep_windows(Arc::downgrade(&registry)));
         registry
+    }
+
+    /// What `customer`'s upstream needs for a session pattern placed in its hub.
+    pub fn prefix_of(&self, pattern: &Pattern, customer: Uuid) -> Prefix {
+        Prefix::for_pattern(pattern, customer, self.matching)
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<Uuid, Entry>> {
@@ -189,9 +186,17 @@ impl Registry {
             return;
         };
         entry.users = entry.users.saturating_sub(1);
-        if entry.users > 0 {
-            return;
+        if entry.users == 0 {
+            self.users_gone(customers, customer);
         }
+    }
+
+    /// `customer` has no users left: its entry goes after the linger time, unless one
+    /// comes back.
+    fn users_gone(&self, customers: &mut HashMap<Uuid, Entry>, customer: Uuid) {
+        let Some(entry) = customers.get_mut(&customer) else {
+            return;
+        };
         entry.generation += 1;
         let generation = entry.generation;
         let me = self.me.clone();
@@ -279,6 +284,7 @@ impl Registry {
                         .iter()
                         .map(|p| p.as_str().to_owned())
                         .collect(),
+                    upstream_connections: status.connections,
                     covered: hub.covered_patterns(),
                     window_events: window.entries,
                     window_bytes: window.bytes,
@@ -308,16 +314,48 @@ impl Directory for Registry {
         self.entry(&mut customers, session.0.customer_id()).users += 1;
     }
 
-    fn subscribe(&self, session: &Subscriber, pattern: &Pattern) {
-        let customer = session.stream_of(pattern);
+    fn subscribe(&self, session: &Subscriber, patterns: &[Pattern]) -> Result<(), UpstreamLimit> {
+        let own = session.0.customer_id();
         let mut customers = self.lock();
-        let entry = self.entry(&mut customers, customer);
-        if customer != session.0.customer_id() {
-            entry.users += 1;
+        // Every customer's feed takes its new prefixes, or nothing is applied.
+        let mut streams: Vec<Uuid> = patterns.iter().map(|p| session.stream_of(p)).collect();
+        streams.sort();
+        streams.dedup();
+        for customer in &streams {
+            let mine: Vec<&Pattern> = patterns
+                .iter()
+                .filter(|p| session.stream_of(p) == *customer)
+                .collect();
+            let prefixes: Vec<Prefix> = mine.iter().map(|p| self.prefix_of(p, *customer)).collect();
+            let admitted = self
+                .entry(&mut customers, *customer)
+                .upstream
+                .admits(&prefixes);
+            if let Err(max) = admitted {
+                // An entry made for this refusal alone (another customer's, for a
+                // super-admin) goes with it.
+                for customer in &streams {
+                    if *customer != own && customers.get(customer).is_some_and(|e| e.users == 0) {
+                        self.users_gone(&mut customers, *customer);
+                    }
+                }
+                return Err(UpstreamLimit {
+                    max,
+                    patterns: mine.into_iter().cloned().collect(),
+                });
+            }
         }
-        if entry.hub.insert(pattern, session) {
-            entry.upstream.add(&upstream_pattern(pattern, customer));
+        for pattern in patterns {
+            let customer = session.stream_of(pattern);
+            let entry = self.entry(&mut customers, customer);
+            if customer != own {
+                entry.users += 1;
+            }
+            if entry.hub.insert(pattern, session) {
+                entry.upstream.add(&self.prefix_of(pattern, customer));
+            }
         }
+        Ok(())
     }
 
     fn unsubscribe(&self, session: &Subscriber, pattern: &Pattern) {
@@ -327,7 +365,7 @@ impl Directory for Registry {
             return;
         };
         if entry.hub.remove(pattern, session) {
-            entry.upstream.remove(&upstream_pattern(pattern, customer));
+            entry.upstream.remove(&self.prefix_of(pattern, customer));
         }
         if customer != session.0.customer_id() {
             self.release(&mut customers, customer);
@@ -336,7 +374,7 @@ impl Directory for Registry {
 
     fn detach(&self, session: &Subscriber, patterns: &[Pattern]) {
         let own = session.0.customer_id();
-        let mut lingering: Vec<(Arc<dyn Feed>, Pattern)> = Vec::new();
+        let mut lingering: Vec<(Arc<dyn Feed>, Prefix)> = Vec::new();
         {
             let mut customers = self.lock();
             for pattern in patterns {
@@ -344,7 +382,7 @@ impl Directory for Registry {
                 if let Some(entry) = customers.get_mut(&customer)
                     && entry.hub.remove(pattern, session)
                 {
-                    lingering.push((entry.upstream.clone(), upstream_pattern(pattern, customer)));
+                    lingering.push((entry.upstream.clone(), self.prefix_of(pattern, customer)));
                 }
                 if customer != own {
                     self.release(&mut customers, customer);
@@ -357,8 +395,8 @@ impl Directory for Registry {
         }
         // The upstream keeps them for the linger time: the browser may be back at once.
         self.after_linger(move || {
-            for (upstream, pattern) in lingering {
-                upstream.remove(&pattern);
+            for (upstream, prefix) in lingering {
+                upstream.remove(&prefix);
             }
         });
     }
@@ -370,59 +408,46 @@ impl Directory for Registry {
         held: &[Pattern],
         held_since: Option<Cursor>,
         since: Cursor,
-    ) -> bool {
+    ) -> Result<bool, UpstreamLimit> {
         let customer = patterns
             .first()
             .map_or(session.0.customer_id(), |p| session.stream_of(p));
+        let prefixes: Vec<Prefix> = patterns
+            .iter()
+            .map(|p| self.prefix_of(p, customer))
+            .collect();
         let (hub, upstream) = {
             let mut customers = self.lock();
             let entry = self.entry(&mut customers, customer);
+            if let Err(max) = entry.upstream.admits(&prefixes) {
+                if customer != session.0.customer_id() && entry.users == 0 {
+                    self.users_gone(&mut customers, customer);
+                }
+                return Err(UpstreamLimit {
+                    max,
+                    patterns: patterns.to_vec(),
+                });
+            }
             if customer != session.0.customer_id() {
                 entry.users += patterns.len();
             }
             // Counted before the judgement: no other session's leaving can unsubscribe them
             // between the judgement and this session's hold.
-            for pattern in patterns {
-                entry.upstream.add(&upstream_pattern(pattern, customer));
+            for prefix in &prefixes {
+                entry.upstream.add(prefix);
             }
             (entry.hub.clone(), entry.upstream.clone())
         };
         // The replay is made under the hub's stream lock only, not the registry's.
-        let (inserted, answer) = hub.resume(session, patterns, held, held_since, since, |p| {
-            upstream_pattern(p, customer)
-        });
-        for (pattern, inserted) in patterns.iter().zip(inserted) {
+        let (inserted, answer) = hub.resume(session, patterns, &prefixes, held, held_since, since);
+        for (prefix, inserted) in prefixes.iter().zip(inserted) {
             if !inserted {
-                upstream.remove(&upstream_pattern(pattern, customer));
+                upstream.remove(prefix);
             }
         }
         metrics::counter!("fanout_resumes_total", "recovered" => if answer.recovered { "true" } else { "false" })
             .increment(1);
         metrics::counter!("fanout_resume_replayed_total").increment(answer.replayed as u64);
-        answer.recovered
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn agent_patterns_map_to_the_customer_stream() {
-        let c = Uuid::parse_str("12345678-1234-1234-1234-123456789012").expect("uuid");
-        let agent =
-            Pattern::parse("agent_id:98765432-4321-4321-4321-210987654321:call:*").expect("valid");
-        assert_eq!(
-            upstream_pattern(&agent, c).as_str(),
-            "customer_id:12345678-1234-1234-1234-123456789012:call:*"
-        );
-        let whole = Pattern::parse("agent_id:98765432-4321-4321-4321-210987654321").expect("valid");
-        assert_eq!(
-            upstream_pattern(&whole, c).as_str(),
-            "customer_id:12345678-1234-1234-1234-123456789012"
-        );
-        let own =
-            Pattern::parse("customer_id:12345678-1234-1234-1234-123456789012:call").expect("valid");
-        assert_eq!(upstream_pattern(&own, c), own);
+        Ok(answer.recovered)
     }
 }

@@ -9,10 +9,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use fanout_core::{Feed, FeedStatus, Feeds, Registry};
+use fanout_protocol::prefix::{Label, Matching, Prefix};
 use fanout_protocol::upstream::{Event, Shape};
 use fanout_protocol::{Pattern, Topic};
 use fanout_session::window::WindowLimits;
-use fanout_session::{Directory, Hub, SessionConfig, SessionHandle, Subscriber};
+use fanout_session::{Directory, Hub, SessionConfig, SessionHandle, Subscriber, UpstreamLimit};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -23,22 +24,42 @@ struct Recording {
     wanted: Mutex<BTreeMap<String, usize>>,
 }
 
+/// The most labels a recording feed takes.
+const MAX_LABELS: usize = 3;
+
 impl Feed for Recording {
-    fn add(&self, pattern: &Pattern) {
+    fn admits(&self, prefixes: &[Prefix]) -> Result<(), usize> {
+        let mut labels: Vec<Label> = self
+            .wanted
+            .lock()
+            .expect("lock")
+            .keys()
+            .map(|p| Prefix::parse(p).expect("prefix").label().clone())
+            .collect();
+        labels.extend(prefixes.iter().map(|p| p.label().clone()));
+        labels.sort();
+        labels.dedup();
+        if labels.len() > MAX_LABELS {
+            return Err(MAX_LABELS);
+        }
+        Ok(())
+    }
+
+    fn add(&self, prefix: &Prefix) {
         *self
             .wanted
             .lock()
             .expect("lock")
-            .entry(pattern.as_str().to_owned())
+            .entry(prefix.as_str().to_owned())
             .or_insert(0) += 1;
     }
 
-    fn remove(&self, pattern: &Pattern) {
+    fn remove(&self, prefix: &Prefix) {
         let mut wanted = self.wanted.lock().expect("lock");
-        if let Some(count) = wanted.get_mut(pattern.as_str()) {
+        if let Some(count) = wanted.get_mut(prefix.as_str()) {
             *count -= 1;
             if *count == 0 {
-                wanted.remove(pattern.as_str());
+                wanted.remove(prefix.as_str());
             }
         }
     }
@@ -47,6 +68,7 @@ impl Feed for Recording {
         FeedStatus {
             state: "recording",
             wanted: Vec::new(),
+            connections: 0,
             down_for: Some(Duration::ZERO),
             owner: None,
             term: None,
@@ -105,6 +127,7 @@ impl Feeds for Opener {
 fn registry(feeds: &Arc<RecordingFeeds>) -> Arc<Registry> {
     Registry::new(
         Arc::new(Opener(feeds.opened.clone())),
+        Matching::Prefix,
         Duration::from_millis(50),
         WindowLimits::default(),
         1 << 20,
@@ -124,6 +147,13 @@ fn pattern(text: &str) -> Pattern {
     Pattern::parse(text).expect("valid pattern")
 }
 
+/// Subscribes `session` to one pattern, which the registry must take.
+fn subscribe(registry: &Registry, session: &Subscriber, text: &str) {
+    registry
+        .subscribe(session, &[pattern(text)])
+        .expect("within the limit");
+}
+
 fn call(customer: Uuid, id: &str) -> Event {
     Event {
         shape: Shape::Envelope,
@@ -131,6 +161,7 @@ fn call(customer: Uuid, id: &str) -> Event {
         timestamp: "2026-01-20T10:30:00.000000Z".to_owned(),
         customer_id: customer,
         topics: vec![Topic::parse(&format!("customer_id:{customer}:call:{id}")).expect("topic")],
+        fresh_from: 0,
         data: Bytes::from_static(b"{}"),
     }
 }
@@ -142,20 +173,25 @@ async fn each_pattern_reaches_the_feed_of_the_customer_it_selects_only() {
     let (c, d, agent) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
     let admin = session(1, c);
     registry.attach(&admin);
-    registry.subscribe(&admin, &pattern(&format!("customer_id:{c}:call:*")));
+    subscribe(&registry, &admin, &format!("customer_id:{c}:call:*"));
     // An agent pattern is served from the session's own customer's stream.
     let agent_session = session(2, c);
     registry.attach(&agent_session);
-    registry.subscribe(&agent_session, &pattern(&format!("agent_id:{agent}:queue")));
+    subscribe(
+        &registry,
+        &agent_session,
+        &format!("agent_id:{agent}:queue"),
+    );
+    // Asked in VoIPBIN's own language: raw prefixes, a segment made exact by its `:`.
     assert_eq!(
         feeds.wanted(c),
         [
-            format!("customer_id:{c}:call:*"),
-            format!("customer_id:{c}:queue")
+            format!("customer_id:{c}:call:"),
+            format!("customer_id:{c}:queue:")
         ]
     );
     // A (super-admin's) pattern naming customer D goes to D's feed, not C's.
-    registry.subscribe(&admin, &pattern(&format!("customer_id:{d}")));
+    subscribe(&registry, &admin, &format!("customer_id:{d}"));
     assert_eq!(feeds.wanted(d), [format!("customer_id:{d}")]);
     assert_eq!(feeds.wanted(c).len(), 2);
     assert_eq!(feeds.of(c).len(), 1);
@@ -171,8 +207,8 @@ async fn a_hub_delivers_only_its_own_customers_events() {
     let of_d = session(2, d);
     registry.attach(&of_c);
     registry.attach(&of_d);
-    registry.subscribe(&of_c, &pattern(&format!("customer_id:{c}")));
-    registry.subscribe(&of_d, &pattern(&format!("customer_id:{d}")));
+    subscribe(&registry, &of_c, &format!("customer_id:{c}"));
+    subscribe(&registry, &of_d, &format!("customer_id:{d}"));
     let c_hub = feeds.of(c)[0].hub.clone();
     let d_hub = feeds.of(d)[0].hub.clone();
     assert_eq!(c_hub.publish(call(c, "k1")).delivered, 1);
@@ -180,7 +216,7 @@ async fn a_hub_delivers_only_its_own_customers_events() {
     // D's event handed to C's hub (a feed's bug) reaches nobody.
     assert_eq!(c_hub.publish(call(d, "k3")).delivered, 0);
     // C's session asking for D's topics in its own hub would not match D's events either.
-    registry.subscribe(&of_c, &pattern(&format!("agent_id:{}", Uuid::new_v4())));
+    subscribe(&registry, &of_c, &format!("agent_id:{}", Uuid::new_v4()));
     assert_eq!(c_hub.publish(call(d, "k4")).delivered, 0);
 }
 
@@ -191,16 +227,71 @@ async fn the_last_session_leaving_releases_its_patterns_after_the_linger() {
     let c = Uuid::new_v4();
     let (one, two) = (session(1, c), session(2, c));
     let calls = pattern(&format!("customer_id:{c}:call:*"));
+    let prefix = format!("customer_id:{c}:call:");
     for s in [&one, &two] {
         registry.attach(s);
-        registry.subscribe(s, &calls);
+        registry
+            .subscribe(s, std::slice::from_ref(&calls))
+            .expect("within the limit");
     }
     registry.detach(&one, std::slice::from_ref(&calls));
-    assert_eq!(feeds.wanted(c), [calls.as_str().to_owned()]);
+    assert_eq!(feeds.wanted(c), std::slice::from_ref(&prefix));
     registry.detach(&two, std::slice::from_ref(&calls));
     // Kept for the linger (a browser back at once resumes), then released.
-    assert_eq!(feeds.wanted(c), [calls.as_str().to_owned()]);
+    assert_eq!(feeds.wanted(c), [prefix]);
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(feeds.wanted(c).is_empty());
     assert!(registry.customers().is_empty(), "the entry went too");
+}
+
+#[tokio::test]
+async fn a_subscribe_past_the_customers_upstream_limit_is_refused_whole() {
+    let feeds = Arc::new(RecordingFeeds::default());
+    let registry = registry(&feeds);
+    let c = Uuid::new_v4();
+    let (one, two) = (session(1, c), session(2, c));
+    registry.attach(&one);
+    registry.attach(&two);
+    let topics = |rests: &[&str]| -> Vec<Pattern> {
+        rests
+            .iter()
+            .map(|r| pattern(&format!("customer_id:{c}{r}")))
+            .collect()
+    };
+    // Three labels: call, message, and call with its hang-up type.
+    registry
+        .subscribe(
+            &one,
+            &topics(&[":call:*", ":message:*", ":call:call_hangup"]),
+        )
+        .expect("three labels");
+    // Patterns of labels in use cost nothing more, whoever holds them.
+    registry
+        .subscribe(
+            &two,
+            &topics(&[":call", &format!(":call:{}", Uuid::new_v4())]),
+        )
+        .expect("no new label");
+    // A fourth label is one too many: nothing of the message is applied.
+    let refused = registry.subscribe(&two, &topics(&[":message", ":activeflow:*"]));
+    assert_eq!(
+        refused,
+        Err(UpstreamLimit {
+            max: MAX_LABELS,
+            patterns: topics(&[":message", ":activeflow:*"]),
+        })
+    );
+    assert!(!feeds.wanted(c).iter().any(|p| p.contains("activeflow")));
+    assert_eq!(feeds.wanted(c).len(), 4);
+    let hub = feeds.of(c)[0].hub.clone();
+    assert_eq!(
+        hub.len(),
+        5,
+        "the refused message holds no pattern in the hub"
+    );
+    // Room made by an unsubscribe lets it in.
+    registry.unsubscribe(&one, &pattern(&format!("customer_id:{c}:call:call_hangup")));
+    registry
+        .subscribe(&two, &topics(&[":message", ":activeflow:*"]))
+        .expect("room again");
 }

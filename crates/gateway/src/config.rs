@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use fanout_protocol::prefix::Matching;
 use fanout_session::SessionConfig;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -70,6 +71,13 @@ pub struct ClusterSection {
     pub lease_ttl: Duration,
     /// The key-value bucket of the leases. Default `fanout_owner`.
     pub lease_bucket: String,
+    /// The key-value bucket where each node says what its sessions need of each customer's
+    /// upstream (the owner subscribes to the union). Default `fanout_interest`.
+    pub interest_bucket: String,
+    /// How long an owner keeps a prefix subscribed after no node needs it any more (longer
+    /// than the nodes' 10 s rewrite of their interest). Default `30s`.
+    #[serde(with = "humantime_serde")]
+    pub interest_linger: Duration,
     /// The JetStream stream of the fleet's event log. Default `FANOUT_EVENTS`.
     pub stream: String,
     /// Events the log keeps per customer (the fleet's resume window). Default 20000.
@@ -98,6 +106,8 @@ impl Default for ClusterSection {
             node_id: None,
             lease_ttl: Duration::from_secs(15),
             lease_bucket: "fanout_owner".to_owned(),
+            interest_bucket: "fanout_interest".to_owned(),
+            interest_linger: Duration::from_secs(30),
             stream: "FANOUT_EVENTS".to_owned(),
             log_max_events: 20_000,
             log_max_bytes: 1 << 30,
@@ -274,6 +284,16 @@ pub struct UpstreamSection {
     /// Default `1s`.
     #[serde(with = "humantime_serde")]
     pub subscribe_settle: Duration,
+    /// How VoIPBIN matches a subscription: `prefix`, as its server code does today (a raw
+    /// string prefix of each topic it publishes under, no wildcard), or `segment`, as its
+    /// tutorial says (segment by segment, `*` a wildcard). Sessions' patterns are asked
+    /// upstream in that language. Default `prefix`.
+    pub matching: Matching,
+    /// The most connections to VoIPBIN one customer may have on this node: one per kind of
+    /// topic its sessions use (a resource, or a resource and an event type), never one per
+    /// browser. A subscribe that would need more is refused with `upstream_limit`.
+    /// Default 16.
+    pub max_connections_per_customer: usize,
 }
 
 impl Default for UpstreamSection {
@@ -296,6 +316,8 @@ impl Default for UpstreamSection {
             client_cert_file: None,
             client_key_file: None,
             subscribe_settle: Duration::from_secs(1),
+            matching: Matching::Prefix,
+            max_connections_per_customer: 16,
         }
     }
 }
@@ -430,6 +452,8 @@ pub struct Overrides {
     pub admin_listen: Option<SocketAddr>,
     /// `--upstream-url`.
     pub upstream_url: Option<String>,
+    /// `--upstream-matching`.
+    pub upstream_matching: Option<Matching>,
     /// `--jwt-secret`.
     pub jwt_secret: Option<String>,
     /// `--upstream-token`.
@@ -571,6 +595,9 @@ impl Config {
         if let Some(v) = o.upstream_url {
             config.upstream.url = v;
         }
+        if let Some(v) = o.upstream_matching {
+            config.upstream.matching = v;
+        }
         if let Some(v) = o.jwt_secret {
             config.jwt_secret = v;
         }
@@ -711,6 +738,10 @@ impl Config {
                 self.limits.max_pending_per_source,
             ),
             ("upstream.max_frame_bytes", self.upstream.max_frame_bytes),
+            (
+                "upstream.max_connections_per_customer",
+                self.upstream.max_connections_per_customer,
+            ),
             ("accesskeys.cache_entries", self.accesskeys.cache_entries),
             ("accesskeys.max_lookups", self.accesskeys.max_lookups),
         ];

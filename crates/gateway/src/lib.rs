@@ -99,6 +99,7 @@ pub fn upstream_config(config: &Config) -> anyhow::Result<UpstreamConfig> {
     };
     upstream.max_frame_bytes = config.upstream.max_frame_bytes;
     upstream.subscribe_settle = config.upstream.subscribe_settle;
+    upstream.max_connections = config.upstream.max_connections_per_customer;
     upstream.tls = config::upstream_tls(&config.upstream).map_err(anyhow::Error::msg)?;
     Ok(upstream)
 }
@@ -109,6 +110,8 @@ pub fn cluster_settings(config: &Config) -> ClusterSettings {
     let mut settings = ClusterSettings::new(cluster.node_id());
     settings.lease_ttl = cluster.lease_ttl;
     settings.lease_bucket = cluster.lease_bucket.clone();
+    settings.interest_bucket = cluster.interest_bucket.clone();
+    settings.interest_linger = cluster.interest_linger;
     settings.stream = cluster.stream.clone();
     settings.max_events = i64::from(cluster.log_max_events);
     settings.max_bytes = i64::try_from(cluster.log_max_bytes).unwrap_or(i64::MAX);
@@ -191,6 +194,7 @@ impl Gateway {
         };
         let registry = Registry::new(
             feeds.clone(),
+            config.upstream.matching,
             config.upstream.linger,
             config.resume.limits(),
             config.resume.node_max_bytes,

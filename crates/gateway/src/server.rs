@@ -326,6 +326,7 @@ fn admin(state: &AdminState, req: &Request<Incoming>) -> Answer {
                         "owner": c.owner,
                         "term": c.term,
                         "upstream_patterns": c.upstream_patterns,
+                        "upstream_connections": c.upstream_connections,
                         "covered": c.covered,
                         "window_events": c.window_events,
                         "window_bytes": c.window_bytes,

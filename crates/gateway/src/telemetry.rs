@@ -203,6 +203,7 @@ pub const METRICS: &[Metric] = &[
             "invalid_topic",
             "permission_denied",
             "too_many_topics",
+            "upstream_limit",
         ],
     ),
     // Fan-out.
@@ -229,9 +230,9 @@ pub const METRICS: &[Metric] = &[
     labelled(
         "fanout_events_dropped_total",
         Counter,
-        "Events received and not delivered, by reason.",
+        "Events received and not delivered, by reason: undecodable, of another customer, lost inside a gap, or arriving on an upstream connection nobody needs any more.",
         "reason",
-        &["undecodable", "foreign_customer", "inside_gap"],
+        &["undecodable", "foreign_customer", "inside_gap", "unwanted"],
     ),
     labelled(
         "fanout_gaps_sent_total",
@@ -318,7 +319,14 @@ pub const METRICS: &[Metric] = &[
     metric(
         "fanout_upstream_refusals_total",
         Counter,
-        "Subscriptions VoIPBIN refused on an upstream connection.",
+        "Subscriptions VoIPBIN refused: with an error frame, or by dropping the connection before answering them.",
+    ),
+    labelled(
+        "fanout_upstream_copies_total",
+        Counter,
+        "Copies of an event that arrived again (VoIPBIN delivers one per topic it publishes under, on each connection whose prefix matches): collapsed, or passed on only to the sessions the earlier copy could not reach because it said more (relabelled).",
+        "outcome",
+        &["collapsed", "relabelled"],
     ),
     labelled(
         "fanout_upstream_transitions_total",

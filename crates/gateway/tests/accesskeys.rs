@@ -2,6 +2,7 @@
 //! lookup per key however many handshakes carry it, a bounded number in flight (429 past
 //! it), unknown keys remembered from their first refusal, and a pooled client.
 
+#[macro_use]
 mod common;
 
 use std::net::SocketAddr;

@@ -1,6 +1,7 @@
 //! The real `fanout-gateway` binary: start-up, SIGTERM, configuration errors, and the
 //! tutorial's Python and Node examples (installed by `.ci/run`) through it.
 
+#[macro_use]
 mod common;
 
 use std::time::Duration;
@@ -14,7 +15,7 @@ use tokio::process::Command;
 
 #[tokio::test]
 async fn sigterm_closes_sessions_with_1001_and_exits_zero() {
-    let (sim, _cancel) = start_sim(|_| {}).await;
+    let (sim, _cancel) = start_sim(World::Voipbin, |_| {}).await;
     let mut gateway = spawn_gateway(sim.local_addr(), &[]).await;
     let c = tutorial_customer();
     let mut clients = Vec::new();
@@ -87,14 +88,19 @@ async fn invalid_configuration_exits_64_before_binding() {
     assert_eq!(parsed["session"]["ping_interval"].as_str(), Some("10s"));
 }
 
+/// The tutorial's client program, unchanged but for its URL and token, against the real
+/// binary in front of a simulator playing `world`: it prints each of `expectations` once,
+/// after `events` were published (`sent` frames upstream).
 async fn tutorial_through_gateway(
+    world: World,
     which: TutorialClient,
     expectations: &[&str],
     events: Value,
     sent: u64,
 ) {
-    let (sim, _cancel) = start_sim(|_| {}).await;
-    let gateway = spawn_gateway(sim.local_addr(), &[]).await;
+    let (sim, _cancel) = start_sim(world, |_| {}).await;
+    let matching = matching(world).as_str();
+    let gateway = spawn_gateway(sim.local_addr(), &[("FANOUT_UPSTREAM__MATCHING", matching)]).await;
     let mut run = TutorialRun::start(which, gateway.addr, &admin_token(tutorial_customer()))
         .await
         .expect("tutorial client starts (installed by .ci/run)");
@@ -113,12 +119,47 @@ async fn tutorial_through_gateway(
     for line in expectations {
         run.expect_line(line).await;
     }
+    // Each once, however many copies VoIPBIN sent.
+    let printed = run.printed(Duration::from_millis(300)).await;
+    for line in expectations {
+        let times = printed.iter().filter(|l| l == line).count();
+        assert_eq!(times, 1, "{line:?} printed {times} times: {printed:#?}");
+    }
     drop(gateway);
     tokio::time::sleep(Duration::from_millis(50)).await;
 }
 
+/// The seed's events as VoIPBIN's code sends them (bare objects): a call ringing, a message,
+/// a flow step, and a queue call that none of the tutorial's patterns selects.
+fn voipbin_events() -> Value {
+    let c = TUTORIAL_CUSTOMER;
+    let at = "2026-12-07T10:00:00.000000Z";
+    json!([
+        {"event_type":"call_ringing","data":{"id":"a1b2c3d4-0000-4000-8000-000000000001","customer_id":c,"status":"ringing","tm_ringing":at,"tm_update":at}},
+        {"event_type":"message_created","data":{"id":"m1","customer_id":c,"type":"sms","text":"hi there","source":{"type":"tel","target":"+15551112222"}}},
+        {"event_type":"activeflow_updated","data":{"id":"f1","customer_id":c,"status":"running","current_action":{"type":"talk"}}},
+        {"event_type":"queuecall_created","data":{"id":"q1","customer_id":c,"status":"initiating"}},
+    ])
+}
+
 #[tokio::test]
 async fn python_tutorial_client_through_the_gateway() {
+    // VoIPBIN's code: each of the seed's three patterns gets its events once, typed as
+    // VoIPBIN types them (the tutorial's `call.status` cases never match real events).
+    tutorial_through_gateway(
+        World::Voipbin,
+        TutorialClient::Python,
+        &[
+            "Subscribed to events",
+            "Received event: call_ringing",
+            "Received event: message_updated",
+            "Received event: activeflow_updated",
+        ],
+        voipbin_events(),
+        6,
+    )
+    .await;
+    // The tutorial's world, with the tutorial's own event types.
     let c = TUTORIAL_CUSTOMER;
     let events = json!([
         {"event_type":"call.status","data":{"id":"a1b2c3d4","customer_id":c,"status":"answered"}},
@@ -127,6 +168,7 @@ async fn python_tutorial_client_through_the_gateway() {
         {"event_type":"queue.joined","data":{"id":"q1","customer_id":c}},
     ]);
     tutorial_through_gateway(
+        World::Tutorial,
         TutorialClient::Python,
         &[
             "Subscribed to events",
@@ -143,6 +185,19 @@ async fn python_tutorial_client_through_the_gateway() {
 
 #[tokio::test]
 async fn node_tutorial_client_through_the_gateway() {
+    // VoIPBIN's code: `…:queue:*` is `…:queue:` upstream, which no queue call matches.
+    tutorial_through_gateway(
+        World::Voipbin,
+        TutorialClient::Node,
+        &[
+            "Subscribed to events",
+            "Received event: call_ringing",
+            "Received event: message_updated",
+        ],
+        voipbin_events(),
+        4,
+    )
+    .await;
     let c = TUTORIAL_CUSTOMER;
     let events = json!([
         {"event_type":"call.status","data":{"id":"a1b2c3d4","customer_id":c,"status":"ringing"}},
@@ -151,6 +206,7 @@ async fn node_tutorial_client_through_the_gateway() {
         {"event_type":"activeflow.updated","data":{"id":"f1","customer_id":c}},
     ]);
     tutorial_through_gateway(
+        World::Tutorial,
         TutorialClient::Node,
         &[
             "Subscribed to events",

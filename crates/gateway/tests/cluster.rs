@@ -1,9 +1,11 @@
-//! Cluster mode (protocol.md §4) with real processes on loopback: a nats-server (≥ 2.11,
-//! installed by `scripts/test`), the simulator, and gateway nodes running the real binary,
-//! each with sessions of one customer. What is asserted is what browsers and VoIPBIN see:
-//! one upstream connection for the fleet, every event once on every session, one gap per
-//! owner change, fleet-wide cursors.
+//! Cluster mode (docs/protocol.md §12) with real processes on loopback, in both of the
+//! simulator's worlds: a nats-server (≥ 2.11, installed by `scripts/test`), the simulator,
+//! and gateway nodes running the real binary, each with sessions of one customer. What is
+//! asserted is what browsers and VoIPBIN see: the connections one node would hold, for the
+//! fleet (one per kind of topic the fleet's sessions use), every event once on every
+//! session, one gap per owner change, fleet-wide cursors.
 
+#[macro_use]
 mod common;
 
 use std::net::SocketAddr;
@@ -24,6 +26,7 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 struct Fleet {
     _serial: tokio::sync::MutexGuard<'static, ()>,
+    world: World,
     nats: Nats,
     sim: Arc<Simulator>,
     _sim_cancel: CancellationToken,
@@ -33,18 +36,24 @@ struct Fleet {
 }
 
 impl Fleet {
-    /// NATS, the simulator and `n` nodes whose leases last `ttl`.
-    async fn start(n: usize, ttl: Duration) -> Fleet {
-        Fleet::start_with(n, ttl, "1s").await
+    /// NATS, the simulator playing `world` and `n` nodes whose leases last `ttl`.
+    async fn start(world: World, n: usize, ttl: Duration) -> Fleet {
+        Fleet::start_with(world, n, ttl, "1s").await
     }
 
     /// With NATS unreachable for `degraded_after`, nodes serve their sessions on their own.
-    async fn start_with(n: usize, ttl: Duration, degraded_after: &'static str) -> Fleet {
+    async fn start_with(
+        world: World,
+        n: usize,
+        ttl: Duration,
+        degraded_after: &'static str,
+    ) -> Fleet {
         let serial = SERIAL.lock().await;
         let nats = Nats::start().await;
-        let (sim, sim_cancel) = start_sim(|_| {}).await;
+        let (sim, sim_cancel) = start_sim(world, |_| {}).await;
         let mut fleet = Fleet {
             _serial: serial,
+            world,
             nats,
             sim,
             _sim_cancel: sim_cancel,
@@ -72,6 +81,7 @@ impl Fleet {
                 ("FANOUT_CLUSTER__REQUEST_TIMEOUT", "2s"),
                 ("FANOUT_CLUSTER__DEGRADED_AFTER", self.degraded_after),
                 ("FANOUT_UPSTREAM__SUBSCRIBE_SETTLE", "0s"),
+                ("FANOUT_UPSTREAM__MATCHING", matching(self.world).as_str()),
                 ("FANOUT_UPSTREAM__LINGER", "1s"),
                 ("FANOUT_UPSTREAM__BACKOFF_BASE", "20ms"),
                 ("FANOUT_UPSTREAM__BACKOFF_CAP", "200ms"),
@@ -110,12 +120,20 @@ impl Fleet {
             .unwrap_or(Value::Null)
     }
 
-    /// Waits until every running node with sessions of `customer` sees its whole stream
-    /// covered by one owner, and VoIPBIN holds one connection for it; answers the owner's index.
+    /// Waits until every running node with sessions of `customer` sees what the watchers'
+    /// pattern needs covered by one owner, and VoIPBIN holds one connection for it; answers
+    /// the owner's index.
     async fn settled(&self, customer: Uuid) -> usize {
+        self.settled_on(customer, &[&watched(customer)]).await
+    }
+
+    /// Waits until every running node with sessions of `customer` sees what `patterns` need
+    /// covered by one owner, and VoIPBIN holds the connections one node would (one per
+    /// label); answers the owner's index.
+    async fn settled_on(&self, customer: Uuid, patterns: &[&str]) -> usize {
         let deadline = tokio::time::Instant::now() + WAIT * 2;
         loop {
-            if let Some(owner) = self.owner_covering(customer).await {
+            if let Some(owner) = self.owner_covering(customer, patterns).await {
                 return owner;
             }
             if tokio::time::Instant::now() >= deadline {
@@ -134,8 +152,12 @@ impl Fleet {
         }
     }
 
-    async fn owner_covering(&self, customer: Uuid) -> Option<usize> {
-        let whole = format!("customer_id:{customer}");
+    async fn owner_covering(&self, customer: Uuid, patterns: &[&str]) -> Option<usize> {
+        let needed: Vec<String> = prefixes_in(self.world, customer, patterns)
+            .iter()
+            .map(|p| p.as_str().to_owned())
+            .collect();
+        let connections = connections_in(self.world, customer, patterns) as u64;
         let mut owners = Vec::new();
         for (i, node) in self.nodes.iter().enumerate() {
             if node.is_none() {
@@ -146,15 +168,18 @@ impl Fleet {
                 // No session of the customer there.
                 continue;
             }
-            let covered = view["covered"]
-                .as_array()
-                .is_some_and(|p| p.iter().any(|p| p == whole.as_str()));
+            let covered = view["covered"].as_array().is_some_and(|covered| {
+                needed
+                    .iter()
+                    .all(|p| covered.iter().any(|c| c == p.as_str()))
+            });
             if !covered {
                 return None;
             }
             owners.push(view["owner"].as_str().unwrap_or_default().to_owned());
         }
-        if !owners.windows(2).all(|w| w[0] == w[1]) || self.upstreams(customer).await != 1 {
+        if !owners.windows(2).all(|w| w[0] == w[1]) || self.upstreams(customer).await != connections
+        {
             return None;
         }
         owners.first()?.strip_prefix("node-")?.parse().ok()
@@ -175,12 +200,15 @@ impl Fleet {
     }
 }
 
-/// A session of `customer` on `node`, subscribed to its whole stream.
+/// What the watchers subscribe to: the customer's calls.
+fn watched(customer: Uuid) -> String {
+    format!("customer_id:{customer}:call:*")
+}
+
+/// A session of `customer` on `node`, subscribed to its calls.
 async fn watcher(node: &Running, customer: Uuid) -> Client {
     let mut client = Client::connect_token(node.addr, &admin_token(customer)).await;
-    client
-        .subscribe_synced(&[&format!("customer_id:{customer}")])
-        .await;
+    client.subscribe_synced(&[&watched(customer)]).await;
     client
 }
 
@@ -240,9 +268,9 @@ fn cursors(events: &[Value]) -> Vec<String> {
 
 const TTL: Duration = Duration::from_secs(3);
 
-#[tokio::test]
-async fn the_fleet_holds_one_upstream_and_every_session_gets_every_event_once() {
-    let fleet = Fleet::start(3, TTL).await;
+in_both_worlds! {
+async fn the_fleet_holds_one_upstream_and_every_session_gets_every_event_once(world) {
+    let fleet = Fleet::start(world, 3, TTL).await;
     let c = tutorial_customer();
     let mut clients = Vec::new();
     for i in 0..3 {
@@ -267,6 +295,7 @@ async fn the_fleet_holds_one_upstream_and_every_session_gets_every_event_once() 
         && v["term"] == views[0]["term"]
         && v["term"].as_u64().is_some()));
 }
+}
 
 async fn futures_join(fleet: &Fleet, customer: Uuid) -> Vec<Value> {
     let mut views = Vec::new();
@@ -278,9 +307,9 @@ async fn futures_join(fleet: &Fleet, customer: Uuid) -> Vec<Value> {
     views
 }
 
-#[tokio::test]
-async fn a_killed_owner_is_replaced_and_every_surviving_session_gets_one_gap() {
-    let mut fleet = Fleet::start(3, TTL).await;
+in_both_worlds! {
+async fn a_killed_owner_is_replaced_and_every_surviving_session_gets_one_gap(world) {
+    let mut fleet = Fleet::start(world, 3, TTL).await;
     let c = tutorial_customer();
     let mut clients = Vec::new();
     for i in 0..3 {
@@ -321,11 +350,12 @@ async fn a_killed_owner_is_replaced_and_every_surviving_session_gets_one_gap() {
     }
     assert_eq!(fleet.upstreams(c).await, 1);
 }
+}
 
-#[tokio::test]
-async fn an_owner_shutting_down_hands_over_with_a_short_gap() {
+in_both_worlds! {
+async fn an_owner_shutting_down_hands_over_with_a_short_gap(world) {
     // A long lease: only a handoff, not an expiry, can replace the owner quickly.
-    let mut fleet = Fleet::start(2, Duration::from_secs(20)).await;
+    let mut fleet = Fleet::start(world, 2, Duration::from_secs(20)).await;
     let c = tutorial_customer();
     let mut clients = [
         watcher(fleet.node(0), c).await,
@@ -354,10 +384,11 @@ async fn an_owner_shutting_down_hands_over_with_a_short_gap() {
     assert!(gaps.is_empty(), "{gaps:?}");
     assert_eq!(ids(&events), expected("h", 5));
 }
+}
 
-#[tokio::test]
-async fn a_paused_owner_that_wakes_up_gets_no_event_to_any_session() {
-    let fleet = Fleet::start(3, TTL).await;
+in_both_worlds! {
+async fn a_paused_owner_that_wakes_up_gets_no_event_to_any_session(world) {
+    let fleet = Fleet::start(world, 3, TTL).await;
     let c = tutorial_customer();
     let mut clients = Vec::new();
     for i in 0..3 {
@@ -406,12 +437,13 @@ async fn a_paused_owner_that_wakes_up_gets_no_event_to_any_session() {
         "{metrics}"
     );
 }
+}
 
-#[tokio::test]
-async fn a_stale_term_or_a_repeated_record_in_the_log_reaches_no_session() {
+in_both_worlds! {
+async fn a_stale_term_or_a_repeated_record_in_the_log_reaches_no_session(world) {
     use async_nats::jetstream;
     use fanout_cluster::log::{self, Record, Stamp};
-    let fleet = Fleet::start(2, TTL).await;
+    let fleet = Fleet::start(world, 2, TTL).await;
     let c = tutorial_customer();
     let mut clients = [
         watcher(fleet.node(0), c).await,
@@ -442,6 +474,7 @@ async fn a_stale_term_or_a_repeated_record_in_the_log_reaches_no_session() {
                 fanout_protocol::Topic::parse(&format!("customer_id:{c}:call:{id}"))
                     .expect("topic"),
             ],
+            fresh_from: 0,
             data: format!(r#"{{"id":"{id}","customer_id":"{c}"}}"#).into(),
         },
     };
@@ -503,12 +536,13 @@ async fn a_stale_term_or_a_repeated_record_in_the_log_reaches_no_session() {
         assert_eq!(dropped, 2.0, "node {i} dropped both: {metrics}");
     }
 }
+}
 
-#[tokio::test]
-async fn a_browser_resumes_on_another_node_without_loss() {
-    let fleet = Fleet::start(4, TTL).await;
+in_both_worlds! {
+async fn a_browser_resumes_on_another_node_without_loss(world) {
+    let fleet = Fleet::start(world, 4, TTL).await;
     let c = tutorial_customer();
-    let topic = format!("customer_id:{c}");
+    let topic = watched(c);
     let mut away = watcher(fleet.node(0), c).await;
     let mut stays = watcher(fleet.node(1), c).await;
     // Node 0 keeps a session: its customer entry (and ownership) stays when `away` goes.
@@ -562,10 +596,11 @@ async fn a_browser_resumes_on_another_node_without_loss() {
     assert_eq!(ids(&events(&mut fresh, 2).await.0), expected("d", 2));
     fresh.expect_silence(Duration::from_millis(300)).await;
 }
+}
 
-#[tokio::test]
-async fn a_customer_whose_sessions_all_left_releases_its_lease_and_upstream() {
-    let fleet = Fleet::start(2, TTL).await;
+in_both_worlds! {
+async fn a_customer_whose_sessions_all_left_releases_its_lease_and_upstream(world) {
+    let fleet = Fleet::start(world, 2, TTL).await;
     let c = tutorial_customer();
     let a = watcher(fleet.node(0), c).await;
     let b = watcher(fleet.node(1), c).await;
@@ -588,11 +623,12 @@ async fn a_customer_whose_sessions_all_left_releases_its_lease_and_upstream() {
     let lease = kv.get(c.simple().to_string()).await.expect("read");
     assert_eq!(lease, None, "released, not left to expire");
 }
+}
 
-#[tokio::test]
-async fn a_nats_restart_costs_no_event_and_no_gap() {
+in_both_worlds! {
+async fn a_nats_restart_costs_no_event_and_no_gap(world) {
     // Long enough a lease that the owner keeps it across the restart.
-    let mut fleet = Fleet::start_with(2, Duration::from_secs(15), "30s").await;
+    let mut fleet = Fleet::start_with(world, 2, Duration::from_secs(15), "30s").await;
     let c = tutorial_customer();
     let mut clients = vec![
         watcher(fleet.node(0), c).await,
@@ -651,10 +687,11 @@ async fn a_nats_restart_costs_no_event_and_no_gap() {
     }
     assert_eq!(fleet.upstreams(c).await, 1);
 }
+}
 
-#[tokio::test]
-async fn with_nats_gone_each_node_serves_its_own_sessions_and_rejoins_when_it_is_back() {
-    let mut fleet = Fleet::start(2, TTL).await;
+in_both_worlds! {
+async fn with_nats_gone_each_node_serves_its_own_sessions_and_rejoins_when_it_is_back(world) {
+    let mut fleet = Fleet::start(world, 2, TTL).await;
     let c = tutorial_customer();
     let mut clients = [
         watcher(fleet.node(0), c).await,
@@ -689,12 +726,13 @@ async fn with_nats_gone_each_node_serves_its_own_sessions_and_rejoins_when_it_is
     }
     assert_eq!(fleet.upstreams(c).await, 1);
 }
+}
 
 #[tokio::test]
 async fn a_node_refuses_to_start_against_a_nats_server_older_than_2_11() {
     let _serial = SERIAL.lock().await;
     let old = Nats::start_binary(fanout_test_support::nats::old_nats_server()).await;
-    let (sim, _cancel) = start_sim(|_| {}).await;
+    let (sim, _cancel) = start_sim(World::Voipbin, |_| {}).await;
     let output = tokio::process::Command::new(common::process::BIN)
         .args([
             "serve",
@@ -727,9 +765,9 @@ async fn a_node_refuses_to_start_against_a_nats_server_older_than_2_11() {
     );
 }
 
-#[tokio::test]
-async fn a_nats_that_lost_its_state_is_rejoined_with_a_gap_and_terms_start_again() {
-    let mut fleet = Fleet::start(2, TTL).await;
+in_both_worlds! {
+async fn a_nats_that_lost_its_state_is_rejoined_with_a_gap_and_terms_start_again(world) {
+    let mut fleet = Fleet::start(world, 2, TTL).await;
     let c = tutorial_customer();
     let mut clients = [
         watcher(fleet.node(0), c).await,
@@ -772,4 +810,23 @@ async fn a_nats_that_lost_its_state_is_rejoined_with_a_gap_and_terms_start_again
         client.expect_silence(Duration::from_millis(300)).await;
     }
     assert_eq!(fleet.upstreams(c).await, 1);
+}
+}
+
+in_both_worlds! {
+/// The seed tutorial's patterns, a resource's, an agent's and an event type's, spread over
+/// two nodes: the owner holds the union of what both need (one connection per label, for
+/// the fleet), and each session gets exactly its events, once.
+async fn every_kind_of_pattern_gets_exactly_its_events_once_across_the_fleet(world) {
+    let fleet = Fleet::start(world, 2, TTL).await;
+    let sessions = SeedSessions::open(&[fleet.node(0).addr, fleet.node(1).addr]).await;
+    let patterns = SeedSessions::patterns(sessions.customer, sessions.agent);
+    let refs: Vec<&str> = patterns.iter().map(String::as_str).collect();
+    fleet.settled_on(sessions.customer, &refs).await;
+    assert_eq!(
+        fleet.upstreams(sessions.customer).await,
+        connections_in(world, sessions.customer, &refs) as u64
+    );
+    sessions.check(fleet.sim_addr()).await;
+}
 }

@@ -1,7 +1,9 @@
-//! The edges of the downstream contract (protocol.md §1) that need exact answers: RFC 6455's
-//! handshake and close codes, every refusal path of the limits, topics named as sent, and a
-//! healthy client surviving an ordinary burst.
+//! The edges of the downstream contract (docs/protocol.md §1–§9) that need exact answers,
+//! in both of the simulator's worlds: RFC 6455's handshake and close codes, every refusal
+//! path of the limits (the customer's connections to VoIPBIN among them), topics named as
+//! sent, and a healthy client surviving an ordinary burst.
 
+#[macro_use]
 mod common;
 
 use std::net::SocketAddr;
@@ -53,9 +55,9 @@ fn request(addr: SocketAddr, line: &str, headers: &[&str]) -> String {
     text
 }
 
-#[tokio::test]
-async fn handshakes_follow_rfc_6455() {
-    let stack = start().await;
+in_both_worlds! {
+async fn handshakes_follow_rfc_6455(world) {
+    let stack = start_in(world).await;
     let addr = stack.addr;
     let token = admin_token(tutorial_customer());
     let line = format!("GET /v1.0/ws?token={token} HTTP/1.1");
@@ -99,6 +101,7 @@ async fn handshakes_follow_rfc_6455() {
     assert_eq!(raw_answer(addr, &request(addr, &line, &many)).await.0, 101);
     stack.shutdown().await;
 }
+}
 
 /// Opens a session with a raw socket and answers it after the 101.
 async fn raw_session(addr: SocketAddr, token: &str) -> TcpStream {
@@ -137,9 +140,9 @@ async fn close_code(stream: &mut TcpStream) -> Option<u16> {
     }
 }
 
-#[tokio::test]
-async fn close_frames_with_invalid_codes_are_answered_with_1002() {
-    let stack = start().await;
+in_both_worlds! {
+async fn close_frames_with_invalid_codes_are_answered_with_1002(world) {
+    let stack = start_in(world).await;
     let token = admin_token(tutorial_customer());
     for code in [0u16, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000] {
         let mut stream = raw_session(stack.addr, &token).await;
@@ -163,10 +166,11 @@ async fn close_frames_with_invalid_codes_are_answered_with_1002() {
     }
     stack.shutdown().await;
 }
+}
 
-#[tokio::test]
-async fn error_frames_name_topics_exactly_as_sent() {
-    let stack = start().await;
+in_both_worlds! {
+async fn error_frames_name_topics_exactly_as_sent(world) {
+    let stack = start_in(world).await;
     let c = tutorial_customer();
     let mut client = Client::connect_token(stack.addr, &admin_token(c)).await;
     let other = Uuid::new_v4().to_string().to_uppercase();
@@ -179,11 +183,12 @@ async fn error_frames_name_topics_exactly_as_sent() {
     assert_eq!(error["topics"], json!([sent]));
     stack.shutdown().await;
 }
+}
 
-#[tokio::test]
-async fn every_limit_refuses_with_its_answer() {
+in_both_worlds! {
+async fn every_limit_refuses_with_its_answer(world) {
     // Draining: 503.
-    let stack = start().await;
+    let stack = start_in(world).await;
     stack.gateway().endpoint().drain();
     let refused = Client::refused(
         stack.addr,
@@ -196,7 +201,7 @@ async fn every_limit_refuses_with_its_answer() {
     stack.shutdown().await;
 
     // Sessions: 429 past max_sessions.
-    let stack = start_with(|_| {}, |config| config.limits.max_sessions = 1).await;
+    let stack = start_in_with(world, |_| {}, |config| config.limits.max_sessions = 1).await;
     let token = admin_token(tutorial_customer());
     let first = Client::connect_token(stack.addr, &token).await;
     let refused = Client::refused(stack.addr, Connect::token(&token)).await;
@@ -207,7 +212,7 @@ async fn every_limit_refuses_with_its_answer() {
     stack.shutdown().await;
 
     // Handshakes: 429 past the rate.
-    let stack = start_with(
+    let stack = start_in_with(world,
         |_| {},
         |config| {
             config.limits.handshakes_per_second = 1;
@@ -226,7 +231,7 @@ async fn every_limit_refuses_with_its_answer() {
     stack.shutdown().await;
 
     // Client messages: `rate_limited` past the burst, and the session stays.
-    let stack = start_with(
+    let stack = start_in_with(world,
         |_| {},
         |config| {
             config.session.messages_per_second = 1;
@@ -245,29 +250,32 @@ async fn every_limit_refuses_with_its_answer() {
     }
     assert_eq!(client.recv_json().await["code"], "rate_limited");
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    client
-        .subscribe(&[&format!("customer_id:{c}:call:*")])
-        .await;
-    upstream_subscriptions(&stack, c, 1).await;
+    let topic = format!("customer_id:{c}:call:*");
+    client.subscribe(&[&topic]).await;
+    upstream_carries(&stack, c, &[&topic]).await;
     stack.shutdown().await;
 }
+}
 
-#[tokio::test]
-async fn a_client_that_keeps_reading_survives_an_ordinary_burst() {
+in_both_worlds! {
+async fn a_client_that_keeps_reading_survives_an_ordinary_burst(world) {
     // The default configuration: a burst of 1,500 events of about 530 bytes (800 KB) at once,
     // under the 1 MiB queue even if the client read none of it meanwhile.
-    let stack = start().await;
+    let stack = start_in(world).await;
     let c = tutorial_customer();
     let mut client = Client::connect_token(stack.addr, &admin_token(c)).await;
-    client
-        .subscribe_synced(&[&format!("customer_id:{c}:call:*")])
-        .await;
-    upstream_subscriptions(&stack, c, 1).await;
+    let topic = format!("customer_id:{c}:call:*");
+    client.subscribe_synced(&[&topic]).await;
+    upstream_carries(&stack, c, &[&topic]).await;
     let pad = "x".repeat(300);
     let events: Vec<_> = (0..1500)
         .map(|i| json!({"event_type":"call_ringing","data":{"id":format!("b{i}"),"customer_id":c,"pad":pad}}))
         .collect();
-    assert_eq!(publish_events(&stack, &json!(events)).await, 1500);
+    // In VoIPBIN's world each arrives twice (under `…:call:<id>` and `…:call:<type>:<id>`).
+    assert_eq!(
+        publish_events(&stack, &json!(events)).await,
+        1500 * frames_per_connection(world, 2)
+    );
     for i in 0..1500 {
         let event = client.recv_event().await;
         assert_eq!(event["data"]["id"], format!("b{i}"));
@@ -275,7 +283,9 @@ async fn a_client_that_keeps_reading_survives_an_ordinary_burst() {
     client.expect_silence(Duration::from_millis(200)).await;
     stack.shutdown().await;
 }
+}
 
+// About the listener alone (and counted in the process's metrics): one world.
 #[tokio::test]
 async fn past_max_pending_new_connections_are_refused_until_old_ones_can_be_evicted() {
     let stack = start_with(
@@ -309,4 +319,62 @@ async fn past_max_pending_new_connections_are_refused_until_old_ones_can_be_evic
     );
     drop(idle);
     stack.shutdown().await;
+}
+
+in_both_worlds! {
+/// A customer's connections to VoIPBIN are one per kind of topic its sessions use, and no
+/// more than `upstream.max_connections_per_customer`: a subscribe that would need more is
+/// refused by name, whole, and everyone else keeps their events.
+async fn a_subscribe_past_the_customers_connections_to_voipbin_is_refused_by_name(world) {
+    let stack = start_in_with(
+        world,
+        |_| {},
+        |config| config.upstream.max_connections_per_customer = 3,
+    )
+    .await;
+    let c = tutorial_customer();
+    let calls = format!("customer_id:{c}:call:*");
+    let messages = format!("customer_id:{c}:message:*");
+    let mut other = Client::connect_token(stack.addr, &admin_token(c)).await;
+    other.subscribe_synced(&[&calls, &messages]).await;
+    let mut greedy = Client::connect_token(stack.addr, &admin_token(c)).await;
+    let typed: Vec<String> = ["call_hangup", "call_ringing", "call_progressing"]
+        .iter()
+        .map(|t| format!("customer_id:{c}:call:{t}"))
+        .collect();
+    let typed: Vec<&str> = typed.iter().map(String::as_str).collect();
+    greedy.subscribe(&typed).await;
+    let error = greedy.recv_json().await;
+    assert_eq!(error["type"], "error");
+    assert_eq!(error["code"], "upstream_limit");
+    assert_eq!(error["topics"], json!(typed));
+    let message = error["message"].as_str().expect("message");
+    assert!(
+        message.contains('3') && message.contains("upstream.max_connections_per_customer"),
+        "{message}"
+    );
+    // Nothing of it was applied; the others' events flow on.
+    upstream_carries(&stack, c, &[&calls, &messages]).await;
+    publish_events(&stack, &call_at(c, "k1", None, CallStep::Hangup)).await;
+    assert_eq!(other.recv_event().await["data"]["id"], "k1");
+    greedy.expect_silence(Duration::from_millis(200)).await;
+    // One typed topic fits.
+    greedy.subscribe_synced(&[typed[0]]).await;
+    upstream_carries(&stack, c, &[&calls, &messages, typed[0]]).await;
+    assert_eq!(upstream_connections(&stack, c).await, 3);
+    publish_events(&stack, &call_at(c, "k2", None, CallStep::Ringing)).await;
+    publish_events(&stack, &call_at(c, "k2", None, CallStep::Hangup)).await;
+    let event = greedy.recv_event().await;
+    assert_eq!(event["topic"], format!("customer_id:{c}:call:call_hangup:k2"));
+    assert_eq!(event["event_type"], "call_hangup");
+    greedy.expect_silence(Duration::from_millis(200)).await;
+    assert_eq!(other.recv_event().await["data"]["id"], "k2");
+    assert_eq!(other.recv_event().await["data"]["id"], "k2");
+    // Counted (the metrics are the test process's: the other world's run counts too).
+    assert!(
+        metric(stack.admin, "fanout_requests_refused_total{code=\"upstream_limit\"}").await
+            >= 1.0
+    );
+    stack.shutdown().await;
+}
 }

@@ -6,6 +6,7 @@
 //! builds. `kubectl` and `promtool` come from Debian's `kubectl` and `prometheus` packages
 //! (`scripts/test` installs them; `KUBECTL` and `PROMTOOL` name others).
 
+#[macro_use]
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -742,7 +743,7 @@ fn metric_names(text: &str) -> BTreeSet<String> {
 
 #[tokio::test]
 async fn rules_and_dashboard_use_only_metrics_the_gateway_exports() {
-    let (sim, _cancel) = start_sim(|_| {}).await;
+    let (sim, _cancel) = start_sim(World::Voipbin, |_| {}).await;
     let gateway = spawn_gateway(sim.local_addr(), &[]).await;
     // Before any session or event: what rules and panels see on a fresh node.
     let text = metrics_text(gateway.admin).await;

@@ -2,6 +2,7 @@
 //! connections that never finish their handshake. Whatever they do, other tenants' sessions,
 //! the admin listener, honest handshakes and the upstreams keep working.
 
+#[macro_use]
 mod common;
 
 use std::io::Write as _;
@@ -169,7 +170,7 @@ async fn others_unharmed(gateway: &Running, sim: SocketAddr, rounds: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frame_floods_are_closed_with_1008_and_nobody_else_notices() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let (sim, _cancel) = start_sim(|_| {}).await;
+    let (sim, _cancel) = start_sim(World::Voipbin, |_| {}).await;
     let gateway = spawn_gateway(sim.local_addr(), &[]).await;
     for kind in [Flood::Pings, Flood::EmptyContinuations] {
         let stop = Arc::new(AtomicBool::new(false));
@@ -202,7 +203,7 @@ async fn floods_within_the_frame_budget_still_yield_to_every_other_session() {
     let _one = ONE_AT_A_TIME.lock().await;
     // No frame or byte budget to speak of: only the session's cooperative yield keeps the
     // two flooders from pinning both of the gateway's worker threads.
-    let (sim, _cancel) = start_sim(|_| {}).await;
+    let (sim, _cancel) = start_sim(World::Voipbin, |_| {}).await;
     let gateway = spawn_gateway(
         sim.local_addr(),
         &[
@@ -266,7 +267,7 @@ async fn closed_by_server(streams: &[tokio::net::TcpStream]) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_cannot_exhaust_descriptors_or_shut_out_honest_clients() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let (sim, _cancel) = start_sim(|_| {}).await;
+    let (sim, _cancel) = start_sim(World::Voipbin, |_| {}).await;
     // 600 descriptors, 100 of them reserved: 500 connections at most on the listener.
     let gateway = spawn_gateway_limited(
         sim.local_addr(),

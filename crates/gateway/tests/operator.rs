@@ -2,6 +2,7 @@
 //! readiness as JSON, refused handshakes logged at a bounded rate without their tokens, and
 //! metrics that are there from start-up.
 
+#[macro_use]
 mod common;
 
 use std::time::Duration;
@@ -153,7 +154,7 @@ async fn the_tenant_list_needs_the_admin_token_and_the_probes_do_not() {
 
 #[tokio::test]
 async fn refused_handshakes_are_logged_at_a_bounded_rate_without_their_tokens() {
-    let (sim, _cancel) = start_sim(|_| {}).await;
+    let (sim, _cancel) = start_sim(World::Voipbin, |_| {}).await;
     let gateway = spawn_gateway(sim.local_addr(), &[]).await;
     // A forged token (signed with another secret), 60 times within a second.
     let forged = agent_token(
@@ -237,7 +238,7 @@ async fn refused_handshakes_are_logged_at_a_bounded_rate_without_their_tokens() 
 
 #[tokio::test]
 async fn every_metric_is_described_and_present_before_any_session() {
-    let (sim, _cancel) = start_sim(|_| {}).await;
+    let (sim, _cancel) = start_sim(World::Voipbin, |_| {}).await;
     let gateway = spawn_gateway(sim.local_addr(), &[]).await;
     let text = metrics_text(gateway.admin).await;
     let mut families = Vec::new();

@@ -1,7 +1,9 @@
-//! VoIPBIN misbehaving: a stalled upstream found by its pong deadline, an outage that
-//! readiness reports and that ends with every customer back within the back-off cap, and
-//! sessions told of what they may have missed with one `gap` frame before the next event.
+//! VoIPBIN misbehaving, in both of the simulator's worlds: a stalled upstream found by its
+//! pong deadline, an outage that readiness reports and that ends with every customer back
+//! within the back-off cap, and sessions told of what they may have missed with a `gap`
+//! frame (one per upstream connection that lost events) before the next event.
 
+#[macro_use]
 mod common;
 
 use std::sync::Arc;
@@ -19,9 +21,8 @@ fn timestamp(value: &Value) -> SystemTime {
     fanout_protocol::timestamp::parse(value.as_str().expect("a string")).expect("VoIPBIN's layout")
 }
 
-/// The next text frame must be one gap frame for an upstream reconnect; answers it.
-async fn expect_gap(client: &mut Client) -> Value {
-    let gap = client.recv_json().await;
+/// Checks one gap frame of an upstream reconnect.
+fn check_gap(gap: &Value) {
     assert_eq!(gap["type"], "gap", "{gap}");
     assert_eq!(gap["reason"], "upstream_reconnect");
     assert!(gap.get("event_type").is_none());
@@ -29,12 +30,28 @@ async fn expect_gap(client: &mut Client) -> Value {
         timestamp(&gap["since"]) <= timestamp(&gap["until"]),
         "{gap}"
     );
-    gap
 }
 
-#[tokio::test]
-async fn a_stalled_upstream_is_found_by_its_pong_deadline_and_sessions_hear_of_the_gap() {
-    let stack = start_with(
+/// The gaps before the next event (at least one, checked), and the event.
+async fn gaps_then_event(client: &mut Client) -> (Vec<Value>, Value) {
+    let mut gaps = Vec::new();
+    loop {
+        let frame = client.recv_json().await;
+        if frame["type"] == "gap" {
+            check_gap(&frame);
+            gaps.push(frame);
+            continue;
+        }
+        assert!(!gaps.is_empty(), "an event before any gap: {frame}");
+        assert!(frame.get("event_type").is_some(), "not an event: {frame}");
+        return (gaps, frame);
+    }
+}
+
+in_both_worlds! {
+async fn a_stalled_upstream_is_found_by_its_pong_deadline_and_sessions_hear_of_the_gap(world) {
+    let stack = start_in_with(
+        world,
         |_| {},
         |config| {
             config.upstream.ping_interval = Duration::from_millis(500);
@@ -48,46 +65,53 @@ async fn a_stalled_upstream_is_found_by_its_pong_deadline_and_sessions_hear_of_t
     let topic = format!("customer_id:{c}:call:*");
     let mut first = Client::connect_token(stack.addr, &admin_token(c)).await;
     let mut second = Client::connect_token(stack.addr, &admin_token(c)).await;
+    let whole = format!("customer_id:{c}");
     first.subscribe_synced(&[&topic]).await;
-    second
-        .subscribe_synced(&[&format!("customer_id:{c}")])
-        .await;
-    upstream_subscriptions(&stack, c, 2).await;
+    second.subscribe_synced(&[&whole]).await;
+    upstream_carries(&stack, c, &[&topic, &whole]).await;
+    let connections = upstream_connections(&stack, c).await;
     publish_events(&stack, &call(c, "before", None)).await;
     assert_eq!(first.recv_event().await["data"]["id"], "before");
     assert_eq!(second.recv_event().await["data"]["id"], "before");
     let stalled_at = SystemTime::now();
     let before = stall_upstream(&stack, c, 30_000).await;
-    upstream_replaced(&stack, c, before, 2).await;
+    // Every connection replaced, and covered again (its gap told then).
+    let addr = stack.sim_addr();
+    eventually("every stalled connection replaced", || async move {
+        sim_stats(addr).await["connections_total"].as_u64().unwrap_or(0) >= before + connections
+    })
+    .await;
+    upstream_covers(&stack, c, &[&topic, &whole]).await;
     eprintln!(
         "stalled upstream replaced after {:?}",
         stalled_at.elapsed().unwrap_or_default()
     );
-    // Each session: one gap, then the next event; the gap starts no later than the stall.
-    for client in [&mut first, &mut second] {
-        let gap = expect_gap(client).await;
-        assert!(
-            timestamp(&gap["since"]) <= stalled_at + Duration::from_millis(1),
-            "{gap}"
-        );
-    }
+    // Each session: a gap per stalled connection, then the next event; each gap starts no
+    // later than the stall.
     publish_events(&stack, &call(c, "after", None)).await;
-    assert_eq!(first.recv_event().await["data"]["id"], "after");
-    assert_eq!(second.recv_event().await["data"]["id"], "after");
+    for client in [&mut first, &mut second] {
+        let (gaps, event) = gaps_then_event(client).await;
+        assert_eq!(gaps.len() as u64, connections, "{gaps:?}");
+        for gap in &gaps {
+            assert!(
+                timestamp(&gap["since"]) <= stalled_at + Duration::from_millis(1),
+                "{gap}"
+            );
+        }
+        assert_eq!(event["data"]["id"], "after");
+    }
     first.expect_silence(Duration::from_millis(300)).await;
-    let metrics = metrics_text(stack.admin).await;
-    assert!(
-        metrics.contains("fanout_upstream_pong_timeouts_total"),
-        "{metrics}"
-    );
+    // Counted (the metrics are the test process's: the other world's run counts too).
+    assert!(metric(stack.admin, "fanout_upstream_pong_timeouts_total").await >= connections as f64);
     stack.shutdown().await;
 }
+}
 
-#[tokio::test]
-async fn after_an_outage_readiness_fails_then_every_customer_is_back_within_the_backoff_cap() {
+in_both_worlds! {
+async fn after_an_outage_readiness_fails_then_every_customer_is_back_within_the_backoff_cap(world) {
     init_tracing();
     let sim_config = || {
-        let mut config = SimConfig::new(SECRET);
+        let mut config = SimConfig::new(SECRET).in_world(world);
         config.access_keys = vec![(KEY.to_owned(), tutorial_customer())];
         config
     };
@@ -100,7 +124,7 @@ async fn after_an_outage_readiness_fails_then_every_customer_is_back_within_the_
     .await
     .expect("simulator starts");
     let sim_addr = sim.local_addr();
-    let mut config = test_config(&sim);
+    let mut config = test_config(&sim, world);
     // The shipped back-off; readiness gives up after two seconds without an upstream.
     let defaults = fanout_gateway::config::Config::default();
     config.upstream.backoff_base = defaults.upstream.backoff_base;
@@ -164,10 +188,12 @@ async fn after_an_outage_readiness_fails_then_every_customer_is_back_within_the_
     })
     .await;
     for (client, customer) in clients.iter_mut().zip(&customers) {
-        expect_gap(client).await;
         publish(sim_addr, &call(*customer, "back", None)).await;
-        assert_eq!(client.recv_event().await["data"]["id"], "back");
+        let (gaps, event) = gaps_then_event(client).await;
+        assert_eq!(gaps.len(), 1, "one connection, one gap");
+        assert_eq!(event["data"]["id"], "back");
     }
     gateway.shutdown().await;
     cancel.cancel();
+}
 }

@@ -3,6 +3,7 @@
 //! simulator on `wss://` (events and the access-key check over `https://`), with every TLS
 //! failure named in the metrics.
 
+#[macro_use]
 mod common;
 
 use std::path::Path;
@@ -57,7 +58,7 @@ async fn rotating_gateway(reload_interval: &str) -> Rotating {
         &first.server("gw1", &["localhost"], Validity::Current),
         &dir,
     );
-    let (sim, cancel) = start_sim(|_| {}).await;
+    let (sim, cancel) = start_sim(World::Voipbin, |_| {}).await;
     let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
     let gateway = spawn_gateway(
         sim.local_addr(),
@@ -235,7 +236,7 @@ async fn tls_sim(
     tokio_util::sync::CancellationToken,
 ) {
     let tls = voipbin_sim::tls_config(&server.cert, &server.key, client_ca).expect("sim TLS");
-    start_sim(move |config| config.tls = Some(tls)).await
+    start_sim(World::Voipbin, move |config| config.tls = Some(tls)).await
 }
 
 #[tokio::test]
@@ -247,7 +248,7 @@ async fn the_upstream_over_wss_trusts_a_private_ca_for_events_and_access_keys() 
     )
     .await;
     assert!(sim.ws_url().starts_with("wss://localhost:"));
-    let mut config = test_config(&sim);
+    let mut config = test_config(&sim, World::Voipbin);
     config.upstream.ca_file = Some(ca.cert_path());
     config.validate().expect("valid");
     let gateway = fanout_gateway::Gateway::start(config)
@@ -286,7 +287,7 @@ async fn upstream_fails_with(
     configure: impl FnOnce(&mut fanout_gateway::config::Config),
     reason: &str,
 ) {
-    let mut config = test_config(sim);
+    let mut config = test_config(sim, World::Voipbin);
     configure(&mut config);
     config.validate().expect("valid");
     let gateway = fanout_gateway::Gateway::start(config)
@@ -374,7 +375,7 @@ async fn a_client_certificate_is_presented_when_voipbin_asks_for_one() {
         "tls_client_certificate",
     )
     .await;
-    let mut config = test_config(&sim);
+    let mut config = test_config(&sim, World::Voipbin);
     config.upstream.ca_file = Some(ca.cert_path());
     config.upstream.public_roots = false;
     config.upstream.client_cert_file = Some(client.cert.clone());
@@ -536,10 +537,12 @@ async fn a_tls_listener_takes_the_handshake_rate_before_the_tls_handshake() {
 async fn the_tutorial_clients_work_over_wss() {
     let ca = Ca::new("CA");
     let served = ca.server("gw", &["localhost"], Validity::Current);
-    let (sim, _cancel) = start_sim(|_| {}).await;
+    // The tutorial's world, whose event types the tutorial's programs switch on.
+    let (sim, _cancel) = start_sim(World::Tutorial, |_| {}).await;
     let gateway = spawn_gateway(
         sim.local_addr(),
         &[
+            ("FANOUT_UPSTREAM__MATCHING", "segment"),
             ("FANOUT_TLS_CERT", served.cert.to_str().expect("path")),
             ("FANOUT_TLS_KEY", served.key.to_str().expect("path")),
             // So that the first client's subscriptions are gone before the second starts.

@@ -59,6 +59,8 @@ pub enum ErrorCode {
     RateLimited,
     /// `since` is not a cursor the gateway gave out, or is used where it cannot apply.
     InvalidCursor,
+    /// The topics would need more connections to VoIPBIN than the customer may have.
+    UpstreamLimit,
 }
 
 impl ErrorCode {
@@ -72,6 +74,7 @@ impl ErrorCode {
             ErrorCode::TooManyTopics => "too_many_topics",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::InvalidCursor => "invalid_cursor",
+            ErrorCode::UpstreamLimit => "upstream_limit",
         }
     }
 }

@@ -6,6 +6,8 @@
 //! - [`topic`]: topics and subscription patterns (`<scope>:<owner>[:<segment>…]`), their
 //!   parsing and segment-wise matching (protocol.md §1.4).
 //! - [`cursor`]: an event's position in its customer's stream (protocol.md §1.7).
+//! - [`prefix`]: what an upstream subscribes to on VoIPBIN for a session's pattern, and the
+//!   label it gives the frames that arrive through it.
 //! - [`client`]: messages a browser sends (`subscribe`, `unsubscribe`) and the error codes
 //!   that refuse them.
 //! - [`server`]: frames the gateway builds for browsers: the event envelope and error frames.
@@ -23,6 +25,7 @@
 
 pub mod client;
 pub mod cursor;
+pub mod prefix;
 pub mod rest;
 pub mod server;
 pub mod timestamp;

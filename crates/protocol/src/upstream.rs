@@ -3,18 +3,27 @@
 //! Three shapes arrive, and each is read:
 //! 1. the tutorial's envelope `{"event_type","timestamp","topic","data"}`: routed by `topic`;
 //! 2. VoIPBIN's webhook shape `{"type":"call_created","data":{…}}`;
-//! 3. the bare resource object, routed only by the subscription it arrived on
-//!    ([`Context::bare_resource`]).
+//! 3. the bare resource object (VoIPBIN's server code today), which names neither its type
+//!    nor its topic: it is what the [`Label`] of the subscription it arrived through says
+//!    ([`Context::label`]), never what its fields suggest.
+//!
+//! A frame is wrapped (shapes 1 and 2) only when it has no `id` or `customer_id` of its own:
+//! several resources have a `type` field, so `type` alone does not make a webhook frame.
 //!
 //! Whatever the shape, the event gets the topics the real server publishes it under, in this
 //! order: `customer_id:<C>:<resource>:<id>`, `customer_id:<C>:<resource>:<event_type>:<id>`,
-//! and when `data` names an agent owner, the same two under `agent_id:<owner_id>`.
+//! and when `data` names an agent owner, the same two under `agent_id:<owner_id>`. A topic is
+//! only built from what is known: a bare object whose label has no event type gets no
+//! `…:<event_type>:…` topics (its `event_type` may be inferred, [`infer`], but is not routed
+//! on), and one whose label has no resource gets `customer_id:<C>` and `agent_id:<owner>`.
 //!
 //! Invariants:
 //! - A frame is parsed once; `data` is a slice of the frame, never re-encoded.
 //! - An event never carries a customer other than the connection's: a frame whose
 //!   `customer_id` (in `data` or in a customer topic) names another customer is refused
 //!   with [`DecodeError::ForeignCustomer`].
+//! - An event's `event_type` never contradicts its frame, and a topic never says more than
+//!   the frame or its label does.
 
 use std::borrow::Cow;
 use std::time::SystemTime;
@@ -24,8 +33,11 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
+use crate::prefix::Label;
 use crate::timestamp;
 use crate::topic::{Scope, Topic, TopicError};
+
+pub mod infer;
 
 /// Resource names that hold an underscore, so that a webhook `type` such as
 /// `webchat_session_created` is split after the resource rather than at the first `_`.
@@ -55,6 +67,11 @@ pub struct Event {
     pub customer_id: Uuid,
     /// Its topics in the order of the module docs, no duplicates, at least one.
     pub topics: Vec<Topic>,
+    /// How many of `topics` (the first ones) an earlier entry of the customer's stream
+    /// carried already: the same event, which arrived before through a subscription that
+    /// told less about it. Sessions that one of those topics matches had it; the entry is for
+    /// the others. 0 for an event first seen.
+    pub fresh_from: usize,
     /// The resource JSON, exactly the bytes that arrived.
     pub data: Bytes,
 }
@@ -66,9 +83,9 @@ pub struct Context<'a> {
     pub customer_id: Uuid,
     /// When the frame arrived, for shapes that carry no timestamp.
     pub received_at: SystemTime,
-    /// For bare objects: the resource of the one subscription they can have arrived on, when
-    /// it is known. Without it a bare object is routed under `customer_id:<C>` alone.
-    pub bare_resource: Option<&'a str>,
+    /// What frames of the subscription it arrived through are known to be: a bare object's
+    /// only source of its resource and event type.
+    pub label: &'a Label,
 }
 
 /// Why a frame could not become an event.
@@ -110,6 +127,19 @@ struct Probe<'a> {
     owner_type: Option<&'a RawValue>,
     #[serde(borrow)]
     owner_id: Option<&'a RawValue>,
+    // What tells a bare object's event apart (`infer`).
+    #[serde(borrow)]
+    status: Option<&'a RawValue>,
+    #[serde(borrow)]
+    tm_update: Option<&'a RawValue>,
+    #[serde(borrow)]
+    tm_delete: Option<&'a RawValue>,
+    #[serde(borrow)]
+    tm_ringing: Option<&'a RawValue>,
+    #[serde(borrow)]
+    tm_progressing: Option<&'a RawValue>,
+    #[serde(borrow)]
+    tm_hangup: Option<&'a RawValue>,
 }
 
 /// The fields of a resource object that routing needs.
@@ -165,8 +195,10 @@ pub fn resource_of(event_type: &str) -> &str {
 /// can be built for it.
 pub fn decode(frame: &Bytes, cx: &Context<'_>) -> Result<Event, DecodeError> {
     let probe: Probe<'_> = serde_json::from_slice(frame).map_err(|_| DecodeError::InvalidJson)?;
-    let event_type = string(probe.event_type);
-    let kind = string(probe.kind);
+    // A resource object at the top level is bare, whatever else it holds.
+    let wrapped = probe.id.is_none() && probe.customer_id.is_none();
+    let event_type = string(probe.event_type).filter(|_| wrapped);
+    let kind = string(probe.kind).filter(|_| wrapped);
     let (shape, event_type, timestamp, topics, data) = match (probe.data, event_type, kind) {
         (Some(data), Some(event_type), _) => {
             let fields = Fields::read_data(data, cx)?;
@@ -192,7 +224,7 @@ pub fn decode(frame: &Bytes, cx: &Context<'_>) -> Result<Event, DecodeError> {
             let mut topics = routing_topics(
                 cx,
                 resource.as_deref(),
-                &event_type,
+                Some(&event_type),
                 id.as_deref(),
                 fields.agent_owner,
             );
@@ -215,7 +247,7 @@ pub fn decode(frame: &Bytes, cx: &Context<'_>) -> Result<Event, DecodeError> {
             let topics = routing_topics(
                 cx,
                 Some(resource_of(&kind)),
-                &kind,
+                Some(&kind),
                 fields.id.as_deref(),
                 fields.agent_owner,
             );
@@ -229,15 +261,45 @@ pub fn decode(frame: &Bytes, cx: &Context<'_>) -> Result<Event, DecodeError> {
                 owner_id: probe.owner_id,
             };
             let fields = Fields::read(&raw, cx)?;
-            let resource = cx.bare_resource;
-            let event_type = match resource {
-                Some(resource) => format!("{resource}_updated"),
-                None => "updated".to_owned(),
+            let resource = cx.label.resource();
+            // The label's type is VoIPBIN's own; an inferred one is shown, never routed on.
+            let routed = cx.label.event_type();
+            let event_type = match (resource, routed) {
+                (_, Some(known)) => known.to_owned(),
+                (Some(resource), None) => {
+                    let [
+                        status,
+                        tm_update,
+                        tm_delete,
+                        tm_ringing,
+                        tm_progressing,
+                        tm_hangup,
+                    ] = [
+                        probe.status,
+                        probe.tm_update,
+                        probe.tm_delete,
+                        probe.tm_ringing,
+                        probe.tm_progressing,
+                        probe.tm_hangup,
+                    ]
+                    .map(string);
+                    let object = infer::Lifecycle {
+                        status: status.as_deref(),
+                        tm_update: tm_update.as_deref(),
+                        tm_delete: tm_delete.as_deref(),
+                        tm_ringing: tm_ringing.as_deref(),
+                        tm_progressing: tm_progressing.as_deref(),
+                        tm_hangup: tm_hangup.as_deref(),
+                    };
+                    infer::event_type(resource, &object)
+                        .map_or_else(|| format!("{resource}_updated"), str::to_owned)
+                }
+                (None, None) => "updated".to_owned(),
             };
             let topics = routing_topics(
                 cx,
                 resource,
-                &event_type,
+                routed,
                 fields.id.as_deref(),
                 fields.agent_owner,
             );
@@ -256,6 +318,7 @@ pub fn decode(frame: &Bytes, cx: &Context<'_>) -> Result<Event, DecodeError> {
         timestamp: timestamp.unwrap_or_else(|| timestamp::format(cx.received_at)),
         customer_id: cx.customer_id,
         topics,
+        fresh_from: 0,
         data: sub_bytes(frame, data),
     })
 }
@@ -293,28 +356,36 @@ impl Fields {
 }
 
 /// The topics of an event in the order of the module docs; those that cannot be built (an id
-/// or type holding bytes no topic may) are left out.
+/// or type holding bytes no topic may) are left out. Without a resource: the customer's and
+/// the agent owner's whole streams; without an event type, no typed topics.
 fn routing_topics(
     cx: &Context<'_>,
     resource: Option<&str>,
-    event_type: &str,
+    event_type: Option<&str>,
     id: Option<&str>,
     agent_owner: Option<Uuid>,
 ) -> Vec<Topic> {
-    let Some(resource) = resource else {
-        return Topic::build(Scope::Customer, cx.customer_id, &[])
-            .into_iter()
-            .collect();
-    };
-    let (short, long): (Vec<&str>, Vec<&str>) = match id {
-        Some(id) => (vec![resource, id], vec![resource, event_type, id]),
-        None => (vec![resource], vec![resource, event_type]),
-    };
     let mut owners = vec![(Scope::Customer, cx.customer_id)];
     owners.extend(agent_owner.map(|owner| (Scope::Agent, owner)));
+    let Some(resource) = resource else {
+        return owners
+            .into_iter()
+            .filter_map(|(scope, owner)| Topic::build(scope, owner, &[]).ok())
+            .collect();
+    };
+    let mut forms: Vec<Vec<&str>> = Vec::with_capacity(2);
+    forms.push([Some(resource), id].into_iter().flatten().collect());
+    if let Some(event_type) = event_type {
+        forms.push(
+            [Some(resource), Some(event_type), id]
+                .into_iter()
+                .flatten()
+                .collect(),
+        );
+    }
     let mut topics = Vec::with_capacity(4);
     for (scope, owner) in owners {
-        for segments in [&short, &long] {
+        for segments in &forms {
             if let Ok(topic) = Topic::build(scope, owner, segments)
                 && !topics.contains(&topic)
             {

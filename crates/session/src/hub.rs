@@ -9,9 +9,13 @@
 //! lock is one customer's, taken once per event by that customer's one upstream reader, so it
 //! is contended only by that customer's resumes.
 //!
-//! What `recovered` rests on, besides the window: the upstream patterns that a resume's
+//! What `recovered` rests on, besides the window: the upstream prefixes that a resume's
 //! patterns need must have been *covered* (subscribed, and the subscription known applied by
 //! VoIPBIN, see `fanout_upstream`) since no later than the client's cursor, without a break.
+//!
+//! An event may come twice, the second time with more topics (a copy that said more of it,
+//! `Event::fresh_from`): it goes only to the sessions that its earlier topics did not reach,
+//! live and in a replay alike.
 
 use std::cell::OnceCell;
 use std::collections::HashMap;
@@ -22,6 +26,7 @@ use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use fanout_protocol::cursor::Cursor;
+use fanout_protocol::prefix::Prefix;
 use fanout_protocol::server::{EnvelopeHead, GapReason, gap_frame, resumed_frame};
 use fanout_protocol::upstream::Event;
 use fanout_protocol::{Pattern, Topic};
@@ -122,6 +127,8 @@ impl WindowBudget {
 /// is made, the data is a slice of it: the upstream frame the event came in is not kept.
 struct Stored {
     topics: Vec<Topic>,
+    /// Sessions whose first matching topic is before this one had the event already.
+    fresh_from: usize,
     head: EnvelopeHead,
     data: Bytes,
     frames: [OnceCell<Bytes>; MAX_SHARED_FRAMES],
@@ -185,24 +192,11 @@ impl Stored {
     }
 }
 
-/// Whether every topic that `narrow` matches, `wide` matches too: same scope and owner, and
-/// each of `wide`'s segments a `*` or the same as `narrow`'s (a shorter pattern matches
-/// everything below it).
-fn selects_all_of(wide: &Pattern, narrow: &Pattern) -> bool {
-    wide.scope() == narrow.scope()
-        && wide.owner() == narrow.owner()
-        && wide.segment_count() <= narrow.segment_count()
-        && wide
-            .rest()
-            .zip(narrow.rest())
-            .all(|(w, n)| w == fanout_protocol::topic::WILDCARD || w == n)
-}
-
-/// A customer's stream: the window, and since when each upstream pattern is covered.
+/// A customer's stream: the window, and since when each upstream prefix is covered.
 struct Stream {
     window: Window<Stored>,
-    /// Upstream pattern → the offset from which every event it matches is in the stream.
-    covered: HashMap<Pattern, u64>,
+    /// Upstream prefix → the offset from which every event it selects is in the stream.
+    covered: HashMap<Prefix, u64>,
     /// The stream is being filled from elsewhere (a cluster's log, from its term's
     /// beginning): resumes wait in `deferred` until it is whole.
     catching_up: bool,
@@ -213,8 +207,8 @@ struct Stream {
 struct Deferred {
     session: Subscriber,
     patterns: Vec<Pattern>,
-    /// The upstream pattern each of `patterns` needs.
-    upstream: Vec<Pattern>,
+    /// The upstream prefix each of `patterns` needs.
+    upstream: Vec<Prefix>,
     held: Vec<Pattern>,
     held_since: Option<Cursor>,
     since: Cursor,
@@ -324,16 +318,16 @@ impl Hub {
         }
     }
 
-    /// The upstream now delivers every event that `patterns` match (in order with events).
-    pub fn covered(&self, patterns: &[Pattern]) {
+    /// The upstream now delivers every event that `prefixes` select (in order with events).
+    pub fn covered(&self, prefixes: &[Prefix]) {
         let mut stream = self.lock_stream();
         let from = stream.window.next_cursor().offset;
-        for pattern in patterns {
-            stream.covered.entry(pattern.clone()).or_insert(from);
+        for prefix in prefixes {
+            stream.covered.entry(prefix.clone()).or_insert(from);
         }
     }
 
-    /// The upstream patterns covered now (see [`Hub::covered`]), sorted.
+    /// The upstream prefixes covered now (see [`Hub::covered`]), sorted.
     pub fn covered_patterns(&self) -> Vec<String> {
         let mut covered: Vec<String> = self
             .lock_stream()
@@ -345,11 +339,11 @@ impl Hub {
         covered
     }
 
-    /// Events that `patterns` match may no longer arrive.
-    pub fn uncovered(&self, patterns: &[Pattern]) {
+    /// Events that `prefixes` select may no longer arrive.
+    pub fn uncovered(&self, prefixes: &[Prefix]) {
         let mut stream = self.lock_stream();
-        for pattern in patterns {
-            stream.covered.remove(pattern);
+        for prefix in prefixes {
+            stream.covered.remove(prefix);
         }
     }
 
@@ -401,21 +395,15 @@ impl Hub {
         self.has_deferred.store(false, Ordering::Release);
         let before = stream.window.bytes();
         for d in deferred {
-            let upstream_of = |p: &Pattern| {
-                d.patterns
-                    .iter()
-                    .position(|q| q == p)
-                    .map_or_else(|| p.clone(), |i| d.upstream[i].clone())
-            };
             self.resume_locked(
                 &mut stream,
                 now,
                 &d.session,
                 &d.patterns,
+                &d.upstream,
                 &d.held,
                 d.held_since,
                 d.since,
-                upstream_of,
             );
         }
         self.settle(&mut stream, before, now);
@@ -571,9 +559,15 @@ impl Hub {
         }
         let cursor = stream.window.next_cursor();
         let head = EnvelopeHead::new(&event.event_type, &event.timestamp).with_cursor(cursor);
-        let Event { topics, data, .. } = event;
+        let Event {
+            topics,
+            fresh_from,
+            data,
+            ..
+        } = event;
         let mut stored = Stored {
             topics,
+            fresh_from,
             head,
             data,
             frames: Default::default(),
@@ -583,6 +577,10 @@ impl Hub {
         let (mut delivered, mut overflowed) = (0, 0);
         if live {
             self.trie.match_topics(&stored.topics, |subscriber, index| {
+                if index < stored.fresh_from {
+                    // Had it from an earlier copy.
+                    return;
+                }
                 let (frame, made) = stored.frame(index);
                 if made > 0 || index >= MAX_SHARED_FRAMES {
                     published.encoded += 1;
@@ -616,16 +614,17 @@ impl Hub {
     /// `held` may be left out of the replay only if the session has had every event they
     /// match since a cursor no later than `since`: `held_since`, the cursor of a recovered
     /// resume that gave it all of them (else the answer is `recovered: false`).
-    /// `upstream_of` names the upstream pattern each pattern needs. Answers which patterns
+    /// `upstream` names the upstream prefix each pattern needs. Answers which patterns
     /// were new to the trie, and what was answered.
+    #[allow(clippy::too_many_arguments)]
     pub fn resume(
         &self,
         session: &Subscriber,
         patterns: &[Pattern],
+        upstream: &[Prefix],
         held: &[Pattern],
         held_since: Option<Cursor>,
         since: Cursor,
-        upstream_of: impl Fn(&Pattern) -> Pattern,
     ) -> (Vec<bool>, Resumed) {
         let now = tokio::time::Instant::now();
         let mut stream = self.lock_stream();
@@ -634,7 +633,7 @@ impl Hub {
             stream.deferred.push(Deferred {
                 session: session.clone(),
                 patterns: patterns.to_vec(),
-                upstream: patterns.iter().map(&upstream_of).collect(),
+                upstream: upstream.to_vec(),
                 held: held.to_vec(),
                 held_since,
                 since,
@@ -654,10 +653,10 @@ impl Hub {
             now,
             session,
             patterns,
+            upstream,
             held,
             held_since,
             since,
-            upstream_of,
         );
         self.settle(&mut stream, before, now);
         answer
@@ -671,10 +670,10 @@ impl Hub {
         now: tokio::time::Instant,
         session: &Subscriber,
         patterns: &[Pattern],
+        upstream: &[Prefix],
         held: &[Pattern],
         held_since: Option<Cursor>,
         since: Cursor,
-        upstream_of: impl Fn(&Pattern) -> Pattern,
     ) -> (Vec<bool>, Resumed) {
         stream.window.forget(now);
         let inserted: Vec<bool> = patterns
@@ -699,7 +698,7 @@ impl Hub {
                         .saturating_add(stream.covered.len())
                         .saturating_mul(patterns.len() + held.len())
                         <= MAX_RESUME_WORK
-                    && covered_since(&stream.covered, patterns, since, &upstream_of) =>
+                    && covered_since(&stream.covered, upstream, since) =>
             {
                 let mut replay = Vec::new();
                 for (cursor, stored) in events {
@@ -710,7 +709,8 @@ impl Hub {
                     let first = topics
                         .iter()
                         .position(|t| patterns.iter().any(|p| p.matches(t)));
-                    if let Some(index) = first {
+                    // An event's later copy is for those its earlier topics did not reach.
+                    if let Some(index) = first.filter(|i| *i >= stored.fresh_from) {
                         let (frame, made) = stored.frame(index);
                         if made > 0 {
                             grown.push((cursor, made));
@@ -760,51 +760,15 @@ impl Hub {
     }
 }
 
-/// Whether every pattern's upstream subscription, or one that selects all it selects, has
-/// been covered since no later than `since`.
-fn covered_since(
-    covered: &HashMap<Pattern, u64>,
-    patterns: &[Pattern],
-    since: Cursor,
-    upstream_of: &impl Fn(&Pattern) -> Pattern,
-) -> bool {
-    patterns.iter().all(|pattern| {
-        let needed = upstream_of(pattern);
-        match covered.get(&needed) {
-            Some(from) if *from <= since.offset => true,
-            _ => covered
-                .iter()
-                .any(|(held, from)| *from <= since.offset && selects_all_of(held, &needed)),
-        }
+/// Whether every prefix `needed`, or one that covers it (delivers all its events with as
+/// much said of them), has been covered since no later than `since`.
+fn covered_since(covered: &HashMap<Prefix, u64>, needed: &[Prefix], since: Cursor) -> bool {
+    needed.iter().all(|needed| match covered.get(needed) {
+        Some(from) if *from <= since.offset => true,
+        _ => covered
+            .iter()
+            .any(|(held, from)| *from <= since.offset && held.covers(needed)),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const C: &str = "12345678-1234-1234-1234-123456789012";
-
-    fn p(rest: &str) -> Pattern {
-        Pattern::parse(&format!("customer_id:{C}{rest}")).expect("valid pattern")
-    }
-
-    #[test]
-    fn wider_patterns_select_all_of_narrower_ones() {
-        assert!(selects_all_of(&p(""), &p(":call:*")));
-        assert!(selects_all_of(&p(":call:*"), &p(":call:k1")));
-        assert!(selects_all_of(&p(":call"), &p(":call:*")));
-        assert!(selects_all_of(&p(":*"), &p(":call")));
-        assert!(selects_all_of(&p(":call"), &p(":call")));
-        assert!(!selects_all_of(&p(":call"), &p(":*")));
-        assert!(!selects_all_of(&p(":call:k1"), &p(":call")));
-        assert!(!selects_all_of(&p(":queue"), &p(":queuecall")));
-        let other = Pattern::parse("customer_id:98765432-4321-4321-4321-210987654321")
-            .expect("valid pattern");
-        assert!(!selects_all_of(&other, &p(":call")));
-        let agent = Pattern::parse(&format!("agent_id:{C}:call")).expect("valid pattern");
-        assert!(!selects_all_of(&agent, &p(":call")));
-    }
 }
 
 #[cfg(test)]
@@ -820,6 +784,7 @@ mod budget_tests {
             topics: vec![
                 Topic::parse(&format!("customer_id:{customer}:call:k{n}")).expect("topic"),
             ],
+            fresh_from: 0,
             data: Bytes::from(vec![b'1'; 300]),
         }
     }

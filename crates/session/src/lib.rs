@@ -40,4 +40,4 @@ pub use close::CloseReason;
 pub use config::SessionConfig;
 pub use endpoint::Endpoint;
 pub use hub::{Hub, Subscriber};
-pub use session::{Directory, SessionHandle};
+pub use session::{Directory, SessionHandle, UpstreamLimit};

@@ -13,7 +13,7 @@ use crate::budget::Bucket;
 use crate::close::CloseReason;
 use crate::config::SessionConfig;
 use crate::hub::Subscriber;
-use crate::session::{Directory, SessionHandle, SessionParams};
+use crate::session::{Directory, SessionHandle, SessionParams, UpstreamLimit};
 
 /// A session's request state.
 pub(crate) struct Requests<'a> {
@@ -115,11 +115,30 @@ impl<'a> Requests<'a> {
                     ));
                 }
                 let mut new: Vec<Pattern> = Vec::new();
-                for pattern in request.topics {
+                let mut sent: Vec<String> = Vec::new();
+                for (pattern, text) in request.topics.into_iter().zip(request.sent) {
                     if !self.patterns.contains(&pattern) && !new.contains(&pattern) {
                         new.push(pattern);
+                        sent.push(text);
                     }
                 }
+                // The directory's refusal, named by the topics as the client sent them.
+                let over_limit = |limit: UpstreamLimit| {
+                    let topics = new
+                        .iter()
+                        .zip(&sent)
+                        .filter(|(p, _)| limit.patterns.contains(p))
+                        .map(|(_, text)| text.clone())
+                        .collect();
+                    Refusal::with_topics(
+                        ErrorCode::UpstreamLimit,
+                        format!(
+                            "these topics would need more than {} connections to VoIPBIN for this customer (upstream.max_connections_per_customer): subscribe to fewer kinds of events",
+                            limit.max
+                        ),
+                        topics,
+                    )
+                };
                 if self.patterns.len() + new.len() > self.config.max_topics {
                     return self.refuse(Refusal::new(
                         ErrorCode::TooManyTopics,
@@ -148,13 +167,16 @@ impl<'a> Requests<'a> {
                             "a subscribe with \"since\" names the topics of one customer only",
                         ));
                     }
-                    let recovered = self.directory.resume(
+                    let recovered = match self.directory.resume(
                         &self.subscriber,
                         &new,
                         &self.patterns,
                         self.continuous_since,
                         since,
-                    );
+                    ) {
+                        Ok(recovered) => recovered,
+                        Err(limit) => return self.refuse(over_limit(limit)),
+                    };
                     self.continuous_since = match (recovered, self.patterns.is_empty()) {
                         (true, true) => Some(since),
                         (true, false) => self.continuous_since,
@@ -163,14 +185,15 @@ impl<'a> Requests<'a> {
                     self.patterns.extend(new);
                     return None;
                 }
-                if !new.is_empty() {
-                    // Held from now on only: no longer continuous since any earlier cursor.
-                    self.continuous_since = None;
+                if new.is_empty() {
+                    return None;
                 }
-                for pattern in new {
-                    self.directory.subscribe(&self.subscriber, &pattern);
-                    self.patterns.push(pattern);
+                if let Err(limit) = self.directory.subscribe(&self.subscriber, &new) {
+                    return self.refuse(over_limit(limit));
                 }
+                // Held from now on only: no longer continuous since any earlier cursor.
+                self.continuous_since = None;
+                self.patterns.extend(new);
             }
             Action::Unsubscribe => {
                 for pattern in request.topics {

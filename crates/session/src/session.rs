@@ -23,13 +23,27 @@ use crate::queue::{Push, Queue, Taken};
 use crate::requests::Requests;
 use crate::writer::Outgoing;
 
+/// A subscribe the directory cannot serve: its patterns would need more connections to
+/// VoIPBIN than one customer may have.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamLimit {
+    /// The limit.
+    pub max: usize,
+    /// The patterns that would need a connection of their own.
+    pub patterns: Vec<Pattern>,
+}
+
 /// Places a session's patterns in the hubs that serve them and keeps the upstreams
 /// subscribed to what the patterns need. Implemented by the gateway.
 pub trait Directory: Send + Sync + 'static {
     /// A session of `session.customer_id()` opened.
     fn attach(&self, session: &Subscriber);
-    /// The session subscribed to `pattern` (already permitted and not yet held).
-    fn subscribe(&self, session: &Subscriber, pattern: &Pattern);
+    /// The session subscribed to `patterns` (already permitted and not yet held): all of
+    /// them, or none.
+    ///
+    /// # Errors
+    /// [`UpstreamLimit`] when their customer's upstream cannot take them; none is held.
+    fn subscribe(&self, session: &Subscriber, patterns: &[Pattern]) -> Result<(), UpstreamLimit>;
     /// The session unsubscribed from `pattern` (which it held).
     fn unsubscribe(&self, session: &Subscriber, pattern: &Pattern);
     /// The session ended while holding `patterns`.
@@ -39,6 +53,9 @@ pub trait Directory: Send + Sync + 'static {
     /// event of since `held_since` (see [`crate::Hub::resume`]): answer with `resumed` and the
     /// replay before any live event of them (protocol.md §1.7); answers whether it was
     /// `recovered`. Without a stream to judge, it subscribes them and answers `false`.
+    ///
+    /// # Errors
+    /// [`UpstreamLimit`] as for [`Directory::subscribe`]; nothing is answered then.
     fn resume(
         &self,
         session: &Subscriber,
@@ -46,15 +63,13 @@ pub trait Directory: Send + Sync + 'static {
         held: &[Pattern],
         held_since: Option<Cursor>,
         since: Cursor,
-    ) -> bool {
+    ) -> Result<bool, UpstreamLimit> {
         let _ = (held, held_since, since);
-        for pattern in patterns {
-            self.subscribe(session, pattern);
-        }
+        self.subscribe(session, patterns)?;
         session
             .0
             .send_control(fanout_protocol::server::resumed_frame(false, None, 0));
-        false
+        Ok(false)
     }
 }
 

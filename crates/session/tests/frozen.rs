@@ -21,7 +21,13 @@ struct Nowhere;
 
 impl Directory for Nowhere {
     fn attach(&self, _: &Subscriber) {}
-    fn subscribe(&self, _: &Subscriber, _: &Pattern) {}
+    fn subscribe(
+        &self,
+        _: &Subscriber,
+        _: &[Pattern],
+    ) -> Result<(), fanout_session::UpstreamLimit> {
+        Ok(())
+    }
     fn unsubscribe(&self, _: &Subscriber, _: &Pattern) {}
     fn detach(&self, _: &Subscriber, _: &[Pattern]) {}
 }

@@ -651,6 +651,14 @@ impl TutorialRun {
         })
     }
 
+    /// Everything printed so far, and whatever more comes within `quiet` of the last line.
+    pub async fn printed(&mut self, quiet: Duration) -> &[String] {
+        while let Ok(Some(line)) = tokio::time::timeout(quiet, self.lines.recv()).await {
+            self.seen.push(line);
+        }
+        &self.seen
+    }
+
     /// Waits until a printed line equals `line`; panics with everything printed otherwise.
     pub async fn expect_line(&mut self, line: &str) {
         if self.seen.iter().any(|l| l == line) {

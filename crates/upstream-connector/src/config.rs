@@ -78,6 +78,10 @@ pub struct UpstreamConfig {
     /// taken as applied: the pong proves the subscribe was read, and VoIPBIN may apply it
     /// a little later (its message bus subscribes asynchronously).
     pub subscribe_settle: Duration,
+    /// The most connections one customer's upstream may have: one per label in use.
+    pub max_connections: usize,
+    /// How long and how many events are remembered to collapse their copies.
+    pub merge: crate::merge::MergeLimits,
 }
 
 impl UpstreamConfig {
@@ -99,6 +103,8 @@ impl UpstreamConfig {
             stable_after: Duration::from_secs(30),
             max_frame_bytes: 16 * 1024 * 1024,
             subscribe_settle: Duration::from_secs(1),
+            max_connections: 16,
+            merge: crate::merge::MergeLimits::default(),
         }
     }
 }

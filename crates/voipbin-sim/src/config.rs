@@ -35,14 +35,72 @@ impl FromStr for Shape {
 /// The real server's quirks, each off by default.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Quirks {
-    /// Match subscriptions as raw string prefixes (`…:queue` matches `…:queuecall:…`).
+    /// Subscriptions as VoIPBIN's code takes them: the text as sent, matched as a raw
+    /// string prefix of each published topic (`…:queue` matches `…:queuecall:…`; `*` is an
+    /// ordinary character, so `…:call:*` matches nothing), and handled as VoIPBIN handles a
+    /// message: checked only for the scope, the owner and the permission table (anything
+    /// after the owner is accepted, a trailing `:` included), never answered, a refused topic
+    /// dropping the connection without a close frame, bad JSON and unknown types ignored.
     pub raw_prefix: bool,
-    /// Deliver an event once per matching (subscription, topic) pair, so a 3-part prefix
-    /// such as `customer_id:C:call` gets each call event twice.
+    /// Deliver an event once per published topic that one of a connection's subscriptions
+    /// matches, as VoIPBIN does: `customer_id:C:call` gets each call event twice (under
+    /// `…:call:<id>` and `…:call:<event_type>:<id>`).
     pub double_delivery: bool,
     /// Close the connection without a close frame on an invalid or forbidden topic, and
-    /// ignore bad JSON, instead of answering with an error frame.
+    /// ignore bad JSON, instead of answering with an error frame (implied by `raw_prefix`).
     pub close_on_bad_topic: bool,
+}
+
+/// Which of its two worlds the simulator plays (docs/protocol.md §13).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum World {
+    /// VoIPBIN's tutorial: envelopes with their type and topic, segment matching, one
+    /// delivery per event, error frames.
+    #[default]
+    Tutorial,
+    /// VoIPBIN's server code as it is today: bare objects, raw prefixes, a delivery per
+    /// matching published topic, no error frames.
+    Voipbin,
+}
+
+impl World {
+    /// Both worlds, for tests that run in each.
+    pub const ALL: [World; 2] = [World::Tutorial, World::Voipbin];
+
+    /// Its name (`tutorial`, `voipbin`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            World::Tutorial => "tutorial",
+            World::Voipbin => "voipbin",
+        }
+    }
+
+    /// The shape and quirks of the world.
+    pub fn shape_and_quirks(self) -> (Shape, Quirks) {
+        match self {
+            World::Tutorial => (Shape::Envelope, Quirks::default()),
+            World::Voipbin => (
+                Shape::Bare,
+                Quirks {
+                    raw_prefix: true,
+                    double_delivery: true,
+                    close_on_bad_topic: true,
+                },
+            ),
+        }
+    }
+}
+
+impl FromStr for World {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "tutorial" => Ok(World::Tutorial),
+            "voipbin" => Ok(World::Voipbin),
+            other => Err(format!("unknown world {other:?}: tutorial or voipbin")),
+        }
+    }
 }
 
 /// Everything the simulator needs to run.
@@ -79,6 +137,20 @@ pub struct SimConfig {
 }
 
 impl SimConfig {
+    /// Plays `world`: its shape and quirks.
+    pub fn in_world(mut self, world: World) -> Self {
+        (self.shape, self.quirks) = world.shape_and_quirks();
+        self
+    }
+
+    /// The world its shape and quirks are, or `custom`.
+    pub fn world_name(&self) -> &'static str {
+        World::ALL
+            .into_iter()
+            .find(|w| w.shape_and_quirks() == (self.shape, self.quirks))
+            .map_or("custom", World::as_str)
+    }
+
     /// Defaults for everything but the secret.
     pub fn new(jwt_secret: impl Into<String>) -> Self {
         SimConfig {

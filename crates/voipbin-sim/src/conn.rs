@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::hub::{Conn, Simulator};
+use crate::subscription::{Hook, Subscription, voipbin_permits};
 
 const CLOSE_OPCODE_BYTE: u8 = 0x88;
 
@@ -100,11 +101,18 @@ async fn read_loop(
         };
         last_seen.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
         match frame.opcode {
-            fastwebsockets::OpCode::Text => handle_message(sim, conn, &frame.payload),
+            fastwebsockets::OpCode::Text => {
+                handle_message(sim, conn, &frame.payload);
+                if conn.cancel.is_cancelled() {
+                    // Refused: nothing read after it is answered (a ping behind it gets no
+                    // pong), as VoIPBIN's read loop ends there.
+                    return;
+                }
+            }
             fastwebsockets::OpCode::Close => return,
             fastwebsockets::OpCode::Binary => {
                 // The real server only takes text messages.
-                if sim.config.quirks.close_on_bad_topic {
+                if sim.config.quirks.close_on_bad_topic || sim.config.quirks.raw_prefix {
                     return;
                 }
                 let _ = conn
@@ -132,6 +140,9 @@ fn refuse(sim: &Simulator, conn: &Conn, refusal: &Refusal) -> bool {
 }
 
 fn handle_message(sim: &Simulator, conn: &Arc<Conn>, text: &[u8]) {
+    if sim.config.quirks.raw_prefix {
+        return handle_as_voipbin(sim, conn, text);
+    }
     let request = match client::parse_request(text) {
         Ok(request) => request,
         Err(refusal) => {
@@ -157,12 +168,52 @@ fn handle_message(sim: &Simulator, conn: &Arc<Conn>, text: &[u8]) {
             return;
         }
     }
+    let subscriptions = request.topics.into_iter().map(Subscription::pattern);
+    apply(sim, conn, request.action, subscriptions);
+}
+
+/// A message handled as VoIPBIN's code handles it: what does not parse is skipped; any
+/// topic it does not accept, whatever the `type`, drops the connection with no close frame
+/// and nothing applied; an unknown `type` is ignored; nothing is ever answered.
+fn handle_as_voipbin(sim: &Simulator, conn: &Arc<Conn>, text: &[u8]) {
+    let Some(hook) = Hook::parse(text) else {
+        tracing::debug!(conn = conn.id, "Sim skipped a message that does not parse");
+        return;
+    };
+    if !hook
+        .topics()
+        .iter()
+        .all(|t| voipbin_permits(&conn.identity, t))
+    {
+        tracing::debug!(
+            conn = conn.id,
+            "Sim refused a topic: dropping the connection"
+        );
+        conn.cancel.cancel();
+        return;
+    }
+    let action = match hook.kind() {
+        "subscribe" => Action::Subscribe,
+        "unsubscribe" => Action::Unsubscribe,
+        _ => return,
+    };
+    let subscriptions = hook.topics().iter().map(|t| Subscription::raw(t));
+    apply(sim, conn, action, subscriptions);
+}
+
+/// Adds or removes subscriptions (a repeated one once), and files the connection anew.
+fn apply(
+    sim: &Simulator,
+    conn: &Arc<Conn>,
+    action: Action,
+    changes: impl Iterator<Item = Subscription>,
+) {
     {
         let mut subscriptions = conn.subscriptions();
-        for pattern in request.topics {
-            let held = subscriptions.iter().position(|p| *p == pattern);
-            match (request.action, held) {
-                (Action::Subscribe, None) => subscriptions.push(pattern),
+        for subscription in changes {
+            let held = subscriptions.iter().position(|s| *s == subscription);
+            match (action, held) {
+                (Action::Subscribe, None) => subscriptions.push(subscription),
                 (Action::Unsubscribe, Some(i)) => {
                     subscriptions.remove(i);
                 }

@@ -8,11 +8,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use fanout_auth::accesskey::{Cache, StaticKeys};
-use fanout_auth::{Authenticator, Identity, jwt, permission_bits};
+use fanout_auth::{Authenticator, Identity, jwt};
+use fanout_protocol::prefix::Label;
 use fanout_protocol::server::EnvelopeHead;
 use fanout_protocol::upstream::{self, Context};
 use fanout_protocol::ws::{self, OpCode};
-use fanout_protocol::{Pattern, Topic};
+use fanout_protocol::{Scope, Topic};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tokio::net::TcpListener;
@@ -21,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::config::{Shape, SimConfig};
+use crate::subscription::Subscription;
 
 /// One event to publish, as `POST /_sim/events` takes it.
 #[derive(Debug, Deserialize)]
@@ -47,12 +49,23 @@ pub enum PublishError {
 pub(crate) struct Conn {
     pub(crate) id: u64,
     pub(crate) identity: Identity,
-    pub(crate) subscriptions: Mutex<Vec<Pattern>>,
+    pub(crate) subscriptions: Mutex<Vec<Subscription>>,
     pub(crate) tx: mpsc::Sender<Bytes>,
     pub(crate) cancel: CancellationToken,
     pub(crate) stalled_until: Mutex<Option<tokio::time::Instant>>,
-    /// The customers it is filed under in the registry (see [`Conn::serves`]).
-    filed_under: Mutex<Vec<Uuid>>,
+    /// Where it is filed in the registry.
+    filed: Mutex<Filed>,
+}
+
+/// Where a connection is filed.
+#[derive(Default)]
+struct Filed {
+    /// Under the customers it serves ([`Conn::serves`]).
+    customers: Vec<Uuid>,
+    /// Under the owners its subscriptions are limited to.
+    owners: Vec<(Scope, Uuid)>,
+    /// Among the connections with a subscription limited to no owner.
+    unlimited: bool,
 }
 
 impl Conn {
@@ -64,8 +77,9 @@ impl Conn {
         let mut customers: Vec<Uuid> = self
             .subscriptions()
             .iter()
-            .filter(|p| p.scope() == fanout_protocol::Scope::Customer)
-            .map(Pattern::owner)
+            .filter_map(Subscription::owner)
+            .filter(|(scope, _)| *scope == Scope::Customer)
+            .map(|(_, owner)| owner)
             .collect();
         customers.sort();
         customers.dedup();
@@ -75,17 +89,12 @@ impl Conn {
         customers
     }
 
-    pub(crate) fn subscriptions(&self) -> MutexGuard<'_, Vec<Pattern>> {
+    pub(crate) fn subscriptions(&self) -> MutexGuard<'_, Vec<Subscription>> {
         lock(&self.subscriptions)
     }
 
     pub(crate) fn stalled_until(&self) -> Option<tokio::time::Instant> {
         *lock(&self.stalled_until)
-    }
-
-    fn is_super_admin(&self) -> bool {
-        self.identity
-            .has_permission(permission_bits::PROJECT_SUPER_ADMIN)
     }
 }
 
@@ -94,35 +103,97 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The open connections, indexed twice: by the customers they serve (for the control
+/// endpoints and the stats), and by the owners their subscriptions name (for publishing,
+/// whose cost so grows with the connections subscribed to an event's owners only, never
+/// with all the connections held).
 #[derive(Default)]
 struct Registry {
-    /// Connections by the customers they serve ([`Conn::serves`]).
     by_customer: HashMap<Uuid, Vec<Arc<Conn>>>,
-    /// Super-admin connections may subscribe to any customer's topics.
-    super_admins: Vec<Arc<Conn>>,
+    by_owner: HashMap<(Scope, Uuid), Vec<Arc<Conn>>>,
+    /// Connections with a subscription limited to no owner (a super-admin may subscribe to
+    /// `customer_id` on VoIPBIN, which every customer topic starts with).
+    unlimited: Vec<Arc<Conn>>,
+}
+
+fn file_under<K: std::hash::Hash + Eq>(
+    map: &mut HashMap<K, Vec<Arc<Conn>>>,
+    key: K,
+    conn: &Arc<Conn>,
+) {
+    map.entry(key).or_default().push(conn.clone());
+}
+
+fn unfile_from<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Vec<Arc<Conn>>>, key: &K, id: u64) {
+    if let Some(list) = map.get_mut(key) {
+        list.retain(|c| c.id != id);
+        if list.is_empty() {
+            map.remove(key);
+        }
+    }
 }
 
 impl Registry {
     fn file(&mut self, conn: &Arc<Conn>) {
         let customers = conn.serves();
-        for customer in &customers {
-            self.by_customer
-                .entry(*customer)
-                .or_default()
-                .push(conn.clone());
+        let (mut owners, mut unlimited) = (Vec::new(), false);
+        for subscription in conn.subscriptions().iter() {
+            match subscription.owner() {
+                Some(owner) if !owners.contains(&owner) => owners.push(owner),
+                Some(_) => {}
+                None => unlimited = true,
+            }
         }
-        *lock(&conn.filed_under) = customers;
+        for customer in &customers {
+            file_under(&mut self.by_customer, *customer, conn);
+        }
+        for owner in &owners {
+            file_under(&mut self.by_owner, *owner, conn);
+        }
+        if unlimited {
+            self.unlimited.push(conn.clone());
+        }
+        *lock(&conn.filed) = Filed {
+            customers,
+            owners,
+            unlimited,
+        };
     }
 
     fn unfile(&mut self, conn: &Conn) {
-        for customer in std::mem::take(&mut *lock(&conn.filed_under)) {
-            if let Some(list) = self.by_customer.get_mut(&customer) {
-                list.retain(|c| c.id != conn.id);
-                if list.is_empty() {
-                    self.by_customer.remove(&customer);
-                }
+        let filed = std::mem::take(&mut *lock(&conn.filed));
+        for customer in &filed.customers {
+            unfile_from(&mut self.by_customer, customer, conn.id);
+        }
+        for owner in &filed.owners {
+            unfile_from(&mut self.by_owner, owner, conn.id);
+        }
+        if filed.unlimited {
+            self.unlimited.retain(|c| c.id != conn.id);
+        }
+    }
+
+    /// The connections whose subscriptions may match one of `topics`, each once.
+    fn candidates(&self, topics: &[Topic]) -> Vec<Arc<Conn>> {
+        let mut owners: Vec<(Scope, Uuid)> = Vec::with_capacity(2);
+        for topic in topics {
+            let owner = (topic.scope(), topic.owner());
+            if !owners.contains(&owner) {
+                owners.push(owner);
             }
         }
+        let mut conns: Vec<Arc<Conn>> = owners
+            .iter()
+            .filter_map(|owner| self.by_owner.get(owner))
+            .flatten()
+            .chain(&self.unlimited)
+            .cloned()
+            .collect();
+        if owners.len() > 1 || !self.unlimited.is_empty() {
+            conns.sort_by_key(|c| c.id);
+            conns.dedup_by_key(|c| c.id);
+        }
+        conns
     }
 }
 
@@ -136,6 +207,7 @@ pub struct Simulator {
     published: AtomicU64,
     frames_sent: AtomicU64,
     frames_dropped: AtomicU64,
+    subscriptions_checked: AtomicU64,
     connections_total: AtomicU64,
     pub(crate) lookups: AtomicU64,
     pub(crate) lookups_in_flight: AtomicU64,
@@ -175,6 +247,8 @@ pub struct Stats {
     pub frames_sent: u64,
     /// Frames dropped because a connection's queue was full.
     pub frames_dropped: u64,
+    /// Subscriptions looked at to publish events since start: what publishing cost.
+    pub subscriptions_checked: u64,
     /// `GET /v1.0/customer` requests (access-key lookups) since start.
     pub lookups: u64,
     /// The most of them in flight at once.
@@ -214,6 +288,7 @@ impl Simulator {
             published: AtomicU64::new(0),
             frames_sent: AtomicU64::new(0),
             frames_dropped: AtomicU64::new(0),
+            subscriptions_checked: AtomicU64::new(0),
             connections_total: AtomicU64::new(0),
             lookups: AtomicU64::new(0),
             lookups_in_flight: AtomicU64::new(0),
@@ -257,21 +332,15 @@ impl Simulator {
             tx,
             cancel: self.cancel.child_token(),
             stalled_until: Mutex::new(None),
-            filed_under: Mutex::new(Vec::new()),
+            filed: Mutex::new(Filed::default()),
         });
-        let mut registry = lock(&self.registry);
-        registry.file(&conn);
-        if conn.is_super_admin() {
-            registry.super_admins.push(conn.clone());
-        }
+        lock(&self.registry).file(&conn);
         self.connections_total.fetch_add(1, Ordering::Relaxed);
         conn
     }
 
     pub(crate) fn unregister(&self, conn: &Conn) {
-        let mut registry = lock(&self.registry);
-        registry.unfile(conn);
-        registry.super_admins.retain(|c| c.id != conn.id);
+        lock(&self.registry).unfile(conn);
     }
 
     /// Files `conn` anew under the customers it serves, after its subscriptions changed.
@@ -281,19 +350,13 @@ impl Simulator {
         registry.file(conn);
     }
 
-    fn customer_conns(&self, customer: Uuid) -> Vec<Arc<Conn>> {
-        let registry = lock(&self.registry);
-        let mut conns = registry
+    /// The connections that serve `customer` (see [`Conn::serves`]).
+    fn serving(&self, customer: Uuid) -> Vec<Arc<Conn>> {
+        lock(&self.registry)
             .by_customer
             .get(&customer)
             .cloned()
-            .unwrap_or_default();
-        for admin in &registry.super_admins {
-            if !conns.iter().any(|c| c.id == admin.id) {
-                conns.push(admin.clone());
-            }
-        }
-        conns
+            .unwrap_or_default()
     }
 
     /// Customers with at least one open connection.
@@ -361,20 +424,15 @@ impl Simulator {
         let cx = Context {
             customer_id: customer,
             received_at: now,
-            bare_resource: None,
+            label: &Label::none(),
         };
         upstream::decode(&frame, &cx).map_err(|e| PublishError::Topic(index, e))
     }
 
-    fn matches(&self, pattern: &Pattern, topic: &Topic) -> bool {
-        if self.config.quirks.raw_prefix {
-            topic.as_str().starts_with(pattern.as_str())
-        } else {
-            pattern.matches(topic)
-        }
-    }
-
-    fn deliver(&self, event: &upstream::Event) -> usize {
+    /// Queues `event` to every connection that subscribed to it: once per published topic
+    /// that one of its subscriptions matches, with [`crate::Quirks::double_delivery`] (as
+    /// VoIPBIN does), else once under the first such topic. Answers the frames queued.
+    pub fn deliver(&self, event: &upstream::Event) -> usize {
         let head = EnvelopeHead::new(&event.event_type, &event.timestamp);
         let fixed = match self.config.shape {
             Shape::Envelope => None,
@@ -402,28 +460,23 @@ impl Simulator {
                 .get_or_insert_with(|| head.frame(&event.topics[i], &event.data))
                 .clone()
         };
+        let candidates = lock(&self.registry).candidates(&event.topics);
         let mut sent = 0;
-        for conn in self.customer_conns(event.customer_id) {
-            let mut frames = Vec::new();
+        let mut checked = 0;
+        let mut frames = Vec::with_capacity(event.topics.len());
+        for conn in candidates {
+            frames.clear();
             {
                 let subscriptions = conn.subscriptions();
+                checked += subscriptions.len();
+                let matched = |topic: &Topic| subscriptions.iter().any(|s| s.matches(topic));
                 if self.config.quirks.double_delivery {
-                    for pattern in subscriptions.iter() {
-                        for (i, topic) in event.topics.iter().enumerate() {
-                            if self.matches(pattern, topic) {
-                                frames.push(i);
-                            }
-                        }
-                    }
-                } else if let Some(i) = event
-                    .topics
-                    .iter()
-                    .position(|t| subscriptions.iter().any(|p| self.matches(p, t)))
-                {
-                    frames.push(i);
+                    frames.extend((0..event.topics.len()).filter(|i| matched(&event.topics[*i])));
+                } else {
+                    frames.extend(event.topics.iter().position(matched));
                 }
             }
-            for i in frames {
+            for &i in &frames {
                 if conn.tx.try_send(frame_for(i)).is_ok() {
                     sent += 1;
                 } else {
@@ -432,6 +485,8 @@ impl Simulator {
             }
         }
         self.frames_sent.fetch_add(sent as u64, Ordering::Relaxed);
+        self.subscriptions_checked
+            .fetch_add(checked as u64, Ordering::Relaxed);
         sent
     }
 
@@ -439,12 +494,7 @@ impl Simulator {
     /// subscribed to; answers how many frames went out.
     pub fn send_raw(&self, customer: Uuid, text: &[u8]) -> usize {
         let frame = ws::encode(OpCode::Text, text);
-        let conns = lock(&self.registry)
-            .by_customer
-            .get(&customer)
-            .cloned()
-            .unwrap_or_default();
-        conns
+        self.serving(customer)
             .iter()
             .filter(|c| c.tx.try_send(frame.clone()).is_ok())
             .count()
@@ -454,13 +504,8 @@ impl Simulator {
     /// subscription matching (the load tester's fast publisher: it encodes each event once);
     /// answers how many frames were queued in all.
     pub fn send_frames(&self, customer: Uuid, frames: &[Bytes]) -> usize {
-        let conns = lock(&self.registry)
-            .by_customer
-            .get(&customer)
-            .cloned()
-            .unwrap_or_default();
         let mut sent = 0;
-        for conn in &conns {
+        for conn in &self.serving(customer) {
             for frame in frames {
                 if conn.tx.try_send(frame.clone()).is_ok() {
                     sent += 1;
@@ -475,11 +520,7 @@ impl Simulator {
 
     /// Drops every connection of `customer` without a close frame; answers how many.
     pub fn drop_customer(&self, customer: Uuid) -> usize {
-        let conns = lock(&self.registry)
-            .by_customer
-            .get(&customer)
-            .cloned()
-            .unwrap_or_default();
+        let conns = self.serving(customer);
         for conn in &conns {
             conn.cancel.cancel();
         }
@@ -490,11 +531,7 @@ impl Simulator {
     /// answers how many.
     pub fn stall_customer(&self, customer: Uuid, duration: Duration) -> usize {
         let until = tokio::time::Instant::now() + duration;
-        let conns = lock(&self.registry)
-            .by_customer
-            .get(&customer)
-            .cloned()
-            .unwrap_or_default();
+        let conns = self.serving(customer);
         for conn in &conns {
             *lock(&conn.stalled_until) = Some(until);
         }
@@ -532,6 +569,7 @@ impl Simulator {
             published: self.published.load(Ordering::Relaxed),
             frames_sent: self.frames_sent.load(Ordering::Relaxed),
             frames_dropped: self.frames_dropped.load(Ordering::Relaxed),
+            subscriptions_checked: self.subscriptions_checked.load(Ordering::Relaxed),
             lookups: self.lookups.load(Ordering::Relaxed),
             lookups_max_in_flight: self.lookups_max_in_flight.load(Ordering::Relaxed),
             tcp_connections_total: self.tcp_connections_total.load(Ordering::Relaxed),

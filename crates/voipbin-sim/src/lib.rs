@@ -12,8 +12,12 @@
 //! | `POST /_sim/drop?customer_id=C[&stall_ms=N]` | drop C's connections without a close frame, or stall them for N ms |
 //! | `GET /v1.0/customer` | the customer of an access key (how the gateway checks keys) |
 //!
-//! The real server's quirks (raw-prefix matching, duplicate deliveries, closing on a bad
-//! topic without a close frame) are behind [`Quirks`], off by default.
+//! It plays one of two worlds ([`World`]): the tutorial's (envelopes, segment matching), the
+//! default, or VoIPBIN's server code as it is today (bare objects, raw-prefix matching, a
+//! delivery per matching published topic, a connection dropped without a close frame on a
+//! topic it refuses, no error frames). The real server's quirks are also [`Quirks`] one by
+//! one. Publishing costs what the connections subscribed to an event's owners cost, however
+//! many connections it holds.
 //!
 //! Use it in-process with [`Simulator::start`], or as the `voipbin-sim` binary.
 
@@ -22,6 +26,7 @@ mod conn;
 mod generator;
 mod http;
 mod hub;
+mod subscription;
 
-pub use config::{Quirks, Shape, SimConfig, tls_config};
+pub use config::{Quirks, Shape, SimConfig, World, tls_config};
 pub use hub::{PublishError, Simulator, Stats};

@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
-use voipbin_sim::{Quirks, Shape, SimConfig, Simulator};
+use voipbin_sim::{Shape, SimConfig, Simulator, World};
 
 /// A faithful VoIPBIN WebSocket stand-in for tests, benchmarks and demos.
 #[derive(Debug, Parser)]
@@ -22,16 +22,24 @@ struct Args {
     /// An access key and its customer, as `vb_KEY=CUSTOMER_UUID`; repeatable.
     #[arg(long = "accesskey", value_parser = parse_accesskey)]
     access_keys: Vec<(String, Uuid)>,
-    /// Shape of event frames: envelope, webhook or bare.
-    #[arg(long, default_value = "envelope")]
-    shape: Shape,
+    /// The world to play: `tutorial` (envelopes, segment matching, error frames) or
+    /// `voipbin` (VoIPBIN's server code today: bare objects, raw prefixes, a delivery per
+    /// matching published topic, a dropped connection for a refused topic). The flags below
+    /// change it further.
+    #[arg(long, default_value = "tutorial")]
+    world: World,
+    /// Shape of event frames: envelope, webhook or bare (default: the world's).
+    #[arg(long)]
+    shape: Option<Shape>,
     /// Events per second of a random stream across known customers (0: none).
     #[arg(long, default_value_t = 0)]
     event_rate: u32,
-    /// Quirk: match subscriptions as raw string prefixes, like the real server.
+    /// Quirk: take subscriptions as the real server does: raw string prefixes, checked for
+    /// scope, owner and permission only, never answered, a refused one dropping the
+    /// connection.
     #[arg(long)]
     quirk_raw_prefix: bool,
-    /// Quirk: deliver an event once per matching (subscription, topic) pair.
+    /// Quirk: deliver an event once per published topic a connection's subscriptions match.
     #[arg(long)]
     quirk_double_delivery: bool,
     /// Quirk: drop the connection on a bad topic without a close frame; ignore bad JSON.
@@ -82,15 +90,15 @@ async fn main() -> anyhow::Result<()> {
     } else {
         tracing_subscriber::fmt().with_env_filter(filter).init();
     }
-    let mut config = SimConfig::new(args.jwt_secret);
+    let mut config = SimConfig::new(args.jwt_secret).in_world(args.world);
     config.access_keys = args.access_keys;
-    config.shape = args.shape;
+    if let Some(shape) = args.shape {
+        config.shape = shape;
+    }
     config.event_rate = args.event_rate;
-    config.quirks = Quirks {
-        raw_prefix: args.quirk_raw_prefix,
-        double_delivery: args.quirk_double_delivery,
-        close_on_bad_topic: args.quirk_close_on_bad_topic,
-    };
+    config.quirks.raw_prefix |= args.quirk_raw_prefix;
+    config.quirks.double_delivery |= args.quirk_double_delivery;
+    config.quirks.close_on_bad_topic |= args.quirk_close_on_bad_topic;
     config.ping_interval = args.ping_interval;
     config.pong_timeout = args.pong_timeout;
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {

@@ -10,7 +10,7 @@ use hyper::StatusCode;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
-use voipbin_sim::{Quirks, Shape, SimConfig, Simulator};
+use voipbin_sim::{Quirks, Shape, SimConfig, Simulator, World};
 
 const KEY: &str = "vb_0123456789abcdefghijklmnopqrstuv";
 
@@ -571,4 +571,177 @@ async fn a_service_tokens_connections_are_filed_under_the_customers_they_subscri
     assert_eq!(for_d.recv_close().await, (None, "eof".to_owned()));
     publish(sim.addr(), &call_event(e, "ke", None)).await;
     assert_eq!(for_e.recv_event().await["data"]["id"], "ke");
+}
+
+fn voipbin_world(cfg: &mut SimConfig) {
+    (cfg.shape, cfg.quirks) = World::Voipbin.shape_and_quirks();
+}
+
+/// Waits until `addr` holds `count` subscriptions in all.
+async fn wait_all_subscribed(addr: SocketAddr, count: usize) {
+    eventually("subscriptions to reach the simulator", || async move {
+        let stats = sim_stats(addr).await;
+        let held: usize = stats["customers"].as_object().map_or(0, |c| {
+            c.values()
+                .map(|s| s["subscriptions"].as_array().map_or(0, Vec::len))
+                .sum()
+        });
+        held == count
+    })
+    .await;
+}
+
+/// Frames that arrive within a moment, as text.
+async fn drain_texts(client: &mut Client) -> Vec<Value> {
+    let mut texts = Vec::new();
+    while let Some(received) = client.recv_within(Duration::from_millis(300)).await {
+        if let Received::Text(value) = received {
+            texts.push(value);
+        }
+    }
+    texts
+}
+
+#[tokio::test]
+async fn voipbin_world_matches_raw_prefixes_once_per_published_topic() {
+    let c = tutorial_customer();
+    let agent = Uuid::new_v4();
+    let sim = start_with(voipbin_world).await;
+    let admin = admin_token(c);
+    // One connection per subscription, and what each gets from one call event of the agent.
+    let cases = [
+        (format!("customer_id:{c}"), 2),
+        (format!("customer_id:{c}:call"), 2),
+        (format!("customer_id:{c}:call:"), 2),
+        (format!("customer_id:{c}:call:*"), 0),
+        (format!("customer_id:{c}:call:k1"), 1),
+        (format!("customer_id:{c}:call:call_ringing:"), 1),
+        (format!("customer_id:{c}:call:call_hangup:"), 0),
+        (format!("customer_id:{c}:callx:"), 0),
+    ];
+    let mut clients = Vec::new();
+    for (topic, _) in &cases {
+        let mut client = Client::connect_token(sim.addr(), &admin).await;
+        client.subscribe(&[topic]).await;
+        clients.push(client);
+    }
+    let mut own = Client::connect_token(
+        sim.addr(),
+        &agent_token(SECRET, c, agent, perm::CUSTOMER_AGENT, &far_future()),
+    )
+    .await;
+    own.subscribe(&[&format!("agent_id:{agent}:call:")]).await;
+    wait_all_subscribed(sim.addr(), cases.len() + 1).await;
+    let event = call_event(c, "k1", Some(agent));
+    let sent = publish(sim.addr(), &event).await;
+    let mut total = 0;
+    for ((topic, expected), client) in cases.iter().zip(&mut clients) {
+        let frames = drain_texts(client).await;
+        assert_eq!(frames.len(), *expected, "{topic}: {frames:?}");
+        for frame in &frames {
+            // The bare object, as VoIPBIN sends it: no type, no topic.
+            assert_eq!(*frame, event["data"], "{topic}");
+        }
+        total += frames.len();
+    }
+    assert_eq!(drain_texts(&mut own).await.len(), 2);
+    assert_eq!(sent, total as u64 + 2);
+    // `…:queue` catches queuecall events; `…:queue:` does not.
+    let mut queue = Client::connect_token(sim.addr(), &admin).await;
+    let mut exact = Client::connect_token(sim.addr(), &admin).await;
+    queue.subscribe(&[&format!("customer_id:{c}:queue")]).await;
+    exact.subscribe(&[&format!("customer_id:{c}:queue:")]).await;
+    wait_all_subscribed(sim.addr(), cases.len() + 3).await;
+    let queuecall = json!({"event_type":"queuecall_created","data":{"id":"q1","customer_id":c}});
+    publish(sim.addr(), &queuecall).await;
+    assert_eq!(drain_texts(&mut queue).await.len(), 2);
+    assert_eq!(drain_texts(&mut exact).await.len(), 0);
+}
+
+#[tokio::test]
+async fn voipbin_world_answers_nothing_and_drops_a_connection_for_a_refused_topic() {
+    let c = tutorial_customer();
+    let sim = start_with(voipbin_world).await;
+    let mut client = Client::connect_token(sim.addr(), &admin_token(c)).await;
+    // Anything after a valid owner is accepted, silently.
+    client
+        .subscribe(&[
+            &format!("customer_id:{c}:call:"),
+            &format!("customer_id:{c}:call:*"),
+        ])
+        .await;
+    wait_subscribed(sim.addr(), c, 2).await;
+    // What does not parse, and an unknown type, are skipped.
+    client.send_text("not json").await;
+    client
+        .send_text(r#"{"type":"subscribe","topics":"x"}"#)
+        .await;
+    client
+        .send_json(&json!({"type":"nonsense","topics":[format!("customer_id:{c}:message:")]}))
+        .await;
+    client.expect_silence(Duration::from_millis(300)).await;
+    assert_eq!(
+        sim_stats(sim.addr()).await["customers"][c.to_string()]["subscriptions"],
+        json!([
+            format!("customer_id:{c}:call:"),
+            format!("customer_id:{c}:call:*")
+        ])
+    );
+    // A topic of another customer, even beside a good one and in an unsubscribe: the
+    // connection goes, with no close frame.
+    let other = Uuid::new_v4();
+    for message in [
+        json!({"type":"subscribe","topics":[format!("customer_id:{c}:message:"), format!("customer_id:{other}")]}),
+        json!({"type":"unsubscribe","topics":[format!("customer_id:{other}:call:")]}),
+        json!({"type":"subscribe","topics":[format!("customer_id:{c}:call:*"), "customer_id:not-a-uuid"]}),
+    ] {
+        let mut client = Client::connect_token(sim.addr(), &admin_token(c)).await;
+        client.send_json(&message).await;
+        assert_eq!(
+            client.recv_close().await,
+            (None, "eof".to_owned()),
+            "{message}"
+        );
+    }
+    // So does a binary frame.
+    client
+        .send_frame(fastwebsockets::Frame::binary(
+            fastwebsockets::Payload::Borrowed(b"x"),
+        ))
+        .await;
+    assert_eq!(client.recv_close().await, (None, "eof".to_owned()));
+}
+
+#[tokio::test]
+async fn publishing_looks_only_at_the_subscriptions_of_the_events_owners() {
+    let sim = start_with(voipbin_world).await;
+    // A gateway's service token: one connection per customer it serves.
+    let service = agent_token(
+        SECRET,
+        tutorial_customer(),
+        Uuid::new_v4(),
+        perm::PROJECT_SUPER_ADMIN,
+        &far_future(),
+    );
+    let mut others = Vec::new();
+    for _ in 0..100 {
+        let mut client = Client::connect_token(sim.addr(), &service).await;
+        client
+            .subscribe(&[&format!("customer_id:{}:call:", Uuid::new_v4())])
+            .await;
+        others.push(client);
+    }
+    let c = tutorial_customer();
+    let mut mine = Client::connect_token(sim.addr(), &service).await;
+    mine.subscribe(&[&format!("customer_id:{c}:call:")]).await;
+    wait_all_subscribed(sim.addr(), 101).await;
+    let before = sim_stats(sim.addr()).await["subscriptions_checked"]
+        .as_u64()
+        .expect("counted");
+    assert_eq!(publish(sim.addr(), &call_event(c, "k1", None)).await, 2);
+    let after = sim_stats(sim.addr()).await["subscriptions_checked"]
+        .as_u64()
+        .expect("counted");
+    assert_eq!(after - before, 1, "only the customer's own subscription");
+    assert_eq!(drain_texts(&mut mine).await.len(), 2);
 }

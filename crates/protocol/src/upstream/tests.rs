@@ -7,36 +7,47 @@ const D: &str = "87654321-4321-4321-4321-210987654321";
 const A: &str = "98765432-4321-4321-4321-210987654321";
 const K: &str = "a1b2c3d4-e5f6-7890-abcd-ef1234567890";
 
-fn cx(bare_resource: Option<&str>) -> Context<'_> {
+/// The label of `text`: `""` none, `"call"` a resource, `"call/call_hangup"` typed.
+fn label(text: &str) -> Label {
+    match text.split_once('/') {
+        _ if text.is_empty() => Label::none(),
+        Some((resource, event_type)) => Label::of(resource, Some(event_type)),
+        None => Label::of(text, None),
+    }
+}
+
+fn cx(label: &Label) -> Context<'_> {
     Context {
         customer_id: Uuid::parse_str(C).expect("valid"),
         received_at: UNIX_EPOCH + Duration::from_secs(1_768_905_000),
-        bare_resource,
+        label,
     }
 }
 
 fn check(
     frame: &str,
-    bare: Option<&str>,
+    arrived_through: &str,
     shape: Shape,
     event_type: &str,
     topics: &[String],
     data: &str,
 ) {
     let bytes = Bytes::copy_from_slice(frame.as_bytes());
-    let event = decode(&bytes, &cx(bare)).unwrap_or_else(|e| panic!("{frame}: {e}"));
+    let label = label(arrived_through);
+    let event = decode(&bytes, &cx(&label)).unwrap_or_else(|e| panic!("{frame}: {e}"));
     assert_eq!(event.shape, shape, "{frame}");
     assert_eq!(event.event_type, event_type, "{frame}");
     let got: Vec<&str> = event.topics.iter().map(Topic::as_str).collect();
     assert_eq!(got, topics, "{frame}");
     assert_eq!(&event.data[..], data.as_bytes(), "{frame}");
     assert_eq!(event.customer_id.to_string(), C);
+    assert_eq!(event.fresh_from, 0);
 }
 
 fn check_err(frame: &str, error: DecodeError) {
     let bytes = Bytes::copy_from_slice(frame.as_bytes());
     assert_eq!(
-        decode(&bytes, &cx(Some("call"))).err(),
+        decode(&bytes, &cx(&label("call"))).err(),
         Some(error),
         "{frame}"
     );
@@ -62,7 +73,7 @@ fn webhook_shape() {
     let frame = format!(r#"{{"type":"call_created","data":{data}}}"#);
     check(
         &frame,
-        None,
+        "",
         Shape::Webhook,
         "call_created",
         &four("call", "call_created", K, Some(A)),
@@ -73,7 +84,7 @@ fn webhook_shape() {
     let frame = format!(r#"{{ "data" : {data} , "type":"queuecall_kicked"}}"#);
     check(
         &frame,
-        None,
+        "",
         Shape::Webhook,
         "queuecall_kicked",
         &four("queuecall", "queuecall_kicked", K, None),
@@ -84,7 +95,7 @@ fn webhook_shape() {
     let frame = format!(r#"{{"type":"webchat_session_created","data":{data}}}"#);
     check(
         &frame,
-        None,
+        "",
         Shape::Webhook,
         "webchat_session_created",
         &four("webchat_session", "webchat_session_created", K, None),
@@ -95,7 +106,7 @@ fn webhook_shape() {
     let frame = format!(r#"{{"type":"call_hangup","data":{data}}}"#);
     check(
         &frame,
-        None,
+        "",
         Shape::Webhook,
         "call_hangup",
         &four("call", "call_hangup", K, None),
@@ -111,13 +122,13 @@ fn envelope_shape() {
     );
     check(
         &frame,
-        None,
+        "",
         Shape::Envelope,
         "call_hangup",
         &four("call", "call_hangup", K, Some(A)),
         &data,
     );
-    let event = decode(&Bytes::from(frame), &cx(None)).expect("valid");
+    let event = decode(&Bytes::from(frame), &cx(&Label::none())).expect("valid");
     assert_eq!(event.timestamp, "2026-01-20T10:30:00.000000Z");
     // The tutorial's dotted types and an id that is no uuid: the given topic leads.
     let data = r#"{"id":"a1b2c3d4","status":"answered"}"#;
@@ -126,7 +137,7 @@ fn envelope_shape() {
     );
     check(
         &frame,
-        None,
+        "",
         Shape::Envelope,
         "call.status",
         &four("call", "call.status", "a1b2c3d4", None),
@@ -136,7 +147,7 @@ fn envelope_shape() {
     let frame = format!(r#"{{"event_type":"x_y","topic":"customer_id:{C}","data":{{}}}}"#);
     check(
         &frame,
-        None,
+        "",
         Shape::Envelope,
         "x_y",
         &[format!("customer_id:{C}")],
@@ -147,31 +158,77 @@ fn envelope_shape() {
 #[test]
 fn bare_shape() {
     let data = format!(
-        r#"{{"id":"{K}","customer_id":"{C}","owner_type":"agent","owner_id":"{A}","type":"flow"}}"#
+        r#"{{"id":"{K}","customer_id":"{C}","owner_type":"agent","owner_id":"{A}","type":"flow","status":"progressing","tm_update":"t2"}}"#
     );
+    // Through a typed subscription: its type, and every topic.
     check(
         &data,
-        Some("call"),
+        "call/call_hangup",
         Shape::Bare,
-        "call_updated",
-        &four("call", "call_updated", K, Some(A)),
+        "call_hangup",
+        &four("call", "call_hangup", K, Some(A)),
         &data,
     );
-    // Without the subscription's resource only the customer's whole stream gets it.
+    // Through a resource's: a type the object does not prove is `<resource>_updated`, and
+    // no typed topic is built on it.
+    let untyped = vec![
+        format!("customer_id:{C}:call:{K}"),
+        format!("agent_id:{A}:call:{K}"),
+    ];
+    check(&data, "call", Shape::Bare, "call_updated", &untyped, &data);
+    // One the object proves is shown, still not routed on.
+    let ringing = format!(
+        r#"{{"id":"{K}","customer_id":"{C}","owner_type":"agent","owner_id":"{A}","status":"ringing","tm_ringing":"t2","tm_update":"t2"}}"#
+    );
+    check(
+        &ringing,
+        "call",
+        Shape::Bare,
+        "call_ringing",
+        &untyped,
+        &ringing,
+    );
+    // Through the whole stream: nothing is known but the owners.
     check(
         &format!("  {data}\n"),
-        None,
+        "",
         Shape::Bare,
         "updated",
-        &[format!("customer_id:{C}")],
+        &[format!("customer_id:{C}"), format!("agent_id:{A}")],
         &data,
+    );
+}
+
+#[test]
+fn a_resource_with_a_type_and_data_of_its_own_is_still_bare() {
+    // A conference has both `type` and `data`; a call has `type`. Their `id` and
+    // `customer_id` say they are resources, not webhook frames.
+    let conference = format!(
+        r#"{{"id":"{K}","customer_id":"{C}","type":"conference","data":{{"x":1}},"status":"progressing"}}"#
+    );
+    check(
+        &conference,
+        "conference",
+        Shape::Bare,
+        "conference_updated",
+        &[format!("customer_id:{C}:conference:{K}")],
+        &conference,
+    );
+    let call = format!(r#"{{"id":"{K}","type":"call_created","data":{{}}}}"#);
+    check(
+        &call,
+        "call",
+        Shape::Bare,
+        "call_created",
+        &[format!("customer_id:{C}:call:{K}")],
+        &call,
     );
 }
 
 #[test]
 fn timestamps_default_to_arrival() {
     let frame = format!(r#"{{"type":"call_created","data":{{"id":"{K}"}}}}"#);
-    let event = decode(&Bytes::from(frame), &cx(None)).expect("valid");
+    let event = decode(&Bytes::from(frame), &cx(&Label::none())).expect("valid");
     assert_eq!(event.timestamp, "2026-01-20T10:30:00.000000Z");
 }
 
@@ -180,7 +237,7 @@ fn data_is_a_slice_of_the_frame() {
     let frame = Bytes::from(format!(
         r#"{{"type":"call_created","data":{{"id":"{K}"}}}}"#
     ));
-    let event = decode(&frame, &cx(None)).expect("valid");
+    let event = decode(&frame, &cx(&Label::none())).expect("valid");
     let start = event.data.as_ptr() as usize - frame.as_ptr() as usize;
     assert!(start > 0 && start + event.data.len() <= frame.len());
 }
@@ -236,7 +293,7 @@ fn lenient_field_types() {
     let frame = format!(r#"{{"type":"call_created","data":{data}}}"#);
     check(
         &frame,
-        None,
+        "",
         Shape::Webhook,
         "call_created",
         &[
