@@ -1,5 +1,6 @@
 // The JavaScript client (clients/js/index.js) in real Chromium, against `voipbin-sim` and
-// `fanout-gateway serve` as separate processes: it resumes after the app closes and
+// `fanout-gateway serve` as separate processes, in both of the simulator's worlds (the
+// tutorial's, and VoIPBIN's code as it is today): it resumes after the app closes and
 // reopens it (nothing missed, nothing repeated), survives a gateway restart (resumes and
 // is told it cannot be proven that nothing was missed) and an upstream drop (a gap).
 //
@@ -29,6 +30,13 @@ import {
 } from './support.js';
 
 const CLIENT_JS = path.join(ROOT, 'clients', 'js', 'index.js');
+
+/** The simulator's worlds, with the matching the gateway asks each in, and the frames one
+ * call event costs upstream (VoIPBIN's code delivers one per published topic). */
+const WORLDS = [
+  { world: 'tutorial', matching: 'segment', framesPerEvent: 1 },
+  { world: 'voipbin', matching: 'prefix', framesPerEvent: 2 },
+];
 
 const PAGE = `<!doctype html>
 <html lang="en">
@@ -89,21 +97,25 @@ client.connect();
 </html>`;
 
 /**
- * The simulator, a gateway in front of it, and a browser page with the client subscribed to
- * the whole of a fresh customer.
+ * The simulator playing `world`, a gateway in front of it, and a browser page with the
+ * client subscribed to the calls of a fresh customer.
  */
-async function start() {
+async function start({ world, matching, framesPerEvent }) {
   const secret = `browser-test-${randomUUID()}`;
   const customer = randomUUID();
   const [simPort, listen, admin] = await freePorts(3);
   const env = {
     simUrl: `http://127.0.0.1:${simPort}`,
     customer,
-    topic: `customer_id:${customer}`,
+    topic: `customer_id:${customer}:call:*`,
+    calls: `customer_id:${customer}:call:`,
+    framesPerEvent,
     ports: { sim: simPort, listen, admin },
     procs: [],
   };
-  env.sim = new Proc('voipbin-sim', binary('voipbin-sim'), ['--listen', `127.0.0.1:${simPort}`, '--jwt-secret', secret]);
+  env.sim = new Proc('voipbin-sim', binary('voipbin-sim'), [
+    '--listen', `127.0.0.1:${simPort}`, '--jwt-secret', secret, '--world', world,
+  ]);
   env.procs.push(env.sim);
   const upstreamToken = agentToken(secret, customer, PERMISSION.PROJECT_SUPER_ADMIN);
   env.gatewayArgs = [
@@ -113,6 +125,7 @@ async function start() {
     '--upstream-url', `ws://127.0.0.1:${simPort}/v1.0/ws`,
     '--jwt-secret', secret,
     '--upstream-token', upstreamToken,
+    '--upstream-matching', matching,
   ];
   env.startGateway = async () => {
     // The simulator applies a subscribe before it reads the next frame: no settle time.
@@ -190,13 +203,18 @@ async function upstreamSubscribed(env, afterTotal = 0) {
 
 /** Publishes one call event per `seq` (data carries `seq`); asserts each reached the upstream. */
 async function publish(env, seqs) {
+  const at = new Date().toISOString();
   const specs = seqs.map((seq) => ({
     event_type: 'call_progressing',
-    data: { id: randomUUID(), customer_id: env.customer, seq, status: 'progressing', direction: 'incoming' },
+    data: {
+      id: randomUUID(), customer_id: env.customer, seq, status: 'progressing', direction: 'incoming',
+      tm_progressing: at, tm_update: at,
+    },
   }));
   const { status, body } = await http(`${env.simUrl}/_sim/events`, { method: 'POST', body: specs });
   assert.equal(status, 200, JSON.stringify(body));
-  assert.equal(body.sent, seqs.length, `the simulator delivered each event to the gateway once: ${JSON.stringify(body)}`);
+  assert.equal(body.sent, seqs.length * env.framesPerEvent,
+    `the simulator delivered each event to the gateway (once per published topic in VoIPBIN's world): ${JSON.stringify(body)}`);
 }
 
 const range = (from, to) => Array.from({ length: to - from + 1 }, (_, i) => from + i);
@@ -227,13 +245,15 @@ async function liveEventsArrive(env, seqs) {
   const all = await waitForSeqs(env, seqs);
   const got = events(all);
   assert.deepEqual(got.map((e) => e.seq), seqs, 'in order, once each');
-  assert.ok(got.every((e) => e.topic.startsWith(`${env.topic}:call:`)), JSON.stringify(got));
+  assert.ok(got.every((e) => e.topic.startsWith(env.calls)), JSON.stringify(got));
+  assert.ok(got.every((e) => e.event_type === 'call_progressing'), JSON.stringify(got));
   assertCursorsIncrease(got, 'live events');
   return got;
 }
 
-test('the client resumes after close() and connect(): the missed events once each, then live ones', { timeout: 60_000 }, async () => {
-  const env = await start();
+for (const world of WORLDS) {
+test(`the client resumes after close() and connect(): the missed events once each, then live ones (${world.world})`, { timeout: 60_000 }, async () => {
+  const env = await start(world);
   try {
     const first = await liveEventsArrive(env, range(1, 5));
     const lastCursor = first.at(-1).cursor;
@@ -275,8 +295,8 @@ test('the client resumes after close() and connect(): the missed events once eac
   }
 });
 
-test('a resume with nothing missed is recovered: reconnect() at once, then live events', { timeout: 60_000 }, async () => {
-  const env = await start();
+test(`a resume with nothing missed is recovered: reconnect() at once, then live events (${world.world})`, { timeout: 60_000 }, async () => {
+  const env = await start(world);
   try {
     const first = await liveEventsArrive(env, range(1, 3));
     const before = (await handled(env)).length;
@@ -305,8 +325,8 @@ test('a resume with nothing missed is recovered: reconnect() at once, then live 
   }
 });
 
-test('the client survives a gateway restart: it resumes by itself and hears it is not recovered', { timeout: 60_000 }, async () => {
-  const env = await start();
+test(`the client survives a gateway restart: it resumes by itself and hears it is not recovered (${world.world})`, { timeout: 60_000 }, async () => {
+  const env = await start(world);
   try {
     const first = await liveEventsArrive(env, range(1, 3));
     const statsBefore = await simStats(env);
@@ -351,8 +371,8 @@ test('the client survives a gateway restart: it resumes by itself and hears it i
   }
 });
 
-test('the client hears a gap when the upstream drops, and events go on', { timeout: 60_000 }, async () => {
-  const env = await start();
+test(`the client hears a gap when the upstream drops, and events go on (${world.world})`, { timeout: 60_000 }, async () => {
+  const env = await start(world);
   try {
     const first = await liveEventsArrive(env, range(1, 3));
     const handledBefore = (await handled(env)).length;
@@ -392,3 +412,4 @@ test('the client hears a gap when the upstream drops, and events go on', { timeo
     await env.stop();
   }
 });
+}

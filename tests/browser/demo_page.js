@@ -101,7 +101,9 @@ export async function exerciseDemoPage(browser, demo, screenshot) {
     const gapText = await page.textContent('#notices li.gap');
     assert.match(gapText, /Gap \(upstream_reconnect\)/);
     const info = await page.$$eval('#notices li.info', (l) => l.map((li) => li.textContent));
-    assert.ok(info.some((text) => text.includes('(1 connection(s))')), `info notices: ${info}`);
+    // One connection per kind of topic the page watches (each names its resource).
+    const connections = demo.settings.topics.length;
+    assert.ok(info.some((text) => text.includes(`(${connections} connection(s))`)), `info notices: ${info}`);
     await waitFor('events after the gap', async () => (await eventRows(page)).length >= beforeGap + 5, { timeoutMs: 15_000, detail });
     const after = (await eventRows(page)).slice(beforeGap);
     assert.ok(after.every((row) => typeof row.cursor === 'string'), JSON.stringify(after));

@@ -270,7 +270,7 @@ export const DEMO_CUSTOMER = '12345678-1234-1234-1234-123456789012';
  * Starts `fanout-gateway demo` on free ports; answers its process, ports, page URL and the
  * page's settings (`/demo.json`).
  */
-export async function startDemo({ eventRate = 20 } = {}) {
+export async function startDemo({ eventRate = 20, world = 'voipbin' } = {}) {
   const [listen, admin, sim, page] = await freePorts(4);
   const proc = new Proc('fanout-gateway demo', binary('fanout-gateway'), [
     'demo',
@@ -279,6 +279,7 @@ export async function startDemo({ eventRate = 20 } = {}) {
     '--sim-listen', `127.0.0.1:${sim}`,
     '--page-listen', `127.0.0.1:${page}`,
     '--event-rate', String(eventRate),
+    '--world', world,
   ]);
   try {
     const [, pageUrl] = await proc.waitForLine(/^\s*demo page\s+(http:\/\/\S+)/);

@@ -83,7 +83,7 @@ test('Chromium gets events over wss:// from an allowed origin, and is refused fr
     const allowedOrigin = new URL(allowed.url).origin;
 
     const sim = new Proc('voipbin-sim', binary('voipbin-sim'), [
-      '--listen', `127.0.0.1:${simPort}`, '--jwt-secret', secret,
+      '--listen', `127.0.0.1:${simPort}`, '--jwt-secret', secret, '--world', 'voipbin',
     ]);
     procs.push(sim);
     await sim.waitForLine(/simulator listening/);

@@ -1,5 +1,6 @@
 // VoIPBIN's tutorial, "JavaScript (Browser) Example", in real Chromium against
-// `fanout-gateway demo`: the example works unchanged but for its URL and token.
+// `fanout-gateway demo`, in both of the simulator's worlds (VoIPBIN's code as it is today,
+// and the tutorial's): the example works unchanged but for its URL and token.
 //
 // `tutorial_browser.js` is the example as the tutorial prints it (line breaks put back; the
 // seed file has its whitespace collapsed), as `tests/clients` keeps the Python and Node ones.
@@ -23,8 +24,9 @@ function replaceOnce(text, from, to) {
   return text.slice(0, at) + to + text.slice(at + from.length);
 }
 
-test("the tutorial's browser example receives the demo's events in Chromium", { timeout: 60_000 }, async () => {
-  const demo = await startDemo({ eventRate: 20 });
+for (const world of ['voipbin', 'tutorial']) {
+test(`the tutorial's browser example receives the demo's events in Chromium (${world})`, { timeout: 60_000 }, async () => {
+  const demo = await startDemo({ eventRate: 20, world });
   let browser;
   let pages;
   try {
@@ -52,6 +54,20 @@ test("the tutorial's browser example receives the demo's events in Chromium", { 
     browser = await launchBrowser();
     const page = await browser.newPage();
     const seen = watchConsole(page);
+    // Beside the example (which prints only types): every event's data as it arrived.
+    await page.addInitScript(() => {
+      window.eventData = [];
+      const Native = window.WebSocket;
+      window.WebSocket = class extends Native {
+        constructor(url, protocols) {
+          super(url, protocols);
+          this.addEventListener('message', (message) => {
+            const frame = JSON.parse(message.data);
+            if (frame.event_type) window.eventData.push(JSON.stringify(frame.data));
+          });
+        }
+      };
+    });
     await page.goto(pages.url);
 
     const received = () => seen.messages.filter((m) => m.text.startsWith('Received event: '));
@@ -68,6 +84,9 @@ test("the tutorial's browser example receives the demo's events in Chromium", { 
     const types = received().map((m) => m.text.slice('Received event: '.length));
     assert.deepEqual(types.filter((t) => !/^(call|message)_[a-z_]+$/.test(t)), [], `event types: ${types.join(', ')}`);
     assert.ok(!texts.some((t) => t.startsWith('WebSocket connection closed')), texts.join('\n'));
+    // Each event once, however many copies VoIPBIN sent (every event of the stream differs).
+    const data = await page.evaluate(() => window.eventData);
+    assert.equal(new Set(data).size, data.length, `an event twice: ${data.join('\n')}`);
     assert.deepEqual(seen.errors, [], 'no console error and no page error');
   } finally {
     await browser?.close();
@@ -75,3 +94,4 @@ test("the tutorial's browser example receives the demo's events in Chromium", { 
     await demo.proc.stop();
   }
 });
+}

@@ -1,6 +1,8 @@
 //! `fanout-gateway demo`: the gateway against an embedded VoIPBIN simulator with a random
 //! event stream, ready-to-paste URLs to watch it, and a live page (plain HTML and the
-//! JavaScript client, no build step) that shows events, resumes and gaps.
+//! JavaScript client, no build step) that shows events, resumes and gaps. The simulator
+//! plays VoIPBIN's server code as it is today (bare objects, raw prefixes, a delivery per
+//! published topic) unless told to play the tutorial's world.
 //!
 //! The page's listener serves `/` (the page), `/client.js` (`clients/js/index.js` as it
 //! stands), `/demo.json` (where the gateway is, a token, the topics) and
@@ -16,7 +18,7 @@ use anyhow::Context as _;
 use fanout_auth::permission_bits;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
-use voipbin_sim::{SimConfig, Simulator};
+use voipbin_sim::{SimConfig, Simulator, World};
 
 use crate::Gateway;
 use crate::config::Config;
@@ -38,6 +40,18 @@ pub struct DemoOptions {
     pub event_rate: u32,
     /// The demo page's listener.
     pub page_listen: SocketAddr,
+    /// The world the simulator plays (the gateway asks it in that world's language).
+    pub world: World,
+}
+
+/// The topics the demo page and the printed examples watch: the customer's calls, queue
+/// calls, messages and flows (patterns that name their resource, so that every event
+/// arrives known for what it is, from VoIPBIN's code too).
+pub fn demo_topics() -> Vec<String> {
+    ["call", "queuecall", "message", "activeflow"]
+        .iter()
+        .map(|r| format!("customer_id:{DEMO_CUSTOMER}:{r}:*"))
+        .collect()
 }
 
 const PAGE: &str = include_str!("../demo/index.html");
@@ -83,7 +97,7 @@ impl Demo {
         let secret = format!("demo-{}", Uuid::new_v4().simple());
         let customer = Uuid::parse_str(DEMO_CUSTOMER)?;
         let agent_id = Uuid::new_v4();
-        let mut sim_config = SimConfig::new(secret.clone());
+        let mut sim_config = SimConfig::new(secret.clone()).in_world(options.world);
         sim_config.event_rate = options.event_rate;
         sim_config.known_agents = vec![(customer, agent_id)];
         sim_config.access_keys = vec![(format!("vb_{}", Uuid::new_v4().simple()), customer)];
@@ -105,6 +119,10 @@ impl Demo {
         };
         config.upstream.url = sim.ws_url();
         config.upstream.token = service;
+        config.upstream.matching = match options.world {
+            World::Voipbin => fanout_protocol::prefix::Matching::Prefix,
+            World::Tutorial => fanout_protocol::prefix::Matching::Segment,
+        };
         config.upstream.linger = Duration::from_secs(5);
         // The simulator applies a subscribe before it reads the next frame.
         config.upstream.subscribe_settle = Duration::ZERO;
@@ -127,7 +145,7 @@ impl Demo {
             "ws_url": format!("ws://{}/v1.0/ws", gateway.local_addr()),
             "token": admin_token,
             "customer_id": DEMO_CUSTOMER,
-            "topics": [format!("customer_id:{DEMO_CUSTOMER}")],
+            "topics": demo_topics(),
         })
         .to_string();
         tokio::spawn(serve_page(
@@ -168,7 +186,10 @@ impl Demo {
                 "python3 -c \"import websocket,json,sys; ws=websocket.create_connection(sys.argv[1]); ws.send(json.dumps({{'type':'subscribe','topics':sys.argv[2:]}})); [print(ws.recv(), flush=True) for _ in iter(int, 1)]\" '{url}' '{topic}'"
             )
         };
-        println!("fanout-gateway demo: the gateway in front of an embedded VoIPBIN simulator");
+        println!(
+            "fanout-gateway demo: the gateway in front of an embedded VoIPBIN simulator ({} world)",
+            self.sim.config().world_name()
+        );
         println!();
         println!("  demo page   {}", self.page_url());
         println!("  gateway     {base}");
@@ -186,10 +207,7 @@ impl Demo {
         println!("Customer admin (sees every event of the customer):");
         println!("  {admin_url}");
         println!();
-        println!(
-            "Agent {} (sees the calls and messages it owns):",
-            self.agent_id
-        );
+        println!("Agent {} (sees the calls it owns):", self.agent_id);
         println!("  {agent_url}");
         println!();
         println!("Watch events (pip install websocket-client):");
@@ -199,7 +217,7 @@ impl Demo {
         );
         println!(
             "  {}",
-            watch(&agent_url, &format!("agent_id:{}", self.agent_id))
+            watch(&agent_url, &format!("agent_id:{}:call:*", self.agent_id))
         );
         println!();
         println!("The tutorial's examples work too: set their URL to the admin URL above.");
@@ -278,7 +296,7 @@ pub async fn serve_page_alone(
         "ws_url": ws_url,
         "token": token,
         "customer_id": DEMO_CUSTOMER,
-        "topics": [format!("customer_id:{DEMO_CUSTOMER}")],
+        "topics": demo_topics(),
     })
     .to_string();
     let page = tokio::net::TcpListener::bind(listen)

@@ -58,6 +58,10 @@ struct ServeArgs {
     /// VoIPBIN's WebSocket URL [default: wss://api.voipbin.net/v1.0/ws].
     #[arg(long, env = "FANOUT_UPSTREAM_URL")]
     upstream_url: Option<String>,
+    /// How VoIPBIN matches subscriptions: prefix (its server code today) or segment (its
+    /// tutorial) (also FANOUT_UPSTREAM__MATCHING) [default: prefix].
+    #[arg(long)]
+    upstream_matching: Option<fanout_protocol::prefix::Matching>,
     /// The HS256 secret browsers' JWTs are signed with (VoIPBIN's JWT_KEY).
     #[arg(long, env = "FANOUT_JWT_SECRET", hide_env_values = true)]
     jwt_secret: Option<String>,
@@ -131,6 +135,10 @@ struct DemoArgs {
     /// Address of the demo page.
     #[arg(long, default_value = "127.0.0.1:8000")]
     page_listen: SocketAddr,
+    /// The world the embedded simulator plays: voipbin (VoIPBIN's server code today: bare
+    /// objects, raw prefixes) or tutorial (the tutorial's envelopes and segment matching).
+    #[arg(long, default_value = "voipbin")]
+    world: voipbin_sim::World,
 }
 
 #[derive(Debug, clap::Args)]
@@ -158,6 +166,7 @@ impl ServeArgs {
             listen: self.listen,
             admin_listen: self.admin_listen,
             upstream_url: self.upstream_url.clone(),
+            upstream_matching: self.upstream_matching,
             jwt_secret: self.jwt_secret.clone(),
             upstream_token: self.upstream_token.clone(),
             upstream_accesskeys: self.upstream_accesskeys.clone(),
@@ -283,6 +292,7 @@ async fn main() -> ExitCode {
                 sim_listen: args.sim_listen,
                 event_rate: args.event_rate,
                 page_listen: args.page_listen,
+                world: args.world,
             };
             let demo = match Demo::start(&options).await {
                 Ok(demo) => demo,
