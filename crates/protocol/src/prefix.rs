@@ -394,6 +394,201 @@ mod tests {
         assert!(!of(":call:call_hangup").covers(&of(":call:call_hangupx")));
     }
 
+    mod exactness {
+        //! Checked against VoIPBIN's publishing: for events of resources whose names are
+        //! prefixes of one another, and sessions' patterns of every shape, a prefix selects
+        //! every event its pattern matches (on a prefix-matching server and on a
+        //! segment-matching one), its label is true of every topic it selects, and a frame
+        //! decoded with that label has a topic the pattern matches.
+
+        use std::time::SystemTime;
+
+        use bytes::Bytes;
+        use proptest::prelude::*;
+
+        use super::*;
+        use crate::Topic;
+        use crate::upstream::{Context, decode};
+
+        const RESOURCES: &[&str] = &[
+            "call",
+            "callx",
+            "queue",
+            "queuecall",
+            "ai",
+            "aicall",
+            "campaign",
+            "campaigncall",
+        ];
+        const VERBS: &[&str] = &["created", "updated", "hangup"];
+        const IDS: &[&str] = &[K, "k1", "k10"];
+
+        /// An event as VoIPBIN publishes it: its topics, and its bare object.
+        #[derive(Debug, Clone)]
+        struct Published {
+            resource: &'static str,
+            event_type: String,
+            id: &'static str,
+            owner: Option<Uuid>,
+        }
+
+        impl Published {
+            fn topics(&self) -> Vec<Topic> {
+                let mut owners = vec![(Scope::Customer, customer())];
+                owners.extend(self.owner.map(|o| (Scope::Agent, o)));
+                let mut topics = Vec::new();
+                for (scope, owner) in owners {
+                    for segments in [
+                        vec![self.resource, self.id],
+                        vec![self.resource, &self.event_type, self.id],
+                    ] {
+                        topics.push(Topic::build(scope, owner, &segments).expect("topic"));
+                    }
+                }
+                topics
+            }
+
+            /// Its topics of the customer's scope: what a customer prefix can select.
+            fn customer_topics(&self) -> Vec<Topic> {
+                let mut topics = self.topics();
+                topics.retain(|t| t.scope() == Scope::Customer);
+                topics
+            }
+
+            fn frame(&self) -> Bytes {
+                let owner = self
+                    .owner
+                    .map(|o| format!(r#","owner_type":"agent","owner_id":"{o}""#))
+                    .unwrap_or_default();
+                Bytes::from(format!(
+                    r#"{{"id":"{}","customer_id":"{C}"{owner}}}"#,
+                    self.id
+                ))
+            }
+        }
+
+        fn agent() -> Uuid {
+            Uuid::parse_str(A).expect("uuid")
+        }
+
+        fn published() -> impl Strategy<Value = Published> {
+            (
+                prop::sample::select(RESOURCES),
+                prop::sample::select(VERBS),
+                prop::sample::select(IDS),
+                any::<bool>(),
+            )
+                .prop_map(|(resource, verb, id, owned)| Published {
+                    resource,
+                    event_type: format!("{resource}_{verb}"),
+                    id,
+                    owner: owned.then(agent),
+                })
+        }
+
+        /// A session pattern (`customer_id:` or the agent's own `agent_id:`), and whether it
+        /// is of a shape the gateway serves whole (no `*` before a literal segment).
+        fn pattern() -> impl Strategy<Value = (Pattern, bool)> {
+            let resource = prop::sample::select(RESOURCES);
+            let verb = prop::sample::select(VERBS);
+            let id = prop::sample::select(IDS);
+            (resource, verb, id, 0..10usize, any::<bool>()).prop_map(
+                |(resource, verb, id, shape, as_agent)| {
+                    let event_type = format!("{resource}_{verb}");
+                    let (rest, whole): (Vec<&str>, bool) = match shape {
+                        0 => (vec![], true),
+                        1 => (vec![resource], true),
+                        2 => (vec![resource, "*"], true),
+                        3 => (vec![resource, &event_type], true),
+                        4 => (vec![resource, &event_type, "*"], true),
+                        5 => (vec![resource, id], true),
+                        6 => (vec![resource, &event_type, id], true),
+                        7 => (vec!["*"], false),
+                        8 => (vec!["*", id], false),
+                        _ => (vec![resource, "*", id], false),
+                    };
+                    let owner = if as_agent {
+                        format!("agent_id:{A}")
+                    } else {
+                        format!("customer_id:{C}")
+                    };
+                    let text = std::iter::once(owner.as_str())
+                        .chain(rest)
+                        .collect::<Vec<_>>()
+                        .join(":");
+                    (Pattern::parse(&text).expect("pattern"), whole)
+                },
+            )
+        }
+
+        /// Whether `prefix` selects `topic` on a server of `matching`.
+        fn selects(prefix: &Prefix, topic: &Topic, matching: Matching) -> bool {
+            match matching {
+                Matching::Prefix => topic.as_str().starts_with(prefix.as_str()),
+                Matching::Segment => Pattern::parse(prefix.as_str())
+                    .expect("a segment-world prefix is a pattern")
+                    .matches(topic),
+            }
+        }
+
+        proptest! {
+            #[test]
+            fn prefixes_select_exactly_and_labels_tell_the_truth(
+                event in published(),
+                (pattern, whole) in pattern(),
+            ) {
+                for matching in [Matching::Prefix, Matching::Segment] {
+                    let prefix = Prefix::for_pattern(&pattern, customer(), matching);
+                    let label = prefix.label();
+                    let selected: Vec<Topic> = event
+                        .customer_topics()
+                        .into_iter()
+                        .filter(|t| selects(&prefix, t, matching))
+                        .collect();
+                    // Whatever arrives through it is what its label says.
+                    for topic in &selected {
+                        if let Some(resource) = label.resource() {
+                            prop_assert_eq!(topic.rest_segment(0), Some(resource), "{:?} {:?}", prefix, topic);
+                        }
+                        if let Some(event_type) = label.event_type() {
+                            prop_assert_eq!(topic.segment_count(), 5, "{:?} {:?}", prefix, topic);
+                            prop_assert_eq!(topic.rest_segment(1), Some(event_type));
+                        }
+                    }
+                    // An event the pattern matches arrives through it, and a frame of it
+                    // decoded with the label has a topic the pattern matches.
+                    let matched = event.topics().iter().any(|t| pattern.matches(t));
+                    if matched && whole {
+                        prop_assert!(!selected.is_empty(), "{:?} selects nothing of {:?}", prefix, event);
+                        let cx = Context {
+                            customer_id: customer(),
+                            received_at: SystemTime::UNIX_EPOCH,
+                            label,
+                        };
+                        let decoded = decode(&event.frame(), &cx).expect("decodes");
+                        prop_assert!(
+                            decoded.topics.iter().any(|t| pattern.matches(t)),
+                            "{:?} through {:?}: {:?}", pattern, prefix, decoded.topics
+                        );
+                    }
+                    // And nothing it does not match is made to look as if it did.
+                    if !matched && !selected.is_empty() {
+                        let cx = Context {
+                            customer_id: customer(),
+                            received_at: SystemTime::UNIX_EPOCH,
+                            label,
+                        };
+                        let decoded = decode(&event.frame(), &cx).expect("decodes");
+                        prop_assert!(
+                            !decoded.topics.iter().any(|t| pattern.matches(t)),
+                            "{:?} through {:?} would get {:?}", pattern, prefix, decoded.topics
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn anything_else_is_not_a_prefix() {
         for bad in [
