@@ -53,14 +53,40 @@ impl Clock {
 struct Harness {
     link: Link,
     clock: Clock,
+    /// The link's metrics, recorded for this test alone.
+    metrics: metrics_util::debugging::Snapshotter,
 }
 
 impl Harness {
     fn new(label: Label, timings: Timings) -> Self {
+        let recorder = metrics_util::debugging::DebuggingRecorder::new();
+        let metrics = recorder.snapshotter();
+        // The link registers its counters when made: they count into this recorder.
+        let link =
+            metrics::with_local_recorder(&recorder, || Link::new(customer(), label, timings));
         Harness {
-            link: Link::new(customer(), label, timings),
+            link,
             clock: Clock::new(),
+            metrics,
         }
+    }
+
+    /// The value of counter `name` with `label` (`("reason", "unwanted")`) if given.
+    fn counted(&self, name: &str, label: Option<(&str, &str)>) -> u64 {
+        self.metrics
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .filter(|(key, ..)| key.key().name() == name)
+            .filter(|(key, ..)| {
+                label
+                    .is_none_or(|(k, v)| key.key().labels().any(|l| l.key() == k && l.value() == v))
+            })
+            .map(|(.., value)| match value {
+                metrics_util::debugging::DebugValue::Counter(n) => n,
+                _ => 0,
+            })
+            .sum()
     }
 
     fn calls() -> Self {
@@ -317,6 +343,15 @@ fn held_events_are_bounded() {
         .filter(|o| matches!(o, Output::Publish(_)))
         .count();
     assert_eq!(published, MAX_HELD_EVENTS);
+    // The one past the bound is inside the gap told, and counted.
+    assert_eq!(
+        h.counted(
+            "fanout_events_dropped_total",
+            Some(("reason", "inside_gap"))
+        ),
+        1
+    );
+    assert!(h.outputs().is_empty());
 }
 
 #[test]
@@ -410,6 +445,7 @@ fn a_refused_subscription_is_uncovered_never_covered() {
     let report = h.link.ended();
     assert_eq!(report.unanswered, std::slice::from_ref(&a));
     assert_eq!(h.outputs(), [Output::Uncovered(vec![a])]);
+    assert_eq!(h.counted("fanout_upstream_refusals_total", None), 1);
 }
 
 #[test]
@@ -426,6 +462,10 @@ fn frames_nobody_needs_any_more_are_dropped() {
     h.outputs();
     h.event("k1");
     assert_eq!(h.outputs(), []);
+    assert_eq!(
+        h.counted("fanout_events_dropped_total", Some(("reason", "unwanted"))),
+        1
+    );
 }
 
 #[test]
