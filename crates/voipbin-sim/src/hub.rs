@@ -500,24 +500,6 @@ impl Simulator {
             .count()
     }
 
-    /// Queues ready-made WebSocket frames to every connection of `customer`, bypassing
-    /// subscription matching (the load tester's fast publisher: it encodes each event once);
-    /// answers how many frames were queued in all.
-    pub fn send_frames(&self, customer: Uuid, frames: &[Bytes]) -> usize {
-        let mut sent = 0;
-        for conn in &self.serving(customer) {
-            for frame in frames {
-                if conn.tx.try_send(frame.clone()).is_ok() {
-                    sent += 1;
-                } else {
-                    self.frames_dropped.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }
-        self.frames_sent.fetch_add(sent as u64, Ordering::Relaxed);
-        sent
-    }
-
     /// Drops every connection of `customer` without a close frame; answers how many.
     pub fn drop_customer(&self, customer: Uuid) -> usize {
         let conns = self.serving(customer);
