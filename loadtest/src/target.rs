@@ -2,8 +2,12 @@
 //! and subscribes, how events are published, and which processes to measure.
 //!
 //! - `gateway`: the real `fanout-gateway` binary in its own process, with the simulator in
-//!   this process as its upstream; events are encoded once here and handed to the
-//!   simulator's connections ready-made (the simulator is not the bottleneck).
+//!   this process as its upstream, playing VoIPBIN's code as it is today (bare objects, raw
+//!   prefixes, a delivery per published topic); each event is handed to the simulator's
+//!   routing here, in process (the simulator's cost per event does not grow with its
+//!   connections).
+//! - `gateway-tutorial`: the same in front of the simulator's tutorial world (envelopes,
+//!   segment matching), to compare the two worlds side by side.
 //! - `nchan`: nginx with nchan (`loadtest/peers/nchan.sh`); sessions subscribe by WebSocket to
 //!   a channel per customer; events are published by HTTP POST.
 //! - `cluster`: two `fanout-gateway` nodes in cluster mode on a nats-server (≥ 2.11, PyPI's
@@ -21,7 +25,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use bytes::{Bytes, BytesMut};
-use fanout_protocol::server::EnvelopeHead;
+use fanout_protocol::upstream::{Event, Shape};
 use fanout_protocol::{Scope, Topic};
 use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
@@ -31,7 +35,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
-use voipbin_sim::{SimConfig, Simulator};
+use voipbin_sim::{SimConfig, Simulator, World};
 
 use crate::client::{Protocol, SessionSpec, now_ns};
 
@@ -51,6 +55,10 @@ pub(crate) enum Which {
     #[value(name = "gateway-tls")]
     #[serde(rename = "gateway-tls")]
     GatewayTls,
+    /// fanout-gateway in front of the simulator's tutorial world.
+    #[value(name = "gateway-tutorial")]
+    #[serde(rename = "gateway-tutorial")]
+    GatewayTutorial,
 }
 
 impl std::fmt::Display for Which {
@@ -61,6 +69,7 @@ impl std::fmt::Display for Which {
             Which::Nats => "nats",
             Which::Cluster => "cluster",
             Which::GatewayTls => "gateway-tls",
+            Which::GatewayTutorial => "gateway-tutorial",
         })
     }
 }
@@ -124,6 +133,7 @@ async fn wait_port(addr: SocketAddr) -> anyhow::Result<()> {
 struct Upstream {
     secret: String,
     customers: u32,
+    world: World,
     sim: Arc<Simulator>,
     sim_cancel: CancellationToken,
     dir: PathBuf,
@@ -131,7 +141,7 @@ struct Upstream {
 }
 
 impl Upstream {
-    async fn start(customers: u32) -> anyhow::Result<Upstream> {
+    async fn start(customers: u32, world: World) -> anyhow::Result<Upstream> {
         let secret = format!("loadtest-{}", Uuid::new_v4().simple());
         // Each customer's upstream authenticates with its own access key, as in production.
         let keys: Vec<(String, Uuid)> = (0..customers)
@@ -142,7 +152,7 @@ impl Upstream {
         let key_file = dir.join("accesskeys");
         let lines: String = keys.iter().map(|(k, c)| format!("{c}={k}\n")).collect();
         std::fs::write(&key_file, lines)?;
-        let mut sim_config = SimConfig::new(secret.clone());
+        let mut sim_config = SimConfig::new(secret.clone()).in_world(world);
         sim_config.queue_capacity = 1 << 20;
         sim_config.access_keys = keys;
         let sim_cancel = CancellationToken::new();
@@ -150,6 +160,7 @@ impl Upstream {
         Ok(Upstream {
             secret,
             customers,
+            world,
             sim,
             sim_cancel,
             dir,
@@ -178,6 +189,13 @@ impl Upstream {
             .arg(&self.key_file)
             .args(extra)
             .env("FANOUT_JWT_SECRET", &self.secret)
+            .env(
+                "FANOUT_UPSTREAM__MATCHING",
+                match self.world {
+                    World::Voipbin => "prefix",
+                    World::Tutorial => "segment",
+                },
+            )
             .env("RUST_LOG", "warn,fanout_gateway=info")
             .env("FANOUT_LIMITS__MAX_SESSIONS", "1000000")
             .stdout(Stdio::piped())
@@ -247,23 +265,34 @@ impl Target {
         gateway_bin: &Path,
     ) -> anyhow::Result<Target> {
         match which {
-            Which::Gateway => Self::start_gateway(customers, gateway_bin).await,
+            Which::Gateway => Self::start_gateway(customers, gateway_bin, World::Voipbin).await,
             Which::Nchan => Self::start_nchan(repo).await,
             Which::Nats => Self::start_nats(repo).await,
             Which::Cluster => Self::start_cluster(customers, gateway_bin).await,
             Which::GatewayTls => Self::start_gateway_tls(customers, gateway_bin).await,
+            Which::GatewayTutorial => {
+                Self::start_gateway(customers, gateway_bin, World::Tutorial).await
+            }
         }
     }
 
-    async fn start_gateway(customers: u32, gateway_bin: &Path) -> anyhow::Result<Target> {
-        let upstream = Upstream::start(customers).await?;
+    async fn start_gateway(
+        customers: u32,
+        gateway_bin: &Path,
+        world: World,
+    ) -> anyhow::Result<Target> {
+        let upstream = Upstream::start(customers, world).await?;
         let (child, ws_addr) = upstream.spawn_node(gateway_bin, &[]).await?;
         let pid = child.id().context("gateway pid")?;
-        upstream.into_target(Which::Gateway, vec![child], vec![pid], ws_addr)
+        let which = match world {
+            World::Voipbin => Which::Gateway,
+            World::Tutorial => Which::GatewayTutorial,
+        };
+        upstream.into_target(which, vec![child], vec![pid], ws_addr)
     }
 
     async fn start_gateway_tls(customers: u32, gateway_bin: &Path) -> anyhow::Result<Target> {
-        let upstream = Upstream::start(customers).await?;
+        let upstream = Upstream::start(customers, World::Voipbin).await?;
         let (ca, cert, key) = make_certificate(&upstream.dir)?;
         let (child, ws_addr) = upstream
             .spawn_node(
@@ -284,7 +313,7 @@ impl Target {
     }
 
     async fn start_cluster(customers: u32, gateway_bin: &Path) -> anyhow::Result<Target> {
-        let upstream = Upstream::start(customers).await?;
+        let upstream = Upstream::start(customers, World::Voipbin).await?;
         let nats_port = free_port()?;
         let nats_bin = std::env::var_os("NATS_SERVER")
             .map(PathBuf::from)
@@ -472,14 +501,16 @@ impl Target {
     /// How session `i` of customer `c` connects.
     pub(crate) fn session(&self, c: u32) -> SessionSpec {
         match self.which {
-            Which::Gateway | Which::Cluster | Which::GatewayTls => SessionSpec {
+            Which::Gateway | Which::Cluster | Which::GatewayTls | Which::GatewayTutorial => {
+                SessionSpec {
                 addr: self.ws_addr,
                 path: format!("/v1.0/ws?token={}", self.tokens[c as usize]),
                 protocol: Protocol::Gateway {
                     subscribe: json!({"type":"subscribe","topics":[format!("customer_id:{}:call:*", customer(c))]}).to_string(),
                 },
                 tls_ca: self.tls_ca.clone(),
-            },
+                }
+            }
             Which::Nchan => SessionSpec {
                 addr: self.ws_addr,
                 path: format!("/sub/c{c}"),
@@ -533,12 +564,22 @@ impl Target {
             Publisher::Gateway(sim) => {
                 // The envelope adds about 190 bytes around the data.
                 let data = pad(&head, bytes.saturating_sub(190));
-                let Ok(topic) = Topic::build(Scope::Customer, customer(c), &["call", &id]) else {
-                    return;
-                };
-                let frame = EnvelopeHead::new("call_ringing", "2026-01-20T10:30:00.000000Z")
-                    .frame(&topic, data.as_bytes());
-                sim.send_frames(customer(c), &[frame]);
+                let topics = [vec!["call", id.as_str()], vec!["call", "call_ringing", &id]]
+                    .iter()
+                    .map(|segments| Topic::build(Scope::Customer, customer(c), segments))
+                    .collect::<Result<Vec<_>, _>>();
+                let Ok(topics) = topics else { return };
+                // Routed as the simulator routes any event: by the connections'
+                // subscriptions, in the simulator's world.
+                sim.deliver(&Event {
+                    shape: Shape::Webhook,
+                    event_type: "call_ringing".to_owned(),
+                    timestamp: "2026-01-20T10:30:00.000000Z".to_owned(),
+                    customer_id: customer(c),
+                    topics,
+                    fresh_from: 0,
+                    data: Bytes::from(data),
+                });
             }
             Publisher::Nchan(tx) => {
                 let _ = tx.send((c, Bytes::from(pad(&head, bytes)))).await;

@@ -11,10 +11,14 @@
 //! - `upstreams`: 1,000 customers with a session on each of three nodes: the connections
 //!   VoIPBIN holds (independent nodes would hold 3,000), and how the owners spread.
 //!
+//! The simulator plays VoIPBIN's code as it is today (`voipbin`, the default: bare objects,
+//! each event delivered once per published topic its connection matches) or the tutorial's
+//! world (`tutorial`); sessions watch their customer's calls.
+//!
 //! ```text
 //! cargo build --release -p fanout-gateway --bins --examples   # --examples alone keeps an old binary
 //! NATS_SERVER=$(python3 -c "import sysconfig; print(sysconfig.get_path('scripts'))")/nats-server \
-//!   target/release/examples/cluster_figures target/release/fanout-gateway ingest|failover|upstreams
+//!   target/release/examples/cluster_figures target/release/fanout-gateway ingest|failover|upstreams [voipbin|tutorial]
 //! ```
 
 #![allow(clippy::print_stdout, missing_docs)]
@@ -33,7 +37,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
-use voipbin_sim::{SimConfig, Simulator};
+use voipbin_sim::{SimConfig, Simulator, World};
 
 struct Node {
     child: Child,
@@ -43,6 +47,7 @@ struct Node {
 
 struct Fleet {
     binary: PathBuf,
+    world: World,
     nats: Nats,
     sim: Arc<Simulator>,
     _cancel: CancellationToken,
@@ -51,9 +56,9 @@ struct Fleet {
 }
 
 impl Fleet {
-    async fn start(binary: PathBuf, ttl: &'static str) -> anyhow::Result<Fleet> {
+    async fn start(binary: PathBuf, ttl: &'static str, world: World) -> anyhow::Result<Fleet> {
         let nats = Nats::start().await;
-        let mut config = SimConfig::new(SECRET);
+        let mut config = SimConfig::new(SECRET).in_world(world);
         config.queue_capacity = 1 << 20;
         let cancel = CancellationToken::new();
         let sim = Simulator::start(config, "127.0.0.1:0".parse()?, cancel.clone()).await?;
@@ -66,6 +71,7 @@ impl Fleet {
         );
         Ok(Fleet {
             binary,
+            world,
             nats,
             sim,
             _cancel: cancel,
@@ -94,6 +100,13 @@ impl Fleet {
             .env("FANOUT_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("FANOUT_UPSTREAM_TOKEN", &self.service)
             .env("FANOUT_UPSTREAM__SUBSCRIBE_SETTLE", "0s")
+            .env(
+                "FANOUT_UPSTREAM__MATCHING",
+                match self.world {
+                    World::Voipbin => "prefix",
+                    World::Tutorial => "segment",
+                },
+            )
             .env("FANOUT_CLUSTER__LEASE_TTL", self.ttl)
             .env("FANOUT_LIMITS__MAX_SESSIONS", "100000")
             .env("FANOUT_LIMITS__HANDSHAKES_PER_SECOND", "100000")
@@ -153,24 +166,37 @@ impl Fleet {
     }
 }
 
+/// What the sessions watch: the customer's calls.
+fn calls(customer: Uuid) -> String {
+    format!("customer_id:{customer}:call:*")
+}
+
 async fn watcher(addr: SocketAddr, customer: Uuid) -> Client {
     let mut client = Client::connect_token(addr, &admin_token(customer)).await;
-    client
-        .subscribe_synced(&[&format!("customer_id:{customer}")])
-        .await;
+    client.subscribe_synced(&[&calls(customer)]).await;
     client
 }
 
-fn frame(customer: Uuid, id: &str) -> bytes::Bytes {
-    let topic =
-        fanout_protocol::Topic::build(fanout_protocol::Scope::Customer, customer, &["call", id])
-            .expect("topic");
+/// A call event of `customer`, as VoIPBIN publishes it (under both of its topics); the
+/// simulator routes it by its connections' subscriptions, in its world.
+fn event(customer: Uuid, id: &str) -> fanout_protocol::upstream::Event {
+    let topic = |segments: &[&str]| {
+        fanout_protocol::Topic::build(fanout_protocol::Scope::Customer, customer, segments)
+            .expect("topic")
+    };
     let data = format!(
         r#"{{"id":"{id}","customer_id":"{customer}","status":"ringing","pad":"{}"}}"#,
         "x".repeat(200)
     );
-    fanout_protocol::server::EnvelopeHead::new("call_ringing", "2026-12-01T00:00:00.000000Z")
-        .frame(&topic, data.as_bytes())
+    fanout_protocol::upstream::Event {
+        shape: fanout_protocol::upstream::Shape::Webhook,
+        event_type: "call_ringing".to_owned(),
+        timestamp: "2026-12-01T00:00:00.000000Z".to_owned(),
+        customer_id: customer,
+        topics: vec![topic(&["call", id]), topic(&["call", "call_ringing", id])],
+        fresh_from: 0,
+        data: data.into(),
+    }
 }
 
 async fn until_events(client: &mut Client, n: usize) -> anyhow::Result<()> {
@@ -224,11 +250,14 @@ async fn ingest(fleet: Fleet) -> anyhow::Result<()> {
         watcher(nodes[1].addr, c).await,
     ];
     settled(&fleet, &[nodes[0].admin, nodes[1].admin], c).await?;
-    for n in [2_000usize, 20_000, 20_000] {
-        let frames: Vec<bytes::Bytes> = (0..n).map(|i| frame(c, &format!("e{i}"))).collect();
+    for (round, n) in [2_000usize, 20_000, 20_000].into_iter().enumerate() {
+        // Every event is new: the same bytes again within seconds would be a copy of one.
+        let events: Vec<_> = (0..n).map(|i| event(c, &format!("r{round}e{i}"))).collect();
         let started = Instant::now();
-        for chunk in frames.chunks(500) {
-            fleet.sim.send_frames(c, chunk);
+        for chunk in events.chunks(500) {
+            for event in chunk {
+                fleet.sim.deliver(event);
+            }
             tokio::task::yield_now().await;
         }
         let [a, b] = &mut clients;
@@ -279,7 +308,7 @@ async fn failover(fleet: Fleet) -> anyhow::Result<()> {
         let i: usize = owner.trim_start_matches("node-").parse()?;
         let killed = Instant::now();
         nodes[i].child.kill().await?;
-        fleet.sim.send_frames(c, &[frame(c, &format!("k{round}"))]);
+        fleet.sim.deliver(&event(c, &format!("k{round}")));
         let mut last_gap = Duration::ZERO;
         let mut last_event = Duration::ZERO;
         for (j, client) in clients.iter_mut().enumerate() {
@@ -291,9 +320,7 @@ async fn failover(fleet: Fleet) -> anyhow::Result<()> {
             last_gap = last_gap.max(killed.elapsed());
         }
         // An event published once the successor covers the stream.
-        fleet
-            .sim
-            .send_frames(c, &[frame(c, &format!("after{round}"))]);
+        fleet.sim.deliver(&event(c, &format!("after{round}")));
         for (j, client) in clients.iter_mut().enumerate() {
             if j != i {
                 until_events(client, 1).await?;
@@ -343,9 +370,7 @@ async fn upstreams(fleet: Fleet) -> anyhow::Result<()> {
             let node = &nodes[(k + j) % 3];
             let mut client = Client::connect_token(node.addr, &admin_token(*customer)).await;
             client
-                .send_json(
-                    &json!({"type": "subscribe", "topics": [format!("customer_id:{customer}")]}),
-                )
+                .send_json(&json!({"type": "subscribe", "topics": [calls(*customer)]}))
                 .await;
             clients.push(client);
         }
@@ -383,9 +408,7 @@ async fn upstreams(fleet: Fleet) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     // One event per customer: every session has it.
     for customer in &customers {
-        fleet
-            .sim
-            .send_frames(*customer, &[frame(*customer, "probe")]);
+        fleet.sim.deliver(&event(*customer, "probe"));
     }
     let mut missing = [0usize; 3];
     for (k, client) in clients.iter_mut().enumerate() {
@@ -424,10 +447,17 @@ async fn upstreams(fleet: Fleet) -> anyhow::Result<()> {
 async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let binary = PathBuf::from(args.next().context("the gateway binary")?);
-    match args.next().as_deref() {
-        Some("ingest") => ingest(Fleet::start(binary, "15s").await?).await,
-        Some("failover") => failover(Fleet::start(binary, "15s").await?).await,
-        Some("upstreams") => upstreams(Fleet::start(binary, "15s").await?).await,
+    let figure = args.next();
+    let world = match args.next().as_deref() {
+        None | Some("voipbin") => World::Voipbin,
+        Some("tutorial") => World::Tutorial,
+        Some(other) => bail!("{other}: voipbin or tutorial"),
+    };
+    let fleet = Fleet::start(binary, "15s", world).await?;
+    match figure.as_deref() {
+        Some("ingest") => ingest(fleet).await,
+        Some("failover") => failover(fleet).await,
+        Some("upstreams") => upstreams(fleet).await,
         _ => bail!("ingest, failover or upstreams"),
     }
 }
