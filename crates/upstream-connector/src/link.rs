@@ -156,6 +156,17 @@ struct Up {
     next_ping: Instant,
 }
 
+impl Up {
+    /// Takes the prefixes `gone` says out of the batches in flight: they are not covered
+    /// when their barrier passes.
+    fn strip(&mut self, gone: impl Fn(&Prefix) -> bool) {
+        let pending = self.pending.iter_mut().map(|(_, batch)| batch);
+        for batch in pending.chain(self.settling.iter_mut().map(|(_, batch)| batch)) {
+            batch.retain(|p| !gone(p));
+        }
+    }
+}
+
 /// One connection's rules: see the module docs.
 pub struct Link {
     customer: Uuid,
@@ -209,11 +220,6 @@ impl Link {
         &self.label
     }
 
-    /// The prefixes it is asked for.
-    pub fn wanted(&self) -> impl Iterator<Item = &Prefix> {
-        self.wanted.keys()
-    }
-
     /// Whether nothing is wanted of it.
     pub fn is_idle(&self) -> bool {
         self.wanted.is_empty()
@@ -240,10 +246,7 @@ impl Link {
         }
         if let Some(up) = &mut self.up {
             up.dirty = true;
-            let batches = up.pending.iter_mut().map(|(_, batch)| batch);
-            for batch in batches.chain(up.settling.iter_mut().map(|(_, batch)| batch)) {
-                batch.retain(|p| p != prefix);
-            }
+            up.strip(|p| p == prefix);
         }
         self.outputs
             .push_back(Output::Uncovered(vec![prefix.clone()]));
@@ -393,13 +396,17 @@ impl Link {
             // whatever their barrier says.
             tracing::warn!(customer_id = %self.customer, topics = ?refused, "Upstream refused a subscription");
             self.counters.refusals.increment(1);
+            // Only what this link asked for is its to uncover.
+            let refused: Vec<Prefix> = refused
+                .into_iter()
+                .filter(|p| self.wanted.contains_key(p))
+                .collect();
             if let Some(up) = &mut self.up {
-                let batches = up.pending.iter_mut().map(|(_, batch)| batch);
-                for batch in batches.chain(up.settling.iter_mut().map(|(_, batch)| batch)) {
-                    batch.retain(|p| !refused.contains(p));
-                }
+                up.strip(|p| refused.contains(p));
             }
-            self.outputs.push_back(Output::Uncovered(refused));
+            if !refused.is_empty() {
+                self.outputs.push_back(Output::Uncovered(refused));
+            }
             return;
         }
         let cx = Context {
@@ -511,9 +518,14 @@ impl Link {
         let Some(up) = self.up.take() else {
             return EndReport::default();
         };
-        if !up.sent.is_empty() {
-            self.outputs
-                .push_back(Output::Uncovered(up.sent.keys().cloned().collect()));
+        // What is no longer wanted was told uncovered when it went.
+        let uncovered: Vec<Prefix> = up
+            .sent
+            .into_keys()
+            .filter(|p| self.wanted.contains_key(p))
+            .collect();
+        if !uncovered.is_empty() {
+            self.outputs.push_back(Output::Uncovered(uncovered));
         }
         if !up.held.is_empty() {
             self.counters.inside_gap.increment(up.held.len() as u64);

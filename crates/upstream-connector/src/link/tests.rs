@@ -449,6 +449,41 @@ fn a_refused_subscription_is_uncovered_never_covered() {
 }
 
 #[test]
+fn a_refusal_uncovers_only_what_the_link_asked_for() {
+    let mut h = Harness::calls();
+    let a = prefix(":call:");
+    h.link.want(a.clone(), 0);
+    h.connect();
+    h.transmits();
+    h.pong(0);
+    h.outputs();
+    // Another link's prefix, or one never asked for: not this link's to uncover.
+    let other = prefix(":message:");
+    h.text(&format!(
+        r#"{{"type":"error","code":"forbidden_topic","message":"no","topics":["{other}"]}}"#
+    ));
+    assert_eq!(h.outputs(), []);
+    assert_eq!(h.counted("fanout_upstream_refusals_total", None), 1);
+}
+
+#[test]
+fn a_prefix_let_go_is_not_uncovered_again_when_its_connection_ends() {
+    // Its label may have a new link by then, which may have covered it anew.
+    let mut h = Harness::calls();
+    let (a, b) = (prefix(":call:"), prefix(":call:k7"));
+    h.link.want(a.clone(), 0);
+    h.link.want(b.clone(), 1);
+    h.connect();
+    h.transmits();
+    h.pong(0);
+    h.outputs();
+    h.link.unwant(&a);
+    assert_eq!(h.outputs(), [Output::Uncovered(vec![a])]);
+    h.link.ended();
+    assert_eq!(h.outputs(), [Output::Uncovered(vec![b])]);
+}
+
+#[test]
 fn frames_nobody_needs_any_more_are_dropped() {
     let mut h = Harness::calls();
     let a = prefix(":call:");
