@@ -142,12 +142,39 @@ pub enum PrefixError {
 }
 
 /// A subscription as VoIPBIN takes it: `customer_id:<C>` and literal segments, with a
-/// trailing `:` where a segment must be matched whole. Compared and ordered by its text.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// trailing `:` where a segment must be matched whole. Compared, hashed and ordered by its
+/// text (its customer and label follow from it).
+#[derive(Clone)]
 pub struct Prefix {
     text: Box<str>,
     customer: Uuid,
     label: Label,
+}
+
+impl PartialEq for Prefix {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text
+    }
+}
+
+impl Eq for Prefix {}
+
+impl std::hash::Hash for Prefix {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.text.hash(state);
+    }
+}
+
+impl PartialOrd for Prefix {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Prefix {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.text.cmp(&other.text)
+    }
 }
 
 impl fmt::Debug for Prefix {
@@ -257,9 +284,14 @@ impl Prefix {
     }
 
     /// Whether every event that `narrower` delivers, with what its label says, this one
-    /// delivers too, with as much said: the same label, and a prefix of its text.
+    /// delivers too, with as much said, under either matching: the same label, and a prefix
+    /// of its text cut at a segment's end (`…:call:k1` does not cover `…:call:k10`, which a
+    /// segment-matching server does not deliver through it).
     pub fn covers(&self, narrower: &Prefix) -> bool {
-        self.label == narrower.label && narrower.text.starts_with(&*self.text)
+        self.label == narrower.label
+            && narrower.text.strip_prefix(&*self.text).is_some_and(|rest| {
+                rest.is_empty() || rest.starts_with(':') || self.text.ends_with(':')
+            })
     }
 }
 
@@ -392,6 +424,9 @@ mod tests {
         assert!(!of(":call:").covers(&of(":call:call_hangup:")));
         assert!(!of(":queue").covers(&of(":queuecall")));
         assert!(!of(":call:call_hangup").covers(&of(":call:call_hangupx")));
+        // An id is matched whole.
+        assert!(!of(":call:k1").covers(&of(":call:k10")));
+        assert!(of(":call:k1").covers(&of(":call:k1")));
     }
 
     mod exactness {
