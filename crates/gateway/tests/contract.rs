@@ -356,8 +356,26 @@ async fn a_subscribe_past_the_customers_connections_to_voipbin_is_refused_by_nam
     // Nothing of it was applied; the others' events flow on.
     upstream_carries(&stack, c, &[&calls, &messages]).await;
     publish_events(&stack, &call_at(c, "k1", None, CallStep::Hangup)).await;
-    assert_eq!(other.recv_event().await["data"]["id"], "k1");
+    let k1 = other.recv_event().await;
+    assert_eq!(k1["data"]["id"], "k1");
     greedy.expect_silence(Duration::from_millis(200)).await;
+    // A resume refused so uses up none of the session's four resumes.
+    for _ in 0..5 {
+        greedy
+            .send_json(&json!({"type": "subscribe", "topics": typed, "since": k1["cursor"]}))
+            .await;
+        assert_eq!(greedy.recv_json().await["code"], "upstream_limit");
+    }
+    greedy
+        .send_json(&json!({"type": "subscribe", "topics": [typed[0]], "since": k1["cursor"]}))
+        .await;
+    loop {
+        let frame = greedy.recv_json().await;
+        assert_ne!(frame["type"], "error", "{frame}");
+        if frame["type"] == "resumed" {
+            break;
+        }
+    }
     // One typed topic fits.
     greedy.subscribe_synced(&[typed[0]]).await;
     upstream_carries(&stack, c, &[&calls, &messages, typed[0]]).await;

@@ -157,7 +157,6 @@ impl<'a> Requests<'a> {
                             ),
                         ));
                     }
-                    self.resumes += 1;
                     // A cursor is a position in one customer's stream.
                     let stream_of = |p: &Pattern| self.subscriber.stream_of(p);
                     let first = new.first().map_or(self.handle.customer_id(), stream_of);
@@ -177,6 +176,7 @@ impl<'a> Requests<'a> {
                         Ok(recovered) => recovered,
                         Err(limit) => return self.refuse(over_limit(limit)),
                     };
+                    self.resumes += 1;
                     self.continuous_since = match (recovered, self.patterns.is_empty()) {
                         (true, true) => Some(since),
                         (true, false) => self.continuous_since,

@@ -29,7 +29,8 @@ use crate::writer::Outgoing;
 pub struct UpstreamLimit {
     /// The limit.
     pub max: usize,
-    /// The patterns that would need a connection of their own.
+    /// The patterns of the refused subscribe that name the customer whose upstream could
+    /// not take them.
     pub patterns: Vec<Pattern>,
 }
 
