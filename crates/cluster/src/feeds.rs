@@ -303,7 +303,18 @@ async fn watch_interest(node: Arc<Node>) {
     loop {
         match node.interests.changes().await {
             Ok(changes) => {
-                node.fleet().clear();
+                // Interest that went meanwhile is in no change to come: its customers look
+                // again now (a prefix no node needs lingers, and the history read next
+                // brings back what is still needed).
+                let known = node.fleet().clear();
+                {
+                    let waiters = node.waiters();
+                    for customer in known {
+                        if let Some(waiter) = waiters.get(&customer) {
+                            waiter.interest.notify_one();
+                        }
+                    }
+                }
                 let mut changes = std::pin::pin!(changes);
                 loop {
                     tokio::select! {
@@ -480,37 +491,34 @@ async fn publish_interest(node: Arc<Node>, shared: Arc<Shared>) {
     let mut changes = shared.local.subscribe();
     let mut refresh = tokio::time::interval(interest::REFRESH);
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut written: Option<BTreeSet<Prefix>> = None;
+    // What the bucket is known to hold: nothing at first; unknown after a failed write.
+    let mut written = Some(BTreeSet::new());
+    let mut refresh_due = false;
     loop {
         tokio::select! {
             () = shared.close.cancelled() => break,
             changed = changes.changed() => if changed.is_err() { break },
-            _ = refresh.tick() => {
-                // Written again, changed or not: the bucket forgets unwritten keys.
-                if written.as_ref().is_some_and(|w| !w.is_empty()) {
-                    written = None;
-                }
-            }
+            // Written again, changed or not: the bucket forgets unwritten keys.
+            _ = refresh.tick() => refresh_due = true,
+            () = tokio::time::sleep(Duration::from_millis(500)), if written.is_none() => {}
         }
         let now = shared.wanted_set();
-        if written.as_ref() == Some(&now) || (written.is_none() && now.is_empty()) {
-            written = Some(now);
+        if written.as_ref() == Some(&now) && !(refresh_due && !now.is_empty()) {
             continue;
         }
         match tokio::time::timeout(timeout, node.interests.put(shared.customer, &now)).await {
-            Ok(Ok(())) => written = Some(now),
+            Ok(Ok(())) => {
+                written = Some(now);
+                refresh_due = false;
+                refresh.reset();
+            }
             failed => {
                 tracing::debug!(customer = %shared.customer, ?failed, "Cannot write this node's interest yet");
-                tokio::select! {
-                    () = shared.close.cancelled() => break,
-                    () = tokio::time::sleep(Duration::from_millis(500)) => {}
-                }
-                // Tried again at once.
-                shared.local.send_modify(|n| *n += 1);
+                written = None;
             }
         }
     }
-    if written.is_some_and(|w| !w.is_empty()) {
+    if written.is_none_or(|w| !w.is_empty()) {
         let _ = tokio::time::timeout(
             timeout,
             node.interests.put(shared.customer, &BTreeSet::new()),
@@ -555,8 +563,9 @@ impl Shared {
 
     /// What the customer's upstream should carry: this node's prefixes and every other
     /// node's, within the connections a customer may have (this node's labels first, then
-    /// the others' in order; a prefix of a label past the limit is left out).
-    fn desired(&self) -> BTreeSet<Prefix> {
+    /// the others' in order; a prefix of a label past the limit is left out, and then
+    /// `true` with it).
+    fn desired(&self) -> (BTreeSet<Prefix>, bool) {
         let max = self.node.upstream.max_connections;
         let own = self.wanted_set();
         let others = self
@@ -565,13 +574,16 @@ impl Shared {
             .others(self.customer, &self.node.settings.node_id);
         let mut labels: BTreeSet<Label> = BTreeSet::new();
         let mut desired = BTreeSet::new();
+        let mut left_out = false;
         for prefix in own.into_iter().chain(others) {
             if labels.contains(prefix.label()) || labels.len() < max {
                 labels.insert(prefix.label().clone());
                 desired.insert(prefix);
+            } else {
+                left_out = true;
             }
         }
-        desired
+        (desired, left_out)
     }
 }
 
@@ -1211,7 +1223,7 @@ impl Customer {
     /// added at once; one no node needs goes after `interest_linger` (a session back soon
     /// finds it covered, and interest a NATS lost is written again first).
     fn reconcile(&self, carried: &mut Carried) {
-        let desired = self.shared.desired();
+        let (desired, left_out) = self.shared.desired();
         let now = Instant::now();
         let linger = self.node.settings.interest_linger;
         let mut owned = carried.owned.lock().unwrap_or_else(|e| e.into_inner());
@@ -1234,13 +1246,7 @@ impl Customer {
                 carried.upstream.remove(&prefix);
             }
         }
-        let mut wanted = self.shared.wanted_set();
-        wanted.extend(
-            self.node
-                .fleet()
-                .others(self.customer, &self.node.settings.node_id),
-        );
-        if !carried.capped && desired.len() < wanted.len() {
+        if !carried.capped && left_out {
             carried.capped = true;
             tracing::warn!(customer = %self.customer, max = self.node.upstream.max_connections, "The fleet's sessions need more connections to VoIPBIN than a customer may have: some of their topics are left out");
         }

@@ -228,9 +228,10 @@ impl Fleet {
         }
     }
 
-    /// Forgets everything (the watch is read again from the start).
-    pub fn clear(&mut self) {
-        self.by_customer.clear();
+    /// Forgets everything (the watch is read again from the start); answers the customers
+    /// it knew interest in, whose interest may now be gone.
+    pub fn clear(&mut self) -> Vec<Uuid> {
+        self.by_customer.drain().map(|(customer, _)| customer).collect()
     }
 
     /// What the nodes other than `except` need of `customer`.
@@ -320,5 +321,9 @@ mod tests {
         assert_eq!(fleet.others(c, "a"), BTreeSet::new());
         assert!(fleet.apply(change("a", Some(BTreeSet::new()))));
         assert!(fleet.by_customer.is_empty());
+        // Read again from the start: the customers known before are answered, to look again.
+        assert!(fleet.apply(change("a", Some(prefixes(&[":call:"])))));
+        assert_eq!(fleet.clear(), [c]);
+        assert_eq!(fleet.others(c, "b"), BTreeSet::new());
     }
 }

@@ -714,6 +714,12 @@ impl Config {
         if self.cluster.lease_ttl < Duration::from_secs(1) {
             problems.push("cluster.lease_ttl must be at least 1s".to_owned());
         }
+        if self.cluster.interest_linger <= fanout_cluster::interest::REFRESH {
+            problems.push(format!(
+                "cluster.interest_linger must be longer than {}s, how often nodes write their interest again",
+                fanout_cluster::interest::REFRESH.as_secs()
+            ));
+        }
         if self.cluster.node_id.as_deref().is_some_and(str::is_empty) {
             problems.push("cluster.node_id must not be empty".to_owned());
         }
@@ -865,6 +871,7 @@ mod tests {
             ("FANOUT_LIMITS__MAX_PENDING".to_owned(), "0".to_owned()),
             ("FANOUT_UPSTREAM__PONG_TIMEOUT".to_owned(), "0s".to_owned()),
             ("FANOUT_ACCESSKEYS__MAX_LOOKUPS".to_owned(), "0".to_owned()),
+            ("FANOUT_CLUSTER__INTEREST_LINGER".to_owned(), "10s".to_owned()),
         ];
         let err = Config::load(None, env, &with_credentials()).expect_err("invalid");
         let text = err.to_string();
@@ -874,10 +881,11 @@ mod tests {
             "limits.max_pending",
             "upstream.pong_timeout",
             "accesskeys.max_lookups",
+            "cluster.interest_linger",
         ] {
             assert!(text.contains(name), "{name} not reported: {text}");
         }
-        assert_eq!(err.0.len(), 5, "{text}");
+        assert_eq!(err.0.len(), 6, "{text}");
         // A burst that fits the largest message (and its 14 bytes of framing) is fine.
         let env = [("FANOUT_SESSION__BYTE_BURST".to_owned(), "65550".to_owned())];
         Config::load(None, env, &with_credentials()).expect("valid");
