@@ -503,7 +503,9 @@ async fn publish_interest(node: Arc<Node>, shared: Arc<Shared>) {
             () = tokio::time::sleep(Duration::from_millis(500)), if written.is_none() => {}
         }
         let now = shared.wanted_set();
-        if written.as_ref() == Some(&now) && !(refresh_due && !now.is_empty()) {
+        // An empty set is no key at all: nothing to refresh.
+        let rewrite = refresh_due && !now.is_empty();
+        if !rewrite && written.as_ref() == Some(&now) {
             continue;
         }
         match tokio::time::timeout(timeout, node.interests.put(shared.customer, &now)).await {
