@@ -189,13 +189,7 @@ impl Upstream {
             .arg(&self.key_file)
             .args(extra)
             .env("FANOUT_JWT_SECRET", &self.secret)
-            .env(
-                "FANOUT_UPSTREAM__MATCHING",
-                match self.world {
-                    World::Voipbin => "prefix",
-                    World::Tutorial => "segment",
-                },
-            )
+            .env("FANOUT_UPSTREAM__MATCHING", self.world.matching().as_str())
             .env("RUST_LOG", "warn,fanout_gateway=info")
             .env("FANOUT_LIMITS__MAX_SESSIONS", "1000000")
             .stdout(Stdio::piped())

@@ -141,11 +141,6 @@ impl Interests {
             .map_err(|e| InterestError(e.to_string()))
     }
 
-    /// This node's name.
-    pub fn node(&self) -> &str {
-        &self.node
-    }
-
     /// Writes this node's interest in `customer` (nothing: the key goes).
     ///
     /// # Errors
@@ -231,7 +226,10 @@ impl Fleet {
     /// Forgets everything (the watch is read again from the start); answers the customers
     /// it knew interest in, whose interest may now be gone.
     pub fn clear(&mut self) -> Vec<Uuid> {
-        self.by_customer.drain().map(|(customer, _)| customer).collect()
+        self.by_customer
+            .drain()
+            .map(|(customer, _)| customer)
+            .collect()
     }
 
     /// What the nodes other than `except` need of `customer`.

@@ -152,7 +152,7 @@ impl Registry {
     }
 
     /// What `customer`'s upstream needs for a session pattern placed in its hub.
-    pub fn prefix_of(&self, pattern: &Pattern, customer: Uuid) -> Prefix {
+    fn prefix_of(&self, pattern: &Pattern, customer: Uuid) -> Prefix {
         Prefix::for_pattern(pattern, customer, self.matching)
     }
 
@@ -285,7 +285,7 @@ impl Registry {
                         .map(|p| p.as_str().to_owned())
                         .collect(),
                     upstream_connections: status.connections,
-                    covered: hub.covered_patterns(),
+                    covered: hub.covered_prefixes(),
                     window_events: window.entries,
                     window_bytes: window.bytes,
                 }
@@ -317,16 +317,24 @@ impl Directory for Registry {
     fn subscribe(&self, session: &Subscriber, patterns: &[Pattern]) -> Result<(), UpstreamLimit> {
         let own = session.0.customer_id();
         let mut customers = self.lock();
+        // Each pattern's stream and prefix, in order.
+        let placed: Vec<(Uuid, Prefix)> = patterns
+            .iter()
+            .map(|p| {
+                let customer = session.stream_of(p);
+                (customer, self.prefix_of(p, customer))
+            })
+            .collect();
         // Every customer's feed takes its new prefixes, or nothing is applied.
-        let mut streams: Vec<Uuid> = patterns.iter().map(|p| session.stream_of(p)).collect();
+        let mut streams: Vec<Uuid> = placed.iter().map(|(customer, _)| *customer).collect();
         streams.sort();
         streams.dedup();
         for customer in &streams {
-            let mine: Vec<&Pattern> = patterns
+            let prefixes: Vec<Prefix> = placed
                 .iter()
-                .filter(|p| session.stream_of(p) == *customer)
+                .filter(|(c, _)| c == customer)
+                .map(|(_, prefix)| prefix.clone())
                 .collect();
-            let prefixes: Vec<Prefix> = mine.iter().map(|p| self.prefix_of(p, *customer)).collect();
             let admitted = self
                 .entry(&mut customers, *customer)
                 .upstream
@@ -341,18 +349,22 @@ impl Directory for Registry {
                 }
                 return Err(UpstreamLimit {
                     max,
-                    patterns: mine.into_iter().cloned().collect(),
+                    patterns: patterns
+                        .iter()
+                        .zip(&placed)
+                        .filter(|(_, (c, _))| c == customer)
+                        .map(|(pattern, _)| pattern.clone())
+                        .collect(),
                 });
             }
         }
-        for pattern in patterns {
-            let customer = session.stream_of(pattern);
-            let entry = self.entry(&mut customers, customer);
-            if customer != own {
+        for (pattern, (customer, prefix)) in patterns.iter().zip(&placed) {
+            let entry = self.entry(&mut customers, *customer);
+            if *customer != own {
                 entry.users += 1;
             }
             if entry.hub.insert(pattern, session) {
-                entry.upstream.add(&self.prefix_of(pattern, customer));
+                entry.upstream.add(prefix);
             }
         }
         Ok(())

@@ -62,13 +62,7 @@ impl Fleet {
         config.queue_capacity = 1 << 20;
         let cancel = CancellationToken::new();
         let sim = Simulator::start(config, "127.0.0.1:0".parse()?, cancel.clone()).await?;
-        let service = agent_token(
-            SECRET,
-            tutorial_customer(),
-            Uuid::new_v4(),
-            perm::PROJECT_SUPER_ADMIN,
-            &far_future(),
-        );
+        let service = service_token();
         Ok(Fleet {
             binary,
             world,
@@ -100,13 +94,7 @@ impl Fleet {
             .env("FANOUT_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("FANOUT_UPSTREAM_TOKEN", &self.service)
             .env("FANOUT_UPSTREAM__SUBSCRIBE_SETTLE", "0s")
-            .env(
-                "FANOUT_UPSTREAM__MATCHING",
-                match self.world {
-                    World::Voipbin => "prefix",
-                    World::Tutorial => "segment",
-                },
-            )
+            .env("FANOUT_UPSTREAM__MATCHING", self.world.matching().as_str())
             .env("FANOUT_CLUSTER__LEASE_TTL", self.ttl)
             .env("FANOUT_LIMITS__MAX_SESSIONS", "100000")
             .env("FANOUT_LIMITS__HANDSHAKES_PER_SECOND", "100000")

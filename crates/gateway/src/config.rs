@@ -871,7 +871,10 @@ mod tests {
             ("FANOUT_LIMITS__MAX_PENDING".to_owned(), "0".to_owned()),
             ("FANOUT_UPSTREAM__PONG_TIMEOUT".to_owned(), "0s".to_owned()),
             ("FANOUT_ACCESSKEYS__MAX_LOOKUPS".to_owned(), "0".to_owned()),
-            ("FANOUT_CLUSTER__INTEREST_LINGER".to_owned(), "10s".to_owned()),
+            (
+                "FANOUT_CLUSTER__INTEREST_LINGER".to_owned(),
+                "10s".to_owned(),
+            ),
         ];
         let err = Config::load(None, env, &with_credentials()).expect_err("invalid");
         let text = err.to_string();

@@ -119,10 +119,7 @@ impl Demo {
         };
         config.upstream.url = sim.ws_url();
         config.upstream.token = service;
-        config.upstream.matching = match options.world {
-            World::Voipbin => fanout_protocol::prefix::Matching::Prefix,
-            World::Tutorial => fanout_protocol::prefix::Matching::Segment,
-        };
+        config.upstream.matching = options.world.matching();
         config.upstream.linger = Duration::from_secs(5);
         // The simulator applies a subscribe before it reads the next frame.
         config.upstream.subscribe_settle = Duration::ZERO;

@@ -99,7 +99,7 @@ async fn tutorial_through_gateway(
     sent: u64,
 ) {
     let (sim, _cancel) = start_sim(world, |_| {}).await;
-    let matching = matching(world).as_str();
+    let matching = world.matching().as_str();
     let gateway = spawn_gateway(sim.local_addr(), &[("FANOUT_UPSTREAM__MATCHING", matching)]).await;
     let mut run = TutorialRun::start(which, gateway.addr, &admin_token(tutorial_customer()))
         .await

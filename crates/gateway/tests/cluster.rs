@@ -81,7 +81,7 @@ impl Fleet {
                 ("FANOUT_CLUSTER__REQUEST_TIMEOUT", "2s"),
                 ("FANOUT_CLUSTER__DEGRADED_AFTER", self.degraded_after),
                 ("FANOUT_UPSTREAM__SUBSCRIBE_SETTLE", "0s"),
-                ("FANOUT_UPSTREAM__MATCHING", matching(self.world).as_str()),
+                ("FANOUT_UPSTREAM__MATCHING", self.world.matching().as_str()),
                 ("FANOUT_UPSTREAM__LINGER", "1s"),
                 ("FANOUT_UPSTREAM__BACKOFF_BASE", "20ms"),
                 ("FANOUT_UPSTREAM__BACKOFF_CAP", "200ms"),

@@ -37,7 +37,7 @@ use crate::prefix::Label;
 use crate::timestamp;
 use crate::topic::{Scope, Topic, TopicError};
 
-pub mod infer;
+pub(crate) mod infer;
 
 /// Resource names that hold an underscore, so that a webhook `type` such as
 /// `webchat_session_created` is split after the resource rather than at the first `_`.

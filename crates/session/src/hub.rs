@@ -328,7 +328,7 @@ impl Hub {
     }
 
     /// The upstream prefixes covered now (see [`Hub::covered`]), sorted.
-    pub fn covered_patterns(&self) -> Vec<String> {
+    pub fn covered_prefixes(&self) -> Vec<String> {
         let mut covered: Vec<String> = self
             .lock_stream()
             .covered

@@ -94,9 +94,6 @@ impl LinkShared {
                 Output::Uncovered(prefixes) => self.sink.uncovered(&prefixes),
             }
         }
-        if link.is_subscribed() {
-            self.worked_at.store(WORKING_NOW, Ordering::Relaxed);
-        }
         answer
     }
 
@@ -253,7 +250,13 @@ async fn read_frames(
                 shared.with(|link| link.handle_text(&bytes, now, wall));
             }
             OpCode::Pong => {
-                shared.with(|link| link.handle_pong(&frame.payload, now, wall));
+                // Only a pong makes a connection subscribed (its first barrier's).
+                if shared.with(|link| {
+                    link.handle_pong(&frame.payload, now, wall);
+                    link.is_subscribed()
+                }) {
+                    shared.worked_at.store(WORKING_NOW, Ordering::Relaxed);
+                }
                 // Coverage may now settle at a time the writer must wake for.
                 shared.changed.notify_one();
             }

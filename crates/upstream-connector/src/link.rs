@@ -56,6 +56,17 @@ pub struct Timings {
     pub subscribe_settle: Duration,
 }
 
+impl From<&crate::UpstreamConfig> for Timings {
+    fn from(config: &crate::UpstreamConfig) -> Self {
+        Timings {
+            ping_interval: config.ping_interval,
+            pong_timeout: config.pong_timeout,
+            idle_timeout: config.idle_timeout,
+            subscribe_settle: config.subscribe_settle,
+        }
+    }
+}
+
 /// A frame to write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Transmit {

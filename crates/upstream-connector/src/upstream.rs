@@ -272,15 +272,13 @@ impl Upstream {
         let generation = want.generation;
         let link = links.entry(prefix.label().clone()).or_insert_with(|| {
             let config = &self.shared.config;
-            let timings = Timings {
-                ping_interval: config.ping_interval,
-                pong_timeout: config.pong_timeout,
-                idle_timeout: config.idle_timeout,
-                subscribe_settle: config.subscribe_settle,
-            };
             LinkShared::spawn(
                 self.shared.customer_id,
-                Link::new(self.shared.customer_id, prefix.label().clone(), timings),
+                Link::new(
+                    self.shared.customer_id,
+                    prefix.label().clone(),
+                    Timings::from(&**config),
+                ),
                 config.clone(),
                 self.shared.sink.clone(),
                 self.shared.cancel.child_token(),

@@ -14,7 +14,7 @@
 
 use std::time::{Duration, Instant};
 
-use fanout_test_support::{Client, SECRET, agent_token, far_future, perm, sim_stats};
+use fanout_test_support::{Client, SECRET, service_token, sim_stats};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 use voipbin_sim::{SimConfig, Simulator};
@@ -44,13 +44,7 @@ async fn main() -> anyhow::Result<()> {
         cancel.clone(),
     )
     .await?;
-    let service = agent_token(
-        SECRET,
-        Uuid::new_v4(),
-        Uuid::new_v4(),
-        perm::PROJECT_SUPER_ADMIN,
-        &far_future(),
-    );
+    let service = service_token();
     let customers: Vec<Uuid> = (0..connections).map(|_| Uuid::new_v4()).collect();
     let mut readers = Vec::new();
     for customer in &customers {

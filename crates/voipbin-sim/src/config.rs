@@ -75,6 +75,15 @@ impl World {
         }
     }
 
+    /// How a gateway asks this world's VoIPBIN for events: raw prefixes in VoIPBIN's,
+    /// segment by segment in the tutorial's.
+    pub fn matching(self) -> fanout_protocol::prefix::Matching {
+        match self {
+            World::Tutorial => fanout_protocol::prefix::Matching::Segment,
+            World::Voipbin => fanout_protocol::prefix::Matching::Prefix,
+        }
+    }
+
     /// The shape and quirks of the world.
     pub fn shape_and_quirks(self) -> (Shape, Quirks) {
         match self {

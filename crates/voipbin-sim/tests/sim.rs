@@ -526,13 +526,7 @@ async fn random_stream_flows_to_subscribers() {
 async fn a_service_tokens_connections_are_filed_under_the_customers_they_subscribe_to() {
     let sim = start().await;
     // One project super-admin token for two customers' connections, as a gateway holds.
-    let service = agent_token(
-        SECRET,
-        tutorial_customer(),
-        Uuid::new_v4(),
-        perm::PROJECT_SUPER_ADMIN,
-        &far_future(),
-    );
+    let service = service_token();
     let (d, e) = (Uuid::new_v4(), Uuid::new_v4());
     let mut for_d = Client::connect_token(sim.addr(), &service).await;
     let mut for_e = Client::connect_token(sim.addr(), &service).await;
@@ -716,13 +710,7 @@ async fn voipbin_world_answers_nothing_and_drops_a_connection_for_a_refused_topi
 async fn publishing_looks_only_at_the_subscriptions_of_the_events_owners() {
     let sim = start_with(voipbin_world).await;
     // A gateway's service token: one connection per customer it serves.
-    let service = agent_token(
-        SECRET,
-        tutorial_customer(),
-        Uuid::new_v4(),
-        perm::PROJECT_SUPER_ADMIN,
-        &far_future(),
-    );
+    let service = service_token();
     let mut others = Vec::new();
     for _ in 0..100 {
         let mut client = Client::connect_token(sim.addr(), &service).await;

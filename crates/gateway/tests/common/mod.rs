@@ -38,7 +38,7 @@ use std::time::Duration;
 use fanout_gateway::Gateway;
 use fanout_gateway::config::Config;
 use fanout_protocol::Pattern;
-use fanout_protocol::prefix::{Label, Matching, Prefix};
+use fanout_protocol::prefix::{Label, Prefix};
 use fanout_test_support::*;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -58,21 +58,13 @@ pub struct Stack {
     sim_cancel: CancellationToken,
 }
 
-/// How the gateway asks a world's VoIPBIN for events.
-pub fn matching(world: World) -> Matching {
-    match world {
-        World::Tutorial => Matching::Segment,
-        World::Voipbin => Matching::Prefix,
-    }
-}
-
 /// What `customer`'s upstream subscribes to, in `world`, for sessions holding `patterns`
 /// (placed in the customer's hub): each prefix once, sorted.
 pub fn prefixes_in(world: World, customer: Uuid, patterns: &[&str]) -> Vec<Prefix> {
     let mut prefixes: Vec<Prefix> = patterns
         .iter()
         .map(|p| Pattern::parse(p).expect("a pattern"))
-        .map(|p| Prefix::for_pattern(&p, customer, matching(world)))
+        .map(|p| Prefix::for_pattern(&p, customer, world.matching()))
         .collect();
     prefixes.sort();
     prefixes.dedup();
@@ -112,17 +104,6 @@ impl Drop for Stack {
     }
 }
 
-/// A service token: a project super-admin of the tutorial customer.
-pub fn service_token() -> String {
-    agent_token(
-        SECRET,
-        tutorial_customer(),
-        Uuid::new_v4(),
-        perm::PROJECT_SUPER_ADMIN,
-        &far_future(),
-    )
-}
-
 pub fn test_config(sim: &Simulator, world: World) -> Config {
     let mut config = Config {
         listen: "127.0.0.1:0".parse().expect("addr"),
@@ -134,7 +115,7 @@ pub fn test_config(sim: &Simulator, world: World) -> Config {
     config.upstream.token = service_token();
     config.admin.token = ADMIN_TOKEN.to_owned();
     config.upstream.linger = Duration::from_millis(300);
-    config.upstream.matching = matching(world);
+    config.upstream.matching = world.matching();
     // The simulator applies a subscribe before it reads the next frame.
     config.upstream.subscribe_settle = Duration::ZERO;
     config.upstream.backoff_base = Duration::from_millis(20);

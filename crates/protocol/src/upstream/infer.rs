@@ -24,7 +24,7 @@
 /// The fields of a resource object that tell which event it was published for, as strings
 /// (absent, `null` or not a string: `None`).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Lifecycle<'a> {
+pub(crate) struct Lifecycle<'a> {
     /// `status`.
     pub status: Option<&'a str>,
     /// `tm_update`.
@@ -77,7 +77,7 @@ const CALL_STAMPED: &[(&str, Stamp, &str)] = &[
 
 /// The event type that `object`, a `resource`, proves it was published for, if the table
 /// of the module docs has one.
-pub fn event_type(resource: &str, object: &Lifecycle<'_>) -> Option<&'static str> {
+pub(crate) fn event_type(resource: &str, object: &Lifecycle<'_>) -> Option<&'static str> {
     if object.tm_delete.is_some()
         && let Some((_, deleted)) = DELETED_BY_TM_DELETE.iter().find(|(r, _)| *r == resource)
     {
