@@ -14,10 +14,12 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
-use async_nats::jetstream::{self, kv};
+use async_nats::jetstream::kv;
 use bytes::Bytes;
 use fanout_protocol::prefix::Prefix;
 use uuid::Uuid;
+
+use crate::bucket::Bucket;
 
 /// How often a node writes its interest again, changed or not.
 pub const REFRESH: Duration = Duration::from_secs(10);
@@ -82,10 +84,8 @@ pub struct Change {
 /// The interest bucket, as one node uses it.
 #[derive(Clone)]
 pub struct Interests {
-    store: kv::Store,
+    bucket: Bucket,
     node: String,
-    context: jetstream::Context,
-    config: kv::Config,
 }
 
 impl std::fmt::Debug for Interests {
@@ -106,7 +106,6 @@ impl Interests {
         bucket: &str,
         node: &str,
     ) -> Result<Self, InterestError> {
-        let context = jetstream::new(client);
         let config = kv::Config {
             bucket: bucket.to_owned(),
             history: 1,
@@ -117,15 +116,9 @@ impl Interests {
             max_value_size: 512 * 1024,
             ..Default::default()
         };
-        let store = context
-            .create_key_value(config.clone())
-            .await
-            .map_err(|e| InterestError(e.to_string()))?;
         Ok(Interests {
-            store,
+            bucket: Bucket::open(client, config).await.map_err(InterestError)?,
             node: node.to_owned(),
-            context,
-            config,
         })
     }
 
@@ -134,11 +127,7 @@ impl Interests {
     /// # Errors
     /// [`InterestError`] when JetStream refuses or does not answer.
     pub async fn reopen(&self) -> Result<(), InterestError> {
-        self.context
-            .create_key_value(self.config.clone())
-            .await
-            .map(drop)
-            .map_err(|e| InterestError(e.to_string()))
+        self.bucket.reopen().await.map_err(InterestError)
     }
 
     /// Writes this node's interest in `customer` (nothing: the key goes).
@@ -153,13 +142,15 @@ impl Interests {
         let key = key(customer, &self.node);
         if prefixes.is_empty() {
             return self
+                .bucket
                 .store
                 .delete(key)
                 .await
                 .map_err(|e| InterestError(e.to_string()));
         }
         let value: Vec<&str> = prefixes.iter().map(Prefix::as_str).collect();
-        self.store
+        self.bucket
+            .store
             .put(key, Bytes::from(value.join("\n")))
             .await
             .map(drop)
@@ -176,6 +167,7 @@ impl Interests {
         use futures_util::StreamExt as _;
         // Each key's latest value, then every change.
         let watch = self
+            .bucket
             .store
             .watch_with_history(">")
             .await

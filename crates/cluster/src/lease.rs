@@ -15,9 +15,11 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, kv};
+use async_nats::jetstream::kv;
 use bytes::Bytes;
 use uuid::Uuid;
+
+use crate::bucket::Bucket;
 
 /// A lease this node holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,10 +46,8 @@ pub enum LeaseError {
 /// The owner leases of the fleet, as one node sees them.
 #[derive(Clone)]
 pub struct Leases {
-    store: kv::Store,
+    bucket: Bucket,
     node: Bytes,
-    context: jetstream::Context,
-    config: kv::Config,
 }
 
 impl std::fmt::Debug for Leases {
@@ -70,7 +70,6 @@ impl Leases {
         ttl: Duration,
         node: &str,
     ) -> Result<Self, LeaseError> {
-        let context = jetstream::new(client);
         let config = kv::Config {
             bucket: bucket.to_owned(),
             history: 1,
@@ -80,15 +79,11 @@ impl Leases {
             limit_markers: Some(ttl.max(Duration::from_secs(1))),
             ..Default::default()
         };
-        let store = context
-            .create_key_value(config.clone())
-            .await
-            .map_err(|e| LeaseError::Bucket(e.to_string()))?;
         Ok(Leases {
-            store,
+            bucket: Bucket::open(client, config)
+                .await
+                .map_err(LeaseError::Bucket)?,
             node: Bytes::copy_from_slice(node.as_bytes()),
-            context,
-            config,
         })
     }
 
@@ -97,11 +92,7 @@ impl Leases {
     /// # Errors
     /// [`LeaseError::Bucket`] when JetStream refuses or does not answer.
     pub async fn reopen(&self) -> Result<(), LeaseError> {
-        self.context
-            .create_key_value(self.config.clone())
-            .await
-            .map(drop)
-            .map_err(|e| LeaseError::Bucket(e.to_string()))
+        self.bucket.reopen().await.map_err(LeaseError::Bucket)
     }
 
     fn key(customer: Uuid) -> String {
@@ -114,6 +105,7 @@ impl Leases {
     /// [`LeaseError::Store`] when NATS does not carry it out.
     pub async fn acquire(&self, customer: Uuid) -> Result<Option<Lease>, LeaseError> {
         match self
+            .bucket
             .store
             .create(Self::key(customer), self.node.clone())
             .await
@@ -136,6 +128,7 @@ impl Leases {
     /// the caller counts the time since its last successful renewal).
     pub async fn renew(&self, lease: Lease) -> Result<Option<Lease>, LeaseError> {
         match self
+            .bucket
             .store
             .update(Self::key(lease.customer), self.node.clone(), lease.revision)
             .await
@@ -153,6 +146,7 @@ impl Leases {
     /// [`LeaseError::Store`] when NATS does not answer.
     pub async fn release(&self, lease: Lease) -> Result<bool, LeaseError> {
         match self
+            .bucket
             .store
             .delete_expect_revision(Self::key(lease.customer), Some(lease.revision))
             .await
@@ -179,6 +173,7 @@ impl Leases {
     ) -> Result<impl futures_util::Stream<Item = (Uuid, Option<String>)> + use<>, LeaseError> {
         use futures_util::StreamExt as _;
         let watch = self
+            .bucket
             .store
             .watch_all()
             .await
@@ -198,6 +193,7 @@ impl Leases {
     /// [`LeaseError::Store`] when NATS does not answer.
     pub async fn owner(&self, customer: Uuid) -> Result<Option<(String, u64)>, LeaseError> {
         let entry = self
+            .bucket
             .store
             .entry(Self::key(customer))
             .await

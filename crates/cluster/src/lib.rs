@@ -7,6 +7,7 @@
 //! stale term's messages never pass); [`feeds`], the customer tasks that tie them together;
 //! and [`server_supported`], the server version cluster mode needs.
 
+mod bucket;
 pub mod feeds;
 pub mod fence;
 pub mod interest;
