@@ -43,6 +43,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
+use crate::bus::{self, BusSettings};
 use crate::interest::{self, Fleet, Interests};
 use crate::log::{self, Record, Stamp};
 use crate::{Admit, Lease, Leases, Next, Ownership, TermFence, server_supported};
@@ -106,14 +107,9 @@ impl ClusterSettings {
 /// Why cluster mode could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
-    /// NATS could not be reached.
-    #[error("cannot reach NATS at {url}: {reason}")]
-    Connect {
-        /// Where.
-        url: String,
-        /// Why.
-        reason: String,
-    },
+    /// NATS could not be reached, refused the node, or the settings to reach it cannot work.
+    #[error(transparent)]
+    Connect(#[from] crate::bus::ConnectFailure),
     /// The server is older than cluster mode needs.
     #[error(
         "nats-server {found} is too old for cluster mode: it needs 2.11 or later (expiry markers for leases, and publishes fenced on another subject's last sequence)"
@@ -181,28 +177,24 @@ impl std::fmt::Debug for ClusterFeeds {
 }
 
 impl ClusterFeeds {
-    /// Joins the cluster at `url`: checks the server's version, opens the lease bucket and
+    /// Joins the cluster on `bus`: checks the server's version, opens the lease bucket and
     /// the log's stream (creating them if needed), and watches the leases. Customers'
     /// upstreams connect as `upstream` says. Runs until `cancel`.
     ///
     /// # Errors
     /// [`ClusterError`] when NATS cannot be reached, is too old or refuses JetStream.
     pub async fn connect(
-        url: &str,
+        bus: &BusSettings,
         settings: ClusterSettings,
         upstream: Arc<UpstreamConfig>,
         cancel: CancellationToken,
     ) -> Result<Self, ClusterError> {
-        let client = async_nats::ConnectOptions::new()
-            .name(format!("fanout-gateway {}", settings.node_id))
-            .connection_timeout(settings.request_timeout)
-            .request_timeout(Some(settings.request_timeout))
-            .connect(url)
-            .await
-            .map_err(|e| ClusterError::Connect {
-                url: url.to_owned(),
-                reason: e.to_string(),
-            })?;
+        let client = bus::connect(
+            bus,
+            format!("fanout-gateway {}", settings.node_id),
+            settings.request_timeout,
+        )
+        .await?;
         let version = client.server_info().version;
         if !server_supported(&version) {
             return Err(ClusterError::TooOld { found: version });
@@ -261,7 +253,7 @@ impl ClusterFeeds {
         tokio::spawn(watch_leases(node.clone()));
         tokio::spawn(watch_interest(node.clone()));
         tokio::spawn(measure_round_trip(node.clone()));
-        tracing::info!(%url, server = %version, node_id = %node.settings.node_id, "Joined the cluster");
+        tracing::info!(url = %bus::masked(&bus.url), server = %version, node_id = %node.settings.node_id, "Joined the cluster");
         Ok(ClusterFeeds { node })
     }
 }

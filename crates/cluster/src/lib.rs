@@ -8,6 +8,7 @@
 //! and [`server_supported`], the server version cluster mode needs.
 
 mod bucket;
+pub mod bus;
 pub mod feeds;
 pub mod fence;
 pub mod interest;
@@ -15,6 +16,7 @@ pub mod lease;
 pub mod log;
 pub mod ownership;
 
+pub use bus::BusSettings;
 pub use feeds::{ClusterError, ClusterFeeds, ClusterSettings};
 pub use fence::{Admit, TermFence};
 pub use lease::{Lease, LeaseError, Leases};

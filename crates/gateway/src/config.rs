@@ -58,9 +58,21 @@ pub struct Config {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterSection {
-    /// The NATS server (≥ 2.11, JetStream enabled) of the cluster, `nats://host:4222`.
-    /// Default none: single-node mode.
+    /// The NATS servers (≥ 2.11, JetStream enabled) of the cluster, comma-separated:
+    /// `nats://host:4222`, `tls://host:4222`; credentials may be given in them
+    /// (`nats://USER:PASSWORD@host`, `nats://TOKEN@host`) and are never printed. Default
+    /// none: single-node mode.
     pub nats_url: Option<String>,
+    /// The node's NATS credentials: a `.creds` file (user JWT and seed) or a file holding a
+    /// user NKey seed. Default none.
+    pub credentials_file: Option<PathBuf>,
+    /// The CA (PEM) that signed the NATS servers' certificates; makes TLS required. Default
+    /// none: the system's roots for `tls://`.
+    pub ca_file: Option<PathBuf>,
+    /// The node's client certificate (PEM) for NATS servers that verify clients. Default none.
+    pub client_cert_file: Option<PathBuf>,
+    /// Its private key (PEM). Default none.
+    pub client_key_file: Option<PathBuf>,
     /// This node's name in the fleet (what `/customers` shows as an owner). Default the
     /// host name (the pod's name on Kubernetes).
     pub node_id: Option<String>,
@@ -103,6 +115,10 @@ impl Default for ClusterSection {
     fn default() -> Self {
         ClusterSection {
             nats_url: None,
+            credentials_file: None,
+            ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
             node_id: None,
             lease_ttl: Duration::from_secs(15),
             lease_bucket: "fanout_owner".to_owned(),
@@ -120,6 +136,17 @@ impl Default for ClusterSection {
 }
 
 impl ClusterSection {
+    /// How this node reaches NATS.
+    pub fn bus(&self) -> fanout_cluster::BusSettings {
+        fanout_cluster::BusSettings {
+            url: self.nats_url.clone().unwrap_or_default(),
+            credentials_file: self.credentials_file.clone(),
+            ca_file: self.ca_file.clone(),
+            client_cert_file: self.client_cert_file.clone(),
+            client_key_file: self.client_key_file.clone(),
+        }
+    }
+
     /// This node's id: `node_id`, else the host name.
     pub fn node_id(&self) -> String {
         self.node_id.clone().unwrap_or_else(|| {
@@ -719,6 +746,11 @@ impl Config {
                 "cluster.interest_linger must be longer than {}s, how often nodes write their interest again",
                 fanout_cluster::interest::REFRESH.as_secs()
             ));
+        }
+        if self.cluster.nats_url.is_some()
+            && let Err(e) = self.cluster.bus().check()
+        {
+            problems.push(format!("cluster: {e}"));
         }
         if self.cluster.node_id.as_deref().is_some_and(str::is_empty) {
             problems.push("cluster.node_id must not be empty".to_owned());

@@ -186,10 +186,15 @@ impl Gateway {
         let accept = CancellationToken::new();
         let feeds: Arc<dyn Feeds> = match &config.cluster.nats_url {
             None => Arc::new(VoipbinFeeds::new(upstream)),
-            Some(url) => Arc::new(
-                ClusterFeeds::connect(url, cluster_settings(&config), upstream, upstreams.clone())
-                    .await
-                    .context("cluster mode")?,
+            Some(_) => Arc::new(
+                ClusterFeeds::connect(
+                    &config.cluster.bus(),
+                    cluster_settings(&config),
+                    upstream,
+                    upstreams.clone(),
+                )
+                .await
+                .context("cluster mode")?,
             ),
         };
         let registry = Registry::new(

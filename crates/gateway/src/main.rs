@@ -234,6 +234,9 @@ async fn main() -> ExitCode {
                 if !config.admin.token.is_empty() {
                     config.admin.token = "<set>".into();
                 }
+                if let Some(url) = &mut config.cluster.nats_url {
+                    *url = fanout_cluster::bus::masked(url);
+                }
                 print!("{}", toml::to_string_pretty(&config).unwrap_or_default());
                 ExitCode::SUCCESS
             }

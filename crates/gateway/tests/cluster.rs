@@ -33,6 +33,10 @@ struct Fleet {
     nodes: Vec<Option<Running>>,
     ttl: Duration,
     degraded_after: &'static str,
+    /// The URL nodes are given, credentials and all.
+    url: String,
+    /// More of the nodes' environment (credentials files, TLS).
+    env: Vec<(&'static str, String)>,
 }
 
 impl Fleet {
@@ -50,6 +54,22 @@ impl Fleet {
     ) -> Fleet {
         let serial = SERIAL.lock().await;
         let nats = Nats::start().await;
+        let url = nats.url();
+        Fleet::start_on(serial, world, n, ttl, degraded_after, nats, url, Vec::new()).await
+    }
+
+    /// `n` nodes on `nats`, given `url` and `env`.
+    #[allow(clippy::too_many_arguments)]
+    async fn start_on(
+        serial: tokio::sync::MutexGuard<'static, ()>,
+        world: World,
+        n: usize,
+        ttl: Duration,
+        degraded_after: &'static str,
+        nats: Nats,
+        url: String,
+        env: Vec<(&'static str, String)>,
+    ) -> Fleet {
         let (sim, sim_cancel) = start_sim(world, |_| {}).await;
         let mut fleet = Fleet {
             _serial: serial,
@@ -60,6 +80,8 @@ impl Fleet {
             nodes: Vec::new(),
             ttl,
             degraded_after,
+            url,
+            env,
         };
         for i in 0..n {
             let node = fleet.spawn(i).await;
@@ -69,27 +91,34 @@ impl Fleet {
     }
 
     async fn spawn(&self, i: usize) -> Running {
-        let url = self.nats.url();
+        let env = self.env_of(i);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        spawn_gateway(self.sim.local_addr(), &env).await
+    }
+
+    /// Node `i`'s environment.
+    fn env_of(&self, i: usize) -> Vec<(&'static str, String)> {
         let node = format!("node-{i}");
         let ttl = format!("{}ms", self.ttl.as_millis());
-        spawn_gateway(
-            self.sim.local_addr(),
-            &[
-                ("FANOUT_CLUSTER__NATS_URL", &url),
-                ("FANOUT_CLUSTER__NODE_ID", &node),
-                ("FANOUT_CLUSTER__LEASE_TTL", &ttl),
-                ("FANOUT_CLUSTER__REQUEST_TIMEOUT", "2s"),
-                ("FANOUT_CLUSTER__DEGRADED_AFTER", self.degraded_after),
-                ("FANOUT_UPSTREAM__SUBSCRIBE_SETTLE", "0s"),
-                ("FANOUT_UPSTREAM__MATCHING", self.world.matching().as_str()),
-                ("FANOUT_UPSTREAM__LINGER", "1s"),
-                ("FANOUT_UPSTREAM__BACKOFF_BASE", "20ms"),
-                ("FANOUT_UPSTREAM__BACKOFF_CAP", "200ms"),
-                ("FANOUT_SHUTDOWN__READY_DELAY", "0s"),
-                ("FANOUT_SHUTDOWN__DRAIN_TIMEOUT", "1s"),
-            ],
-        )
-        .await
+        let mut env: Vec<(&'static str, String)> = [
+            ("FANOUT_CLUSTER__NATS_URL", self.url.as_str()),
+            ("FANOUT_CLUSTER__NODE_ID", &node),
+            ("FANOUT_CLUSTER__LEASE_TTL", &ttl),
+            ("FANOUT_CLUSTER__REQUEST_TIMEOUT", "2s"),
+            ("FANOUT_CLUSTER__DEGRADED_AFTER", self.degraded_after),
+            ("FANOUT_UPSTREAM__SUBSCRIBE_SETTLE", "0s"),
+            ("FANOUT_UPSTREAM__MATCHING", self.world.matching().as_str()),
+            ("FANOUT_UPSTREAM__LINGER", "1s"),
+            ("FANOUT_UPSTREAM__BACKOFF_BASE", "20ms"),
+            ("FANOUT_UPSTREAM__BACKOFF_CAP", "200ms"),
+            ("FANOUT_SHUTDOWN__READY_DELAY", "0s"),
+            ("FANOUT_SHUTDOWN__DRAIN_TIMEOUT", "1s"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k, v.to_owned()))
+        .collect();
+        env.extend(self.env.iter().cloned());
+        env
     }
 
     fn node(&self, i: usize) -> &Running {
@@ -828,5 +857,163 @@ async fn every_kind_of_pattern_gets_exactly_its_events_once_across_the_fleet(wor
         connections_in(world, sessions.customer, &refs) as u64
     );
     sessions.check(fleet.sim_addr()).await;
+}
+}
+
+/// A node and how to start it on a locked bus: its URL and environment.
+type Access = (String, Vec<(&'static str, String)>);
+
+/// On a NATS that takes only credentials (`conf`): a node given `denied` cannot start and
+/// says why without printing a secret; nodes given `admitted` form the fleet, and deliver;
+/// no `secrets` appear in anything a node writes.
+async fn on_a_locked_bus(
+    world: World,
+    conf: String,
+    scheme: &'static str,
+    admitted: impl Fn(&Nats) -> Access,
+    denied: impl Fn(&Nats) -> Access,
+    secrets: &[&str],
+) {
+    let serial = SERIAL.lock().await;
+    let nats = Nats::start_with(conf, scheme).await;
+    let (url, env) = admitted(&nats);
+    let denied = denied(&nats);
+    let fleet = Fleet::start_on(serial, world, 2, TTL, "1s", nats, url, env).await;
+    let c = tutorial_customer();
+    let mut clients = vec![
+        watcher(fleet.node(0), c).await,
+        watcher(fleet.node(1), c).await,
+    ];
+    fleet.settled(c).await;
+    publish(fleet.sim_addr(), &calls(c, "l", 5)).await;
+    for client in &mut clients {
+        let (events, gaps) = events(client, 5).await;
+        assert!(gaps.is_empty(), "{gaps:?}");
+        assert_eq!(ids(&events), expected("l", 5));
+    }
+    let (url, mut env) = denied;
+    env.push(("FANOUT_CLUSTER__NATS_URL", url));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (started, said) = common::process::run_gateway_to_exit(fleet.sim_addr(), &env).await;
+    assert!(!started, "a node without the bus's credentials ran: {said}");
+    assert!(said.contains("cannot reach NATS"), "{said}");
+    for node in fleet.nodes.iter().flatten() {
+        let logs = node
+            .logs
+            .lock()
+            .expect("logs")
+            .iter()
+            .cloned()
+            .collect::<Vec<_>>();
+        for secret in secrets {
+            assert!(!said.contains(secret), "printed {secret}: {said}");
+            assert!(!logs.iter().any(|l| l.contains(secret)), "logged {secret}");
+        }
+    }
+}
+
+in_both_worlds! {
+async fn a_bus_locked_with_a_password_admits_only_nodes_that_give_it(world) {
+    on_a_locked_bus(
+        world,
+        "authorization { users = [ { user: fanout, password: \"pw-SECRET-1\" } ] }".into(),
+        "nats",
+        |nats| (nats.url_with("fanout:pw-SECRET-1"), vec![]),
+        |nats| (nats.url_with("fanout:wrong-SECRET-2"), vec![]),
+        &["pw-SECRET-1", "wrong-SECRET-2"],
+    )
+    .await;
+}
+}
+
+in_both_worlds! {
+async fn a_bus_locked_with_a_token_admits_only_nodes_that_give_it(world) {
+    on_a_locked_bus(
+        world,
+        "authorization { token: \"tok-SECRET-3\" }".into(),
+        "nats",
+        |nats| (nats.url_with("tok-SECRET-3"), vec![]),
+        |nats| (nats.url(), vec![]),
+        &["tok-SECRET-3"],
+    )
+    .await;
+}
+}
+
+/// A file holding `text`, in a fresh directory.
+fn secret_file(name: &str, text: &str) -> String {
+    let dir = std::env::temp_dir().join(format!("fanout-creds-{}", Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).expect("a directory");
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("written");
+    path.display().to_string()
+}
+
+in_both_worlds! {
+async fn a_bus_locked_with_nkeys_admits_nodes_with_the_seed(world) {
+    let user = natsauth::user_nkey();
+    let seed_file = secret_file("fanout.nk", &user.seed);
+    on_a_locked_bus(
+        world,
+        format!("authorization {{ users = [ {{ nkey: {} }} ] }}", user.public),
+        "nats",
+        |nats| (nats.url(), vec![("FANOUT_CLUSTER__CREDENTIALS_FILE", seed_file.clone())]),
+        |nats| (nats.url(), vec![]),
+        &[&user.seed],
+    )
+    .await;
+}
+}
+
+in_both_worlds! {
+async fn a_bus_in_operator_mode_admits_nodes_with_a_creds_file(world) {
+    let operator = natsauth::operator();
+    let creds_file = secret_file("fanout.creds", &operator.creds);
+    let seed = operator
+        .creds
+        .lines()
+        .find(|l| l.starts_with("SU"))
+        .expect("a seed")
+        .to_owned();
+    on_a_locked_bus(
+        world,
+        operator.server_conf.clone(),
+        "nats",
+        |nats| (nats.url(), vec![("FANOUT_CLUSTER__CREDENTIALS_FILE", creds_file.clone())]),
+        |nats| (nats.url(), vec![]),
+        &[&seed],
+    )
+    .await;
+}
+}
+
+in_both_worlds! {
+async fn a_bus_on_tls_with_a_private_ca_admits_nodes_with_a_client_certificate(world) {
+    let ca = pki::Ca::new("fanout-nats-ca");
+    let server = ca.server("nats", &["127.0.0.1"], pki::Validity::Current);
+    let client = ca.client("node");
+    let ca_file = ca.cert_path().display().to_string();
+    let conf = format!(
+        "tls {{ cert_file: {:?}, key_file: {:?}, ca_file: {:?}, verify: true, timeout: 2 }}",
+        server.cert, server.key, ca.cert_path()
+    );
+    on_a_locked_bus(
+        world,
+        conf,
+        "tls",
+        |nats| {
+            (
+                nats.url(),
+                vec![
+                    ("FANOUT_CLUSTER__CA_FILE", ca_file.clone()),
+                    ("FANOUT_CLUSTER__CLIENT_CERT_FILE", client.cert.display().to_string()),
+                    ("FANOUT_CLUSTER__CLIENT_KEY_FILE", client.key.display().to_string()),
+                ],
+            )
+        },
+        |nats| (nats.url(), vec![("FANOUT_CLUSTER__CA_FILE", ca_file.clone())]),
+        &[],
+    )
+    .await;
 }
 }

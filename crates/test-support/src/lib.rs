@@ -26,6 +26,7 @@ use uuid::Uuid;
 pub use fanout_auth::permission_bits as perm;
 
 pub mod nats;
+pub mod natsauth;
 pub mod pki;
 
 /// The JWT secret tests sign with.

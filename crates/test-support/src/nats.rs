@@ -69,6 +69,9 @@ pub struct Nats {
     port: u16,
     store: PathBuf,
     binary: PathBuf,
+    /// Configuration beyond the listener and JetStream (authorization, TLS, a cluster).
+    conf: String,
+    scheme: &'static str,
 }
 
 impl Nats {
@@ -79,16 +82,23 @@ impl Nats {
 
     /// [`Nats::start`] with the server `binary`.
     pub async fn start_binary(binary: PathBuf) -> Nats {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let store = std::env::temp_dir().join(format!("fanout-nats-{}", Uuid::new_v4().simple()));
+        Nats::start_configured(binary, String::new(), "nats").await
+    }
+
+    /// [`Nats::start`] with `conf` added to its configuration file (an `authorization`
+    /// block, `tls`, …); its URL's scheme is `scheme` (`tls` for a server that requires TLS).
+    pub async fn start_with(conf: impl Into<String>, scheme: &'static str) -> Nats {
+        Nats::start_configured(nats_server(), conf.into(), scheme).await
+    }
+
+    async fn start_configured(binary: PathBuf, conf: String, scheme: &'static str) -> Nats {
         let mut nats = Nats {
             child: None,
-            port,
-            store,
+            port: free_port(),
+            store: std::env::temp_dir().join(format!("fanout-nats-{}", Uuid::new_v4().simple())),
             binary,
+            conf,
+            scheme,
         };
         nats.resume().await;
         nats
@@ -96,7 +106,12 @@ impl Nats {
 
     /// Its URL.
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        format!("{}://127.0.0.1:{}", self.scheme, self.port)
+    }
+
+    /// Its URL with `userinfo` (`user:password` or a token) in it.
+    pub fn url_with(&self, userinfo: &str) -> String {
+        format!("{}://{userinfo}@127.0.0.1:{}", self.scheme, self.port)
     }
 
     /// Its process id, while it runs.
@@ -120,18 +135,33 @@ impl Nats {
     /// Starts it again on the same port and store (after [`Nats::stop`]).
     pub async fn resume(&mut self) {
         let binary = &self.binary;
-        let child = Command::new(binary)
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
-            .arg(&self.store)
+        let mut command = Command::new(binary);
+        if self.conf.is_empty() {
+            command
+                .args([
+                    "-a",
+                    "127.0.0.1",
+                    "-p",
+                    &self.port.to_string(),
+                    "-js",
+                    "-sd",
+                ])
+                .arg(&self.store);
+        } else {
+            std::fs::create_dir_all(&self.store).expect("the store's directory");
+            let file = self.store.join("nats.conf");
+            let conf = format!(
+                "listen: 127.0.0.1:{}\njetstream {{ store_dir: {:?} }}\n{}\n",
+                self.port, self.store, self.conf
+            );
+            std::fs::write(&file, conf).expect("write nats.conf");
+            command.arg("-c").arg(file);
+        }
+        std::fs::create_dir_all(&self.store).expect("the store's directory");
+        let log = std::fs::File::create(self.store.join("nats.log")).expect("nats.log");
+        let child = command
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .unwrap_or_else(|e| {
                 panic!(
@@ -149,8 +179,16 @@ impl Nats {
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        panic!("nats-server did not listen on {}", self.port);
+        let log = std::fs::read_to_string(self.store.join("nats.log")).unwrap_or_default();
+        panic!("nats-server did not listen on {}: {log}", self.port);
     }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
 }
 
 impl Drop for Nats {

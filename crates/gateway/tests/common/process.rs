@@ -39,6 +39,37 @@ pub async fn spawn_gateway(sim: SocketAddr, extra_env: &[(&str, &str)]) -> Runni
     spawn_gateway_limited(sim, extra_env, None).await
 }
 
+/// Runs the binary against `sim` until it exits by itself (within [`WAIT`]): whether it
+/// succeeded, and everything it wrote.
+#[allow(dead_code)]
+pub async fn run_gateway_to_exit(sim: SocketAddr, extra_env: &[(&str, &str)]) -> (bool, String) {
+    let mut command = Command::new(BIN);
+    command
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--upstream-url", &format!("ws://{sim}/v1.0/ws")])
+        .env("FANOUT_JWT_SECRET", SECRET)
+        .env("FANOUT_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("FANOUT_UPSTREAM_TOKEN", service_token())
+        .env("RUST_LOG", "debug")
+        .kill_on_drop(true);
+    for (name, value) in extra_env {
+        command.env(name, value);
+    }
+    let output = tokio::time::timeout(WAIT, command.output())
+        .await
+        .expect("the gateway exits by itself")
+        .expect("the gateway runs");
+    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&output.stderr));
+    (output.status.success(), text)
+}
+
 /// Starts the binary with at most `nofile` open files (soft and hard), when given.
 pub async fn spawn_gateway_limited(
     sim: SocketAddr,
