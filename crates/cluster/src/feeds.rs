@@ -43,6 +43,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
+use crate::bucket;
 use crate::bus::{self, BusSettings};
 use crate::interest::{self, Fleet, Interests};
 use crate::log::{self, Record, Stamp};
@@ -81,6 +82,9 @@ pub struct ClusterSettings {
     pub degraded_after: Duration,
     /// Readers the log may have at once, fleet-wide: one per (node, customer).
     pub max_readers: i32,
+    /// Replicas of the log's stream and the buckets this node makes (existing ones are used
+    /// as they are).
+    pub replicas: usize,
 }
 
 impl ClusterSettings {
@@ -100,6 +104,7 @@ impl ClusterSettings {
             request_timeout: Duration::from_secs(5),
             degraded_after: Duration::from_secs(5),
             max_readers: 1_000_000,
+            replicas: 1,
         }
     }
 }
@@ -204,13 +209,18 @@ impl ClusterFeeds {
             &settings.lease_bucket,
             settings.lease_ttl,
             &settings.node_id,
+            settings.replicas,
         )
         .await
         .map_err(|e| ClusterError::JetStream(e.to_string()))?;
-        let interests =
-            Interests::open(client.clone(), &settings.interest_bucket, &settings.node_id)
-                .await
-                .map_err(|e| ClusterError::JetStream(e.to_string()))?;
+        let interests = Interests::open(
+            client.clone(),
+            &settings.interest_bucket,
+            &settings.node_id,
+            settings.replicas,
+        )
+        .await
+        .map_err(|e| ClusterError::JetStream(e.to_string()))?;
         let js = jetstream::new(client.clone());
         let stream_config = stream::Config {
             name: settings.stream.clone(),
@@ -223,15 +233,12 @@ impl ClusterFeeds {
             // 2.15 puts a stream with no limit of its own (or -1) at 1,000 consumers.
             max_consumers: settings.max_readers,
             allow_direct: true,
+            num_replicas: settings.replicas,
             ..Default::default()
         };
-        js.create_or_update_stream(stream_config.clone())
+        let stream = bucket::open_stream(&js, &stream_config)
             .await
-            .map_err(|e| ClusterError::JetStream(e.to_string()))?;
-        let stream = js
-            .get_stream(&settings.stream)
-            .await
-            .map_err(|e| ClusterError::JetStream(e.to_string()))?;
+            .map_err(ClusterError::JetStream)?;
         let node = Arc::new(Node {
             settings,
             upstream,
@@ -381,10 +388,7 @@ async fn watch_connection(node: Arc<Node>) {
                             "NATS lost the cluster's state: creating the log and the leases again"
                         );
                         lost_until = Some(Instant::now() + hold);
-                        let made = node
-                            .js
-                            .create_or_update_stream(node.stream_config.clone())
-                            .await;
+                        let made = bucket::open_stream(&node.js, &node.stream_config).await;
                         let reopened = node.leases.reopen().await;
                         let interests = node.interests.reopen().await;
                         if made.is_err() || reopened.is_err() || interests.is_err() {

@@ -105,8 +105,10 @@ impl Interests {
         client: async_nats::Client,
         bucket: &str,
         node: &str,
+        replicas: usize,
     ) -> Result<Self, InterestError> {
         let config = kv::Config {
+            num_replicas: replicas,
             bucket: bucket.to_owned(),
             history: 1,
             max_age: MAX_AGE,

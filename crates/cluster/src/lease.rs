@@ -69,8 +69,10 @@ impl Leases {
         bucket: &str,
         ttl: Duration,
         node: &str,
+        replicas: usize,
     ) -> Result<Self, LeaseError> {
         let config = kv::Config {
+            num_replicas: replicas,
             bucket: bucket.to_owned(),
             history: 1,
             max_age: ttl,

@@ -15,7 +15,7 @@ async fn client(nats: &Nats) -> async_nats::Client {
 
 /// The leases as node `node` sees them, over a connection of its own.
 async fn leases(nats: &Nats, node: &str) -> Leases {
-    Leases::open(client(nats).await, "fanout_owner", TTL, node)
+    Leases::open(client(nats).await, "fanout_owner", TTL, node, 1)
         .await
         .expect("bucket")
 }

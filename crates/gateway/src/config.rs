@@ -109,6 +109,10 @@ pub struct ClusterSection {
     /// Readers of the log at once, fleet-wide (one per node and customer); nats-server's
     /// own default would be 1000. Default 1000000.
     pub log_max_readers: u32,
+    /// Replicas of the log's stream and the buckets, when a node makes them (1 to 5; 3 on a
+    /// NATS cluster of three). Existing ones are used as they are, never scaled down.
+    /// Default 1.
+    pub replicas: usize,
 }
 
 impl Default for ClusterSection {
@@ -131,6 +135,7 @@ impl Default for ClusterSection {
             request_timeout: Duration::from_secs(5),
             degraded_after: Duration::from_secs(5),
             log_max_readers: 1_000_000,
+            replicas: 1,
         }
     }
 }
@@ -751,6 +756,9 @@ impl Config {
             && let Err(e) = self.cluster.bus().check()
         {
             problems.push(format!("cluster: {e}"));
+        }
+        if !(1..=5).contains(&self.cluster.replicas) {
+            problems.push("cluster.replicas must be 1 to 5".to_owned());
         }
         if self.cluster.node_id.as_deref().is_some_and(str::is_empty) {
             problems.push("cluster.node_id must not be empty".to_owned());

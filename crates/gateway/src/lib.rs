@@ -119,6 +119,7 @@ pub fn cluster_settings(config: &Config) -> ClusterSettings {
     settings.request_timeout = cluster.request_timeout;
     settings.degraded_after = cluster.degraded_after;
     settings.max_readers = i32::try_from(cluster.log_max_readers).unwrap_or(i32::MAX);
+    settings.replicas = cluster.replicas;
     settings
 }
 

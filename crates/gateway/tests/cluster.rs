@@ -1017,3 +1017,53 @@ async fn a_bus_on_tls_with_a_private_ca_admits_nodes_with_a_client_certificate(w
     .await;
 }
 }
+
+in_both_worlds! {
+async fn a_stream_and_buckets_made_by_the_operator_are_used_as_they_are(world) {
+    use async_nats::jetstream::{self, kv, stream};
+    let serial = SERIAL.lock().await;
+    let nats = Nats::start().await;
+    let js = jetstream::new(async_nats::connect(nats.url()).await.expect("nats"));
+    // Made by an operator before any node: other limits, more history, other subjects.
+    js.create_stream(stream::Config {
+        name: "FANOUT_EVENTS".into(),
+        subjects: vec!["fanout.>".into()],
+        max_bytes: 64 << 20,
+        max_age: Duration::from_secs(600),
+        ..Default::default()
+    })
+    .await
+    .expect("stream made");
+    for (bucket, history) in [("fanout_owner", 3), ("fanout_interest", 4)] {
+        js.create_key_value(kv::Config {
+            bucket: bucket.into(),
+            history,
+            max_age: Duration::from_secs(20),
+            ..Default::default()
+        })
+        .await
+        .expect("bucket made");
+    }
+    let url = nats.url();
+    let fleet = Fleet::start_on(serial, world, 2, TTL, "1s", nats, url, Vec::new()).await;
+    let c = tutorial_customer();
+    let mut clients = vec![watcher(fleet.node(0), c).await, watcher(fleet.node(1), c).await];
+    fleet.settled(c).await;
+    publish(fleet.sim_addr(), &calls(c, "o", 5)).await;
+    for client in &mut clients {
+        let (events, gaps) = events(client, 5).await;
+        assert!(gaps.is_empty(), "{gaps:?}");
+        assert_eq!(ids(&events), expected("o", 5));
+    }
+    let mut log = js.get_stream("FANOUT_EVENTS").await.expect("the log");
+    let config = log.info().await.expect("info").config.clone();
+    assert_eq!(config.max_bytes, 64 << 20);
+    assert_eq!(config.max_age, Duration::from_secs(600));
+    for (bucket, history) in [("fanout_owner", 3), ("fanout_interest", 4)] {
+        let mut kv = js.get_stream(format!("KV_{bucket}")).await.expect("bucket");
+        let config = kv.info().await.expect("info").config.clone();
+        assert_eq!(config.max_messages_per_subject, history, "{bucket}");
+        assert_eq!(config.max_age, Duration::from_secs(20), "{bucket}");
+    }
+}
+}

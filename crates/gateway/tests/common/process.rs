@@ -113,8 +113,10 @@ pub async fn spawn_gateway_limited(
     let stdout = child.stdout.take().expect("piped stdout");
     let mut lines = BufReader::new(stdout).lines();
     let listening = tokio::time::timeout(WAIT, async {
+        let mut before = Vec::new();
         while let Ok(Some(line)) = lines.next_line().await {
             let Ok(value) = serde_json::from_str::<Value>(&line) else {
+                before.push(line);
                 continue;
             };
             assert!(
@@ -124,8 +126,9 @@ pub async fn spawn_gateway_limited(
             if value["fields"]["message"] == "Gateway listening" {
                 return value;
             }
+            before.push(line);
         }
-        panic!("the gateway exited before listening");
+        panic!("the gateway exited before listening: {before:#?}");
     })
     .await
     .expect("the gateway logs its addresses");
