@@ -49,25 +49,28 @@ impl TermFence {
         self.current.map(|(term, _)| term)
     }
 
-    /// Judges a message stamped `term` and `offset`.
+    /// Judges a message stamped `term` and `offset`, and takes it if it passes.
     pub fn admit(&mut self, term: u64, offset: u64) -> Admit {
-        let Some((current, last)) = self.current else {
+        let admit = self.judge(term, offset);
+        if admit != Admit::Drop {
             self.current = Some((term, offset));
+        }
+        admit
+    }
+
+    /// What [`TermFence::admit`] would answer, taking nothing.
+    pub fn judge(&self, term: u64, offset: u64) -> Admit {
+        let Some((current, last)) = self.current else {
             return Admit::NewTerm { previous: None };
         };
-        if term < current {
+        if term < current || (term == current && offset <= last) {
             return Admit::Drop;
         }
         if term > current {
-            self.current = Some((term, offset));
             return Admit::NewTerm {
                 previous: Some(current),
             };
         }
-        if offset <= last {
-            return Admit::Drop;
-        }
-        self.current = Some((term, offset));
         // `last` < `offset`, so `last + 1` does not overflow.
         if offset == last + 1 {
             Admit::Next

@@ -15,6 +15,7 @@ pub mod interest;
 pub mod lease;
 pub mod log;
 pub mod ownership;
+pub mod reader;
 pub mod wire;
 
 pub use bus::BusSettings;
