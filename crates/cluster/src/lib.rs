@@ -14,6 +14,7 @@ pub mod fence;
 pub mod interest;
 pub mod lease;
 pub mod log;
+pub mod membership;
 pub mod owner;
 pub mod ownership;
 pub mod reader;
