@@ -189,6 +189,11 @@ impl Upstream {
             .arg(&self.key_file)
             .args(extra)
             .env("FANOUT_JWT_SECRET", &self.secret)
+            // Used only by cluster nodes.
+            .env(
+                "FANOUT_CLUSTER__FLEET_KEY",
+                "loadtest-fleet-key-of-thirty-two-bytes",
+            )
             .env("FANOUT_UPSTREAM__MATCHING", self.world.matching().as_str())
             .env("RUST_LOG", "warn,fanout_gateway=info")
             .env("FANOUT_LIMITS__MAX_SESSIONS", "1000000")

@@ -15,6 +15,8 @@ pub(crate) struct Bucket {
     pub(crate) store: kv::Store,
     context: jetstream::Context,
     config: kv::Config,
+    /// The age limit of the bucket as it is (an adopted one may have one).
+    max_age: std::time::Duration,
 }
 
 impl Bucket {
@@ -25,9 +27,12 @@ impl Bucket {
         config: kv::Config,
     ) -> Result<Bucket, String> {
         let context = jetstream::new(client);
+        let mut max_age = config.max_age;
         let store = match context.get_key_value(&config.bucket).await {
             Ok(store) => {
-                note_differences(&context, &config).await;
+                if let Some(found) = note_differences(&context, &config).await {
+                    max_age = found;
+                }
                 store
             }
             Err(_) => match context.create_key_value(config.clone()).await {
@@ -43,7 +48,13 @@ impl Bucket {
             store,
             context,
             config,
+            max_age,
         })
+    }
+
+    /// Its age limit (zero: none).
+    pub(crate) fn max_age(&self) -> std::time::Duration {
+        self.max_age
     }
 
     /// Creates the bucket again if NATS lost it; the handle works on.
@@ -64,14 +75,17 @@ impl Bucket {
     }
 }
 
-/// Says which of an adopted bucket's settings differ from what this node would have made.
-async fn note_differences(context: &jetstream::Context, config: &kv::Config) {
-    let Ok(mut stream) = context.get_stream(format!("KV_{}", config.bucket)).await else {
-        return;
-    };
-    let Ok(info) = stream.info().await else {
-        return;
-    };
+/// Says which of an adopted bucket's settings differ from what this node would have made;
+/// answers its age limit.
+async fn note_differences(
+    context: &jetstream::Context,
+    config: &kv::Config,
+) -> Option<std::time::Duration> {
+    let mut stream = context
+        .get_stream(format!("KV_{}", config.bucket))
+        .await
+        .ok()?;
+    let info = stream.info().await.ok()?;
     let found = &info.config;
     if found.max_age != config.max_age || found.num_replicas != config.num_replicas.max(1) {
         tracing::info!(
@@ -83,6 +97,7 @@ async fn note_differences(context: &jetstream::Context, config: &kv::Config) {
             "Using the existing bucket as it is"
         );
     }
+    Some(found.max_age)
 }
 
 /// Opens the stream `config` names, adopting it if it exists (adding `config`'s subjects if

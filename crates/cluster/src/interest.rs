@@ -5,8 +5,9 @@
 //!
 //! - Key `<customer>.<node>` (the customer without hyphens, the node id hex-encoded, as a
 //!   key allows only a few characters); value the node's prefixes, one per line. A node
-//!   writes its key when its set changes and again every [`REFRESH`]; the bucket forgets a
-//!   key [`MAX_AGE`] after its last write, so a node that died stops counting then.
+//!   writes its key when its set changes, and only then: an idle fleet writes nothing. A
+//!   key counts only while its node's lease lives ([`crate::membership`]), so a node that
+//!   died stops counting at once, whatever it left in the bucket.
 //! - [`Fleet`] is what a node knows of the others' keys (sans-IO): read through one watch of
 //!   the whole bucket, each value checked (the customer's own prefixes, at most
 //!   [`MAX_PREFIXES`]), every other key ignored.
@@ -20,12 +21,6 @@ use fanout_protocol::prefix::Prefix;
 use uuid::Uuid;
 
 use crate::bucket::Bucket;
-
-/// How often a node writes its interest again, changed or not.
-pub const REFRESH: Duration = Duration::from_secs(10);
-
-/// How long the bucket keeps a key after its last write.
-pub const MAX_AGE: Duration = Duration::from_secs(40);
 
 /// The most prefixes one node's interest in one customer may hold (a session holds at most
 /// a few hundred patterns; the owner's connections are capped besides).
@@ -111,8 +106,6 @@ impl Interests {
             num_replicas: replicas,
             bucket: bucket.to_owned(),
             history: 1,
-            max_age: MAX_AGE,
-            limit_markers: Some(MAX_AGE),
             // Bounded: interest is small, and nobody may fill the store with it.
             max_bytes: 256 * 1024 * 1024,
             max_value_size: 512 * 1024,
@@ -122,6 +115,13 @@ impl Interests {
             bucket: Bucket::open(client, config).await.map_err(InterestError)?,
             node: node.to_owned(),
         })
+    }
+
+    /// How often a key must be written again for the bucket to keep it: only for a bucket
+    /// made with an age limit (by an operator, or an earlier version).
+    pub fn refresh_every(&self) -> Option<Duration> {
+        let max_age = self.bucket.max_age();
+        (!max_age.is_zero()).then(|| max_age / 3)
     }
 
     /// Creates the bucket again if NATS lost it.
@@ -234,6 +234,28 @@ impl Fleet {
             .flatten()
             .filter(|(node, _)| node.as_str() != except)
             .flat_map(|(_, prefixes)| prefixes.iter().cloned())
+            .collect()
+    }
+
+    /// What the nodes among `live` other than `except` need of `customer`'s upstream.
+    pub fn others_among(&self, customer: Uuid, except: &str, live: &[String]) -> BTreeSet<Prefix> {
+        self.by_customer
+            .get(&customer)
+            .into_iter()
+            .flatten()
+            .filter(|(node, _)| node.as_str() != except && live.contains(node))
+            .flat_map(|(_, prefixes)| prefixes.iter().cloned())
+            .collect()
+    }
+
+    /// The nodes among `live` that need `customer`.
+    pub fn nodes_of(&self, customer: Uuid, live: &[String]) -> Vec<String> {
+        self.by_customer
+            .get(&customer)
+            .into_iter()
+            .flatten()
+            .filter(|(node, _)| live.contains(node))
+            .map(|(node, _)| node.clone())
             .collect()
     }
 }

@@ -1,30 +1,36 @@
 //! Cluster mode on NATS (docs/protocol.md §12): the pieces one node needs to share
-//! customers with the rest of the fleet: [`lease`], the owner lease per customer in NATS
-//! key-value, whose term is the fencing token; [`ownership`], when to take, renew and give it
-//! up and whether this node may serve as owner now (self-fencing); [`interest`], what each
-//! node's sessions need of a customer's upstream, whose union the owner subscribes to;
-//! [`log`], the records of the fleet's event log; [`fence`], the reader side of fencing (a
-//! stale term's messages never pass); [`feeds`], the customer tasks that tie them together;
-//! and [`server_supported`], the server version cluster mode needs.
+//! customers with the rest of the fleet.
+//!
+//! - How a node reaches NATS: [`bus`] (credentials, TLS).
+//! - Who is in the fleet and who owns what: [`membership`] (a lease per node, an ownership
+//!   record per customer, written only when it changes) and [`ownership`] (when to renew a
+//!   lease, and whether its holder may serve now: self-fencing).
+//! - What the nodes' sessions need: [`interest`], whose union an owner subscribes to.
+//! - The log: [`log`] (its records), [`wire`] (batches of them, authenticated with the
+//!   fleet's key), [`owner`] (how an owner writes a customer's term) and [`reader`] and
+//!   [`fence`] (how a node takes them: fenced, in order, every loss told).
+//! - The tasks that tie them together: [`node`] (once per node: membership, the publisher,
+//!   the reader, the watches) and `customer` (once per customer hosted).
+//! - [`server_supported`], the server version cluster mode needs.
 
 mod bucket;
 pub mod bus;
-pub mod feeds;
+mod customer;
 pub mod fence;
 pub mod interest;
-pub mod lease;
 pub mod log;
 pub mod membership;
+pub mod node;
 pub mod owner;
 pub mod ownership;
 pub mod reader;
 pub mod wire;
 
 pub use bus::BusSettings;
-pub use feeds::{ClusterError, ClusterFeeds, ClusterSettings};
 pub use fence::{Admit, TermFence};
-pub use lease::{Lease, LeaseError, Leases};
-pub use ownership::{Next, Ownership};
+pub use node::{ClusterError, ClusterFeeds, ClusterSettings};
+pub use ownership::{Lease, Next, Ownership};
+pub use wire::FleetKey;
 
 /// The oldest nats-server cluster mode runs against: 2.11, the first whose expired keys are
 /// seen by watchers and whose publishes can be fenced on another subject's last sequence.

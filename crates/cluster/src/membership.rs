@@ -243,6 +243,19 @@ impl Membership {
             .map_err(error)
     }
 
+    /// `node`'s term as the store has it now (`None`: it has no lease).
+    ///
+    /// # Errors
+    /// [`MembershipError`] when NATS does not answer.
+    pub async fn node_term(&self, node: &str) -> Result<Option<u64>, MembershipError> {
+        let entry = self.nodes.store.entry(token(node)).await.map_err(error)?;
+        Ok(entry.and_then(|entry| match entry.operation {
+            kv::Operation::Put if entry.value.is_empty() => Some(entry.revision),
+            kv::Operation::Put => std::str::from_utf8(&entry.value).ok()?.parse().ok(),
+            kv::Operation::Delete | kv::Operation::Purge => None,
+        }))
+    }
+
     /// `customer`'s ownership record as the store has it now.
     ///
     /// # Errors
@@ -304,7 +317,12 @@ impl Membership {
         &self,
     ) -> Result<impl futures_util::Stream<Item = Change> + use<>, MembershipError> {
         use futures_util::StreamExt as _;
-        let watch = self.nodes.store.watch_all().await.map_err(error)?;
+        let watch = self
+            .nodes
+            .store
+            .watch_with_history(">")
+            .await
+            .map_err(error)?;
         Ok(watch.filter_map(|entry| async move {
             let entry = entry.ok()?;
             let node = from_token(&entry.key)?;
@@ -325,7 +343,12 @@ impl Membership {
         &self,
     ) -> Result<impl futures_util::Stream<Item = Change> + use<>, MembershipError> {
         use futures_util::StreamExt as _;
-        let watch = self.owners.store.watch_all().await.map_err(error)?;
+        let watch = self
+            .owners
+            .store
+            .watch_with_history(">")
+            .await
+            .map_err(error)?;
         Ok(watch.filter_map(|entry| async move {
             let entry = entry.ok()?;
             let customer = Uuid::try_parse(&entry.key).ok()?;

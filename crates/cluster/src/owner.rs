@@ -125,7 +125,11 @@ impl OwnedTerm {
     }
 
     fn coverage(&mut self, out: &mut Vec<(Stamp, Record)>) {
-        let record = Record::Covered(self.covered.iter().cloned().collect());
+        let next = Cursor {
+            epoch: self.epoch,
+            offset: self.offset,
+        };
+        let record = Record::Covered(self.covered.iter().cloned().collect(), next);
         self.write(record, out);
     }
 
@@ -270,7 +274,7 @@ mod tests {
                     Record::Gap { cursor, reason, .. } => {
                         format!("gap:{}@{}", reason.as_str(), cursor.offset)
                     }
-                    Record::Covered(p) => format!("cov{}", p.len()),
+                    Record::Covered(p, _) => format!("cov{}", p.len()),
                 };
                 format!("{}:{what}", stamp.seq)
             })

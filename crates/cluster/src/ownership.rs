@@ -1,5 +1,5 @@
-//! When to take, renew and give up one customer's lease, and whether this node may serve as
-//! its owner right now: the state machine around [`crate::Leases`], sans-IO (time is an
+//! When to take, renew and give up a lease (a node's), and whether its holder may serve
+//! right now: the state machine around [`crate::membership::Membership`]'s leases, sans-IO (time is an
 //! argument, the store's answers are fed back in).
 //!
 //! ```text
@@ -18,15 +18,22 @@
 
 use std::time::{Duration, Instant};
 
-use crate::Lease;
+/// A lease this node holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    /// The revision that took it: the term it gives.
+    pub term: u64,
+    /// The latest revision written (the one a renewal or release must expect).
+    pub revision: u64,
+}
 
 /// What the caller should do now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Next {
-    /// Try to take the lease ([`crate::Leases::acquire`]), then call
+    /// Try to take the lease ([`crate::membership::Membership::join`]), then call
     /// [`Ownership::acquired`].
     Acquire,
-    /// Renew it ([`crate::Leases::renew`]), then call [`Ownership::renewed`].
+    /// Renew it ([`crate::membership::Membership::renew`]), then call [`Ownership::renewed`].
     Renew(Lease),
     /// Nothing before [`Ownership::due`].
     Wait,
@@ -44,7 +51,7 @@ struct Held {
     renewed: Instant,
 }
 
-/// One customer's lease, as this node pursues it.
+/// A lease, as this node pursues it.
 #[derive(Debug)]
 pub struct Ownership {
     ttl: Duration,
@@ -175,16 +182,11 @@ fn far_future(from: Instant) -> Instant {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use uuid::Uuid;
 
     const TTL: Duration = Duration::from_secs(15);
 
     fn lease(term: u64, revision: u64) -> Lease {
-        Lease {
-            customer: Uuid::nil(),
-            term,
-            revision,
-        }
+        Lease { term, revision }
     }
 
     #[test]

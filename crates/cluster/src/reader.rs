@@ -49,8 +49,6 @@ pub trait Stream {
         at: Cursor,
         live: bool,
     );
-    /// The customer's owner and term as the log says (none: handed over).
-    fn owner(&mut self, node: Option<String>, term: Option<u64>);
 }
 
 /// One customer's reader on one node.
@@ -65,6 +63,8 @@ pub struct CustomerReader {
     adopt: Option<Vec<Prefix>>,
     /// When the last record was read.
     last_read: SystemTime,
+    /// Whether the owner's coverage is known (read from the term's beginning, or stated).
+    known: bool,
 }
 
 /// Whether a record was taken.
@@ -85,7 +85,23 @@ impl CustomerReader {
             hole: false,
             adopt: None,
             last_read: now,
+            known: false,
         }
+    }
+
+    /// Whether the owner's coverage is known: read from its term's beginning, or stated
+    /// since; if not, the owner is asked to state it again.
+    pub fn knows_coverage(&self) -> bool {
+        self.known
+    }
+
+    /// Records were lost on their way here (this node could not keep up): whatever comes
+    /// next may follow a loss.
+    pub fn lost(&mut self, stream: &mut impl Stream) {
+        self.uncover(stream);
+        self.hole = true;
+        self.adopt = None;
+        self.known = false;
     }
 
     /// The newest owner term read.
@@ -118,6 +134,7 @@ impl CustomerReader {
         self.adopt = None;
         self.hole = true;
         self.last_read = now;
+        self.known = false;
     }
 
     /// Takes one record, read at `now`: into the sessions when `live`, else only into the
@@ -145,17 +162,18 @@ impl CustomerReader {
             Admit::NewTerm { .. } => {
                 self.uncover(stream);
                 self.adopt = None;
+                self.known = false;
                 if stamp.seq != 0 {
                     // Not read from its beginning: what came before may be missing here.
                     self.hole = true;
                 }
-                stream.owner(None, Some(stamp.term));
             }
             Admit::Skipped { .. } => {
                 // Lost records may have changed the coverage.
                 self.uncover(stream);
                 self.hole = true;
                 self.adopt = None;
+                self.known = false;
             }
             Admit::Next => {}
         }
@@ -164,18 +182,23 @@ impl CustomerReader {
                 // A term read from its beginning: its owner tells the change itself.
                 self.hole = false;
                 self.adopt = None;
+                let _ = node;
+                self.known = true;
                 stream.renumber(Cursor { epoch, offset: 0 });
-                stream.owner(Some(node), Some(stamp.term));
             }
-            Record::End => {
-                self.uncover(stream);
-                stream.owner(None, Some(stamp.term));
-            }
-            Record::Covered(prefixes) if self.hole => {
-                // In force from where the loss is told.
+            Record::End => self.uncover(stream),
+            Record::Covered(prefixes, next) if self.hole => {
+                // In force from where the loss is told, which can be now: the record says
+                // where the owner's numbering stands.
                 self.adopt = Some(prefixes);
+                if !self.tell_hole(next, now, live, stream)
+                    && let Some(prefixes) = self.adopt.take()
+                {
+                    self.adopt(Some(prefixes), stream);
+                }
             }
-            Record::Covered(prefixes) => {
+            Record::Covered(prefixes, _) => {
+                self.known = true;
                 let gone: Vec<Prefix> = self
                     .covered
                     .iter()
@@ -255,9 +278,64 @@ impl CustomerReader {
 
     fn adopt(&mut self, prefixes: Option<Vec<Prefix>>, stream: &mut impl Stream) {
         if let Some(prefixes) = prefixes {
+            self.known = true;
             stream.covered(&prefixes);
             self.covered = prefixes;
         }
+    }
+}
+
+/// What a node knows of each owner node's batches: its newest node term, the last batch
+/// taken in it, and the newest term fenced. Repeats, batches of an older node term, and
+/// batches of a fenced term are dropped whole before their records are looked at.
+#[derive(Debug, Default)]
+pub struct Owners {
+    by_node: std::collections::HashMap<String, OwnerState>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct OwnerState {
+    term: u64,
+    seq: Option<u64>,
+    fenced: u64,
+}
+
+impl Owners {
+    /// Whether to take the batch `seq` of `node`'s term `term`.
+    pub fn admit(&mut self, node: &str, term: u64, seq: u64) -> bool {
+        let state = self.by_node.entry(node.to_owned()).or_default();
+        if term <= state.fenced || term < state.term {
+            return false;
+        }
+        if term > state.term {
+            *state = OwnerState {
+                term,
+                seq: Some(seq),
+                fenced: state.fenced,
+            };
+            return true;
+        }
+        if state.seq.is_some_and(|last| seq <= last) {
+            return false;
+        }
+        state.seq = Some(seq);
+        true
+    }
+
+    /// No batch of `node`'s term `term` (or older) is taken from now on.
+    pub fn fence(&mut self, node: &str, term: u64) {
+        let state = self.by_node.entry(node.to_owned()).or_default();
+        state.fenced = state.fenced.max(term);
+    }
+
+    /// The newest term of `node` fenced.
+    pub fn fenced(&self, node: &str) -> u64 {
+        self.by_node.get(node).map_or(0, |s| s.fenced)
+    }
+
+    /// Forgets everything (the log was made anew, or this node rejoins).
+    pub fn clear(&mut self) {
+        self.by_node.clear();
     }
 }
 
@@ -281,7 +359,6 @@ mod tests {
         /// Every entry taken, in order: (cursor, event id or None for a gap, live).
         window: Vec<(Cursor, Option<String>, bool)>,
         covered: BTreeSet<String>,
-        owner_terms: Vec<u64>,
     }
 
     impl Stream for Model {
@@ -312,9 +389,6 @@ mod tests {
         }
         fn gap(&mut self, _: GapReason, _: SystemTime, _: SystemTime, at: Cursor, live: bool) {
             self.take(at, None, live);
-        }
-        fn owner(&mut self, _: Option<String>, term: Option<u64>) {
-            self.owner_terms.extend(term);
         }
     }
 
@@ -390,7 +464,7 @@ mod tests {
                             until: UNIX_EPOCH,
                         }
                     }
-                    _ => Record::Covered(vec![Prefix::whole(customer())]),
+                    _ => Record::Covered(vec![Prefix::whole(customer())], cursor),
                 };
                 out.push((stamp, record));
             }
@@ -548,26 +622,60 @@ mod tests {
     }
 
     #[test]
-    fn coverage_read_inside_a_hole_holds_from_the_gap() {
+    fn coverage_read_inside_a_hole_tells_the_gap_in_its_place_and_holds_from_it() {
         let c = customer();
         let mut reader = CustomerReader::new(UNIX_EPOCH);
         let mut model = Model::default();
         for (stamp, record) in [begin(2), ev(2, 1, 0)] {
             reader.read(stamp, record, true, UNIX_EPOCH, &mut model);
         }
-        // Seq 2 lost; the coverage at 3 waits for the gap.
+        // Seq 2 (the event at 1) lost; the coverage at 3 says the next entry takes 2.
         reader.read(
             Stamp { term: 2, seq: 3 },
-            Record::Covered(vec![Prefix::whole(c)]),
+            Record::Covered(
+                vec![Prefix::whole(c)],
+                Cursor {
+                    epoch: 1002,
+                    offset: 2,
+                },
+            ),
             true,
             UNIX_EPOCH,
             &mut model,
         );
-        assert!(model.covered.is_empty());
-        let (stamp, record) = ev(2, 4, 2);
-        reader.read(stamp, record, true, UNIX_EPOCH, &mut model);
         assert_eq!(model.covered.len(), 1);
-        assert!(model.window[1].1.is_none(), "the gap first");
+        assert!(reader.knows_coverage());
+        let told: Vec<(u64, bool)> = model
+            .window
+            .iter()
+            .map(|(c, id, _)| (c.offset, id.is_some()))
+            .collect();
+        assert_eq!(
+            told,
+            [(0, true), (1, false)],
+            "the gap in the place of the lost event"
+        );
+        let (stamp, record) = ev(2, 4, 2);
+        assert_eq!(
+            reader.read(stamp, record, true, UNIX_EPOCH, &mut model),
+            Read::Taken
+        );
+        assert_eq!(model.window.len(), 3);
+    }
+
+    #[test]
+    fn owners_drop_repeats_old_terms_and_fenced_terms() {
+        let mut owners = Owners::default();
+        assert!(owners.admit("a", 5, 0));
+        assert!(owners.admit("a", 5, 1));
+        assert!(!owners.admit("a", 5, 1), "a repeat");
+        assert!(owners.admit("a", 5, 4), "after a loss");
+        assert!(owners.admit("a", 7, 0), "a newer term");
+        assert!(!owners.admit("a", 5, 9), "an older term");
+        owners.fence("a", 7);
+        assert!(!owners.admit("a", 7, 1), "fenced");
+        assert!(owners.admit("a", 8, 0));
+        assert!(owners.admit("b", 1, 0), "each node on its own");
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //!         | event:   epoch:u64 offset:u64 fresh_from:u8 topics:u8 type:str8 time:str8
 //!                    topic:str16 * topics, data: the rest of the record
 //!         | gap:     epoch:u64 offset:u64 reason:u8 since_ns:u64 until_ns:u64
-//!         | covered: count:u16 prefix:str16 * count
+//!         | covered: epoch:u64 offset:u64 count:u16 prefix:str16 * count
 //! fence   = "FGL" version:u8 1:u8 term:u64 0:u64 by:str8 mac:[32]
 //! mac     = HMAC-SHA256(fleet key, subject_len:u16 subject batch-before-mac)
 //! ```
@@ -166,6 +166,11 @@ impl BatchWriter {
         BatchWriter { body, count: 0 }
     }
 
+    /// Its number in its node term.
+    pub fn seq(&self) -> u64 {
+        u64::from_be_bytes(self.body[13..21].try_into().unwrap_or_default())
+    }
+
     /// How many records it holds.
     pub fn records(&self) -> u32 {
         self.count
@@ -221,8 +226,9 @@ impl BatchWriter {
                 self.body.put_u64(nanos(*since));
                 self.body.put_u64(nanos(*until));
             }
-            Record::Covered(prefixes) => {
+            Record::Covered(prefixes, next) => {
                 self.body.put_u8(TAG_COVERED);
+                put_cursor(&mut self.body, *next);
                 let prefixes = &prefixes[..prefixes.len().min(MAX_PREFIXES)];
                 self.body.put_u16(prefixes.len() as u16);
                 for prefix in prefixes {
@@ -430,6 +436,7 @@ fn read_record(mut rest: Bytes) -> Result<(Uuid, Stamp, Record), BadRecord> {
             }
         }
         TAG_COVERED => {
+            let next = take_cursor(&mut rest).ok_or(CUT)?;
             if rest.len() < 2 {
                 return Err(CUT);
             }
@@ -447,7 +454,7 @@ fn read_record(mut rest: Bytes) -> Result<(Uuid, Stamp, Record), BadRecord> {
                 prefixes.push(prefix);
             }
             ended(&rest)?;
-            Record::Covered(prefixes)
+            Record::Covered(prefixes, next)
         }
         _ => return Err(BadRecord("unknown kind")),
     };
@@ -639,11 +646,23 @@ mod tests {
                 since: UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789),
                 until: UNIX_EPOCH + Duration::from_secs(1_700_000_001),
             },
-            Record::Covered(vec![
-                Prefix::whole(c),
-                Prefix::parse(&format!("customer_id:{c}:call:")).expect("prefix"),
-            ]),
-            Record::Covered(Vec::new()),
+            Record::Covered(
+                vec![
+                    Prefix::whole(c),
+                    Prefix::parse(&format!("customer_id:{c}:call:")).expect("prefix"),
+                ],
+                Cursor {
+                    epoch: 9,
+                    offset: 43,
+                },
+            ),
+            Record::Covered(
+                Vec::new(),
+                Cursor {
+                    epoch: 9,
+                    offset: 43,
+                },
+            ),
             Record::End,
         ]
     }
@@ -747,7 +766,11 @@ mod tests {
             event.data = Bytes::from_static(b"{\"id\":\"\xff\"}");
         }
         records.push((c, stamp, raw));
-        records.push((c, stamp, Record::Covered(vec![Prefix::whole(other)])));
+        let next = Cursor {
+            epoch: 1,
+            offset: 1,
+        };
+        records.push((c, stamp, Record::Covered(vec![Prefix::whole(other)], next)));
         records.push((c, stamp, event(c, "ok", "{}")));
         let read = read_all(&sealed(&records));
         assert_eq!(read.len(), records.len());

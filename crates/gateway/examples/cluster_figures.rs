@@ -90,6 +90,7 @@ impl Fleet {
                 "--node-id",
                 &format!("node-{i}"),
             ])
+            .env("FANOUT_CLUSTER__FLEET_KEY", FLEET_KEY)
             .env("FANOUT_JWT_SECRET", SECRET)
             .env("FANOUT_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("FANOUT_UPSTREAM_TOKEN", &self.service)

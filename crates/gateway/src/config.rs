@@ -76,28 +76,42 @@ pub struct ClusterSection {
     /// This node's name in the fleet (what `/customers` shows as an owner). Default the
     /// host name (the pod's name on Kubernetes).
     pub node_id: Option<String>,
-    /// How long a customer's owner lease lasts unless renewed (every third of it). A dead
-    /// owner is replaced within it; below 10 s, NATS leader elections cause needless
+    /// How long a node's lease lasts unless renewed (every third of it). A dead node's
+    /// customers are taken over within it; below 10 s, NATS leader elections cause needless
     /// takeovers. Default `15s`.
     #[serde(with = "humantime_serde")]
     pub lease_ttl: Duration,
-    /// The key-value bucket of the leases. Default `fanout_owner`.
+    /// The key-value bucket of the node leases. Default `fanout_nodes`.
     pub lease_bucket: String,
+    /// The key-value bucket of the customers' ownership records (who owns which customer,
+    /// written only when that changes). Default `fanout_owners`.
+    pub owner_bucket: String,
     /// The key-value bucket where each node says what its sessions need of each customer's
     /// upstream (the owner subscribes to the union). Default `fanout_interest`.
     pub interest_bucket: String,
-    /// How long an owner keeps a prefix subscribed after no node needs it any more (longer
-    /// than the nodes' 10 s rewrite of their interest). Default `30s`.
+    /// How long an owner keeps a prefix subscribed after no node needs it any more.
+    /// Default `30s`.
     #[serde(with = "humantime_serde")]
     pub interest_linger: Duration,
     /// The JetStream stream of the fleet's event log. Default `FANOUT_EVENTS`.
     pub stream: String,
-    /// Events the log keeps per customer (the fleet's resume window). Default 20000.
-    pub log_max_events: u32,
     /// Bytes the log keeps in all; the oldest go first. Default 1 GiB.
     pub log_max_bytes: u64,
-    /// Records an owner may have sent to the log unanswered. Default 1024.
-    pub max_in_flight: usize,
+    /// How long the log keeps a batch (it needs minutes: a node opening a customer reads
+    /// the resume window's worth). Default `10m`.
+    #[serde(with = "humantime_serde")]
+    pub log_max_age: Duration,
+    /// A batch of the log goes out as soon as none is in flight, or once it holds this
+    /// many bytes. Default 262144.
+    pub batch_max_bytes: usize,
+    /// The key every node's records are authenticated with (at least 32 bytes), the same on
+    /// every node of the fleet; required in cluster mode, here or in `fleet_key_file`.
+    /// Never printed.
+    pub fleet_key: String,
+    /// A file holding the fleet key, one per line: the first signs, every one verifies (a
+    /// new key is rolled out by adding it second on every node, then first, then removing
+    /// the old). Default none.
+    pub fleet_key_file: Option<PathBuf>,
     /// How long one NATS request may take. Default `5s`.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
@@ -106,9 +120,6 @@ pub struct ClusterSection {
     /// Default `5s`.
     #[serde(with = "humantime_serde")]
     pub degraded_after: Duration,
-    /// Readers of the log at once, fleet-wide (one per node and customer); nats-server's
-    /// own default would be 1000. Default 1000000.
-    pub log_max_readers: u32,
     /// Replicas of the log's stream and the buckets, when a node makes them (1 to 5; 3 on a
     /// NATS cluster of three). Existing ones are used as they are, never scaled down.
     /// Default 1.
@@ -125,22 +136,42 @@ impl Default for ClusterSection {
             client_key_file: None,
             node_id: None,
             lease_ttl: Duration::from_secs(15),
-            lease_bucket: "fanout_owner".to_owned(),
+            lease_bucket: "fanout_nodes".to_owned(),
+            owner_bucket: "fanout_owners".to_owned(),
             interest_bucket: "fanout_interest".to_owned(),
             interest_linger: Duration::from_secs(30),
             stream: "FANOUT_EVENTS".to_owned(),
-            log_max_events: 20_000,
             log_max_bytes: 1 << 30,
-            max_in_flight: 1024,
+            log_max_age: Duration::from_secs(600),
+            batch_max_bytes: 256 * 1024,
+            fleet_key: String::new(),
+            fleet_key_file: None,
             request_timeout: Duration::from_secs(5),
             degraded_after: Duration::from_secs(5),
-            log_max_readers: 1_000_000,
             replicas: 1,
         }
     }
 }
 
 impl ClusterSection {
+    /// The fleet key, from `fleet_key` or `fleet_key_file`.
+    ///
+    /// # Errors
+    /// Why none can be had (never the key itself).
+    pub fn fleet_key(&self) -> Result<fanout_cluster::FleetKey, String> {
+        match &self.fleet_key_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    format!("cluster.fleet_key_file {}: {}", path.display(), e.kind())
+                })?;
+                fanout_cluster::FleetKey::from_lines(&text)
+                    .map_err(|e| format!("cluster.fleet_key_file {}: {e}", path.display()))
+            }
+            None => fanout_cluster::FleetKey::new(&[self.fleet_key.as_bytes()])
+                .map_err(|e| format!("cluster.fleet_key: {e}")),
+        }
+    }
+
     /// How this node reaches NATS.
     pub fn bus(&self) -> fanout_cluster::BusSettings {
         fanout_cluster::BusSettings {
@@ -746,11 +777,24 @@ impl Config {
         if self.cluster.lease_ttl < Duration::from_secs(1) {
             problems.push("cluster.lease_ttl must be at least 1s".to_owned());
         }
-        if self.cluster.interest_linger <= fanout_cluster::interest::REFRESH {
-            problems.push(format!(
-                "cluster.interest_linger must be longer than {}s, how often nodes write their interest again",
-                fanout_cluster::interest::REFRESH.as_secs()
-            ));
+        if self.cluster.interest_linger < Duration::from_secs(1) {
+            problems.push("cluster.interest_linger must be at least 1s".to_owned());
+        }
+        if self.cluster.nats_url.is_some() {
+            match (self.cluster.fleet_key.is_empty(), &self.cluster.fleet_key_file) {
+                (true, None) => problems.push(
+                    "cluster.fleet_key (FANOUT_CLUSTER__FLEET_KEY) or cluster.fleet_key_file is required in cluster mode".to_owned(),
+                ),
+                (false, Some(_)) => problems.push(
+                    "set only one of cluster.fleet_key and cluster.fleet_key_file".to_owned(),
+                ),
+                (false, None) => {
+                    if let Err(e) = fanout_cluster::FleetKey::new(&[self.cluster.fleet_key.as_bytes()]) {
+                        problems.push(format!("cluster.fleet_key: {e}"));
+                    }
+                }
+                (true, Some(_)) => {}
+            }
         }
         if self.cluster.nats_url.is_some()
             && let Err(e) = self.cluster.bus().check()
@@ -763,11 +807,8 @@ impl Config {
         if self.cluster.node_id.as_deref().is_some_and(str::is_empty) {
             problems.push("cluster.node_id must not be empty".to_owned());
         }
-        if self.cluster.log_max_events == 0 || self.cluster.max_in_flight == 0 {
-            problems.push(
-                "cluster.log_max_events and cluster.max_in_flight must be more than zero"
-                    .to_owned(),
-            );
+        if !(1024..=16 << 20).contains(&self.cluster.batch_max_bytes) {
+            problems.push("cluster.batch_max_bytes must be 1 KiB to 16 MiB".to_owned());
         }
         if self.upstream.backoff_cap < self.upstream.backoff_base {
             problems.push("upstream.backoff_cap must be at least upstream.backoff_base".to_owned());

@@ -105,22 +105,28 @@ pub fn upstream_config(config: &Config) -> anyhow::Result<UpstreamConfig> {
 }
 
 /// Cluster mode's settings from the configuration.
-pub fn cluster_settings(config: &Config) -> ClusterSettings {
+///
+/// # Errors
+/// When the fleet key cannot be had.
+pub fn cluster_settings(config: &Config) -> anyhow::Result<ClusterSettings> {
     let cluster = &config.cluster;
-    let mut settings = ClusterSettings::new(cluster.node_id());
+    let key = cluster.fleet_key().map_err(anyhow::Error::msg)?;
+    let mut settings = ClusterSettings::new(cluster.node_id(), key);
     settings.lease_ttl = cluster.lease_ttl;
     settings.lease_bucket = cluster.lease_bucket.clone();
+    settings.owner_bucket = cluster.owner_bucket.clone();
     settings.interest_bucket = cluster.interest_bucket.clone();
     settings.interest_linger = cluster.interest_linger;
     settings.stream = cluster.stream.clone();
-    settings.max_events = i64::from(cluster.log_max_events);
     settings.max_bytes = i64::try_from(cluster.log_max_bytes).unwrap_or(i64::MAX);
-    settings.max_in_flight = cluster.max_in_flight;
+    settings.max_age = cluster.log_max_age;
+    settings.batch_max_bytes = cluster.batch_max_bytes;
+    // A node opening a customer reads the resume window's worth of history, and a margin.
+    settings.catch_up = config.resume.max_age + Duration::from_secs(30);
     settings.request_timeout = cluster.request_timeout;
     settings.degraded_after = cluster.degraded_after;
-    settings.max_readers = i32::try_from(cluster.log_max_readers).unwrap_or(i32::MAX);
     settings.replicas = cluster.replicas;
-    settings
+    Ok(settings)
 }
 
 /// Raises the soft descriptor limit to the hard one and answers how many connections the
@@ -190,7 +196,7 @@ impl Gateway {
             Some(_) => Arc::new(
                 ClusterFeeds::connect(
                     &config.cluster.bus(),
-                    cluster_settings(&config),
+                    cluster_settings(&config)?,
                     upstream,
                     upstreams.clone(),
                 )

@@ -234,6 +234,9 @@ async fn main() -> ExitCode {
                 if !config.admin.token.is_empty() {
                     config.admin.token = "<set>".into();
                 }
+                if !config.cluster.fleet_key.is_empty() {
+                    config.cluster.fleet_key = "<set>".into();
+                }
                 if let Some(url) = &mut config.cluster.nats_url {
                     *url = fanout_cluster::bus::masked(url);
                 }

@@ -12,8 +12,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use common::process::{Running, sigterm, spawn_gateway};
 use common::*;
+use fanout_cluster::FleetKey;
+use fanout_cluster::log::{Record, Stamp};
+use fanout_cluster::wire;
+use fanout_protocol::cursor::Cursor;
 use fanout_test_support::nats::Nats;
 use fanout_test_support::*;
 use serde_json::{Value, json};
@@ -102,6 +107,7 @@ impl Fleet {
         let ttl = format!("{}ms", self.ttl.as_millis());
         let mut env: Vec<(&'static str, String)> = [
             ("FANOUT_CLUSTER__NATS_URL", self.url.as_str()),
+            ("FANOUT_CLUSTER__FLEET_KEY", FLEET_KEY),
             ("FANOUT_CLUSTER__NODE_ID", &node),
             ("FANOUT_CLUSTER__LEASE_TTL", &ttl),
             ("FANOUT_CLUSTER__REQUEST_TIMEOUT", "2s"),
@@ -468,10 +474,79 @@ async fn a_paused_owner_that_wakes_up_gets_no_event_to_any_session(world) {
 }
 }
 
+/// An event record of `customer` at `cursor` whose data says `id`.
+fn forged(customer: Uuid, cursor: Cursor, id: &str, data: Bytes) -> Record {
+    Record::Event {
+        cursor,
+        event: fanout_protocol::upstream::Event {
+            shape: fanout_protocol::upstream::Shape::Envelope,
+            event_type: "call_ringing".into(),
+            timestamp: "2026-12-01T00:00:00.000000Z".into(),
+            customer_id: customer,
+            topics: vec![
+                fanout_protocol::Topic::parse(&format!("customer_id:{customer}:call:{id}"))
+                    .expect("topic"),
+            ],
+            fresh_from: 0,
+            data,
+        },
+    }
+}
+
+/// A batch of `records` of `customer` on `subject`, sealed with `key`.
+fn batch(
+    key: &FleetKey,
+    subject: &str,
+    node_term: u64,
+    seq: u64,
+    customer: Uuid,
+    records: Vec<(Stamp, Record)>,
+) -> Bytes {
+    let mut batch = wire::BatchWriter::new(node_term, seq);
+    for (stamp, record) in &records {
+        batch.push(customer, *stamp, record);
+    }
+    batch.seal(key, subject)
+}
+
+/// Appends `body` to `subject` after whatever is last there (as a client that reads the
+/// subject first would).
+async fn append(js: &async_nats::jetstream::Context, subject: &str, body: Bytes) -> bool {
+    let stream = js.get_stream("FANOUT_EVENTS").await.expect("stream");
+    let last = stream
+        .get_last_raw_message_by_subject(subject)
+        .await
+        .map_or(0, |m| m.sequence);
+    js.send_publish(
+        subject.to_owned(),
+        async_nats::jetstream::message::PublishMessage::build()
+            .payload(body)
+            .expected_last_subject_sequence(last),
+    )
+    .await
+    .expect("sent")
+    .await
+    .is_ok()
+}
+
+fn counter(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0.0)
+}
+
+/// The owner's node id and the customer's term, as node `i` sees them.
+async fn owner_and_term(fleet: &Fleet, i: usize, customer: Uuid) -> (String, u64) {
+    let view = fleet.customer(i, customer).await;
+    (
+        view["owner"].as_str().expect("owner").to_owned(),
+        view["term"].as_u64().expect("term"),
+    )
+}
+
 in_both_worlds! {
 async fn a_stale_term_or_a_repeated_record_in_the_log_reaches_no_session(world) {
-    use async_nats::jetstream;
-    use fanout_cluster::log::{self, Record, Stamp};
     let fleet = Fleet::start(world, 2, TTL).await;
     let c = tutorial_customer();
     let mut clients = [
@@ -479,77 +554,48 @@ async fn a_stale_term_or_a_repeated_record_in_the_log_reaches_no_session(world) 
         watcher(fleet.node(1), c).await,
     ];
     let owner = fleet.settled(c).await;
-    let term = fleet.customer(owner, c).await["term"]
-        .as_u64()
-        .expect("term");
+    let (owner_id, term) = owner_and_term(&fleet, owner, c).await;
     publish(fleet.sim_addr(), &calls(c, "a", 2)).await;
     let (seen, _) = events(&mut clients[0], 2).await;
     events(&mut clients[1], 2).await;
-    let cursor =
-        fanout_protocol::cursor::Cursor::parse(seen[1]["cursor"].as_str().expect("cursor"))
-            .expect("a cursor");
-    let js = jetstream::new(async_nats::connect(fleet.nats.url()).await.expect("nats"));
-    let forged = |id: &str, offset: u64| Record::Event {
-        cursor: fanout_protocol::cursor::Cursor {
-            epoch: cursor.epoch,
-            offset,
-        },
-        event: fanout_protocol::upstream::Event {
-            shape: fanout_protocol::upstream::Shape::Envelope,
-            event_type: "call_ringing".into(),
-            timestamp: "2026-12-01T00:00:00.000000Z".into(),
-            customer_id: c,
-            topics: vec![
-                fanout_protocol::Topic::parse(&format!("customer_id:{c}:call:{id}"))
-                    .expect("topic"),
-            ],
-            fresh_from: 0,
-            data: format!(r#"{{"id":"{id}","customer_id":"{c}"}}"#).into(),
-        },
+    let cursor = Cursor::parse(seen[1]["cursor"].as_str().expect("cursor")).expect("a cursor");
+    let next = Cursor {
+        epoch: cursor.epoch,
+        offset: cursor.offset + 1,
     };
-    // An older term's owner, woken up; and a record of this term already taken.
-    for (id, stamp) in [
+    let js = async_nats::jetstream::new(async_nats::connect(fleet.nats.url()).await.expect("nats"));
+    let key = FleetKey::new(&[FLEET_KEY]).expect("key");
+    // A node that holds the key, with records of an older term of the customer's (its owner
+    // before, woken up) and one of this term already taken: on a subject of its own.
+    let ghost = fanout_cluster::node::subject_of("ghost");
+    let records = vec![
         (
-            "stale",
-            Stamp {
-                term: term - 1,
-                seq: 1_000,
-            },
+            Stamp { term: term - 1, seq: 1_000 },
+            forged(c, next, "stale", Bytes::from(format!(r#"{{"id":"stale","customer_id":"{c}"}}"#))),
         ),
-        ("repeated", Stamp { term, seq: 1 }),
-    ] {
-        let (headers, body) = forged(id, cursor.offset + 1).encode(stamp);
-        js.publish_with_headers(log::events_subject(c), headers, body)
-            .await
-            .expect("sent")
-            .await
-            .expect("stored");
-    }
-    // The store side: a record fenced on anything but the term's beginning is refused.
+        (
+            Stamp { term, seq: 1 },
+            forged(c, next, "repeated", Bytes::from(format!(r#"{{"id":"repeated","customer_id":"{c}"}}"#))),
+        ),
+    ];
+    assert!(append(&js, &ghost, batch(&key, &ghost, 1, 0, c, records)).await);
+    // The store side: a batch on the owner's subject that does not follow its last message
+    // is refused.
+    let subject = fanout_cluster::node::subject_of(&owner_id);
     let stream = js.get_stream("FANOUT_EVENTS").await.expect("stream");
-    let begun = stream
-        .get_last_raw_message_by_subject(&log::term_subject(c))
-        .await
-        .expect("the term's beginning")
-        .sequence;
-    let (headers, body) = forged("fenced", cursor.offset + 1).encode(Stamp { term, seq: 99 });
+    let last = stream.get_last_raw_message_by_subject(&subject).await.expect("the owner's batches").sequence;
     let refused = js
         .send_publish(
-            log::events_subject(c),
-            jetstream::message::PublishMessage::build()
-                .headers(headers)
-                .payload(body)
-                .expected_last_subject_sequence(begun - 1)
-                .header(
-                    "Nats-Expected-Last-Subject-Sequence-Subject",
-                    log::term_subject(c).as_str(),
-                ),
+            subject.clone(),
+            async_nats::jetstream::message::PublishMessage::build()
+                .payload(batch(&key, &subject, 1, 0, c, Vec::new()))
+                .expected_last_subject_sequence(last - 1),
         )
         .await
         .expect("sent")
         .await;
-    assert!(refused.is_err(), "the store fence refuses it: {refused:?}");
-    // The owner goes on; the forged records reached nobody.
+    assert!(refused.is_err(), "the store refuses it: {refused:?}");
+    // The owner goes on; the records reached nobody.
     publish(fleet.sim_addr(), &calls(c, "b", 2)).await;
     for (i, client) in clients.iter_mut().enumerate() {
         let (events, gaps) = events(client, 2).await;
@@ -557,12 +603,77 @@ async fn a_stale_term_or_a_repeated_record_in_the_log_reaches_no_session(world) 
         assert_eq!(ids(&events), expected("b", 2));
         client.expect_silence(Duration::from_millis(300)).await;
         let metrics = metrics_text(fleet.node(i).admin).await;
-        let dropped: f64 = metrics
-            .lines()
-            .find_map(|l| l.strip_prefix("fanout_cluster_fenced_total{side=\"reader\"} "))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0);
+        let dropped = counter(&metrics, "fanout_cluster_fenced_total{side=\"reader\"}");
         assert_eq!(dropped, 2.0, "node {i} dropped both: {metrics}");
+    }
+}
+}
+
+in_both_worlds! {
+async fn a_client_on_the_bus_without_the_fleet_key_can_neither_forge_nor_silence_nor_poison(world) {
+    let fleet = Fleet::start(world, 2, TTL).await;
+    let c = tutorial_customer();
+    let mut clients = [
+        watcher(fleet.node(0), c).await,
+        watcher(fleet.node(1), c).await,
+    ];
+    let owner = fleet.settled(c).await;
+    let (owner_id, term) = owner_and_term(&fleet, owner, c).await;
+    publish(fleet.sim_addr(), &calls(c, "a", 2)).await;
+    let (seen, _) = events(&mut clients[0], 2).await;
+    events(&mut clients[1], 2).await;
+    let cursor = Cursor::parse(seen[1]["cursor"].as_str().expect("cursor")).expect("a cursor");
+    let next = Cursor {
+        epoch: cursor.epoch,
+        offset: cursor.offset + 1,
+    };
+    let js = async_nats::jetstream::new(async_nats::connect(fleet.nats.url()).await.expect("nats"));
+    let wrong = FleetKey::new(&["a key that is not the fleet's, 32 bytes+"]).expect("key");
+    let subject = fanout_cluster::node::subject_of(&owner_id);
+    let data = |id: &str| Bytes::from(format!(r#"{{"id":"{id}","customer_id":"{c}"}}"#));
+    let attacks: Vec<Bytes> = vec![
+        // Forged: the next event, as the owner would write it.
+        batch(&wrong, &subject, u64::MAX / 2, 0, c, vec![(Stamp { term, seq: 100 }, forged(c, next, "forged", data("forged")))]),
+        // Silencing: a record stamped far ahead, in the customer's term and in a later one.
+        batch(&wrong, &subject, 1, 0, c, vec![
+            (Stamp { term, seq: 1 << 62 }, forged(c, Cursor { epoch: cursor.epoch, offset: 1 << 62 }, "ahead", data("ahead"))),
+            (Stamp { term: 1 << 62, seq: 0 }, Record::Begin { epoch: 7, node: "x".into() }),
+        ]),
+        // Poison: data that is not UTF-8 (a browser frame must be text).
+        batch(&wrong, &subject, 1, 1, c, vec![(Stamp { term, seq: 101 }, forged(c, next, "poison", Bytes::from_static(b"{\"id\":\"\xff\"}")))]),
+        // A fence of the owner's node term, and bytes that are no batch at all.
+        wire::fence(&wrong, &subject, u64::MAX, "attacker"),
+        Bytes::from_static(b"junk"),
+    ];
+    for body in attacks {
+        assert!(append(&js, &subject, body).await, "stored on the owner's subject");
+    }
+    // The owner goes on (its own batches follow whatever was written), nothing forged
+    // reached a session, and no gap was told.
+    publish(fleet.sim_addr(), &calls(c, "b", 3)).await;
+    let mut last_cursor = String::new();
+    for (i, client) in clients.iter_mut().enumerate() {
+        let (events, gaps) = events(client, 3).await;
+        assert!(gaps.is_empty(), "node {i}: {gaps:?}");
+        assert_eq!(ids(&events), expected("b", 3), "node {i}");
+        last_cursor = events[0]["cursor"].as_str().expect("cursor").to_owned();
+        client.expect_silence(Duration::from_millis(300)).await;
+        let metrics = metrics_text(fleet.node(i).admin).await;
+        assert!(counter(&metrics, "fanout_cluster_bad_records_total") >= 5.0, "node {i}: {metrics}");
+    }
+    assert_eq!(owner_and_term(&fleet, owner, c).await, (owner_id, term), "no takeover");
+    // A resume from before the attack is whole: the window holds nothing forged.
+    for i in 0..2 {
+        let mut again = Client::connect_token(fleet.node(i).addr, &admin_token(c)).await;
+        again
+            .send_json(&json!({"type": "subscribe", "topics": [watched(c)], "since": seen[0]["cursor"]}))
+            .await;
+        let answer = again.recv_json().await;
+        assert_eq!(answer["recovered"], true, "node {i}: {answer}");
+        let (events, gaps) = events(&mut again, 4).await;
+        assert!(gaps.is_empty());
+        assert_eq!(ids(&events), ["a1", "b0", "b1", "b2"], "node {i}");
+        assert_eq!(events[1]["cursor"], last_cursor.as_str());
     }
 }
 }
@@ -628,7 +739,7 @@ async fn a_browser_resumes_on_another_node_without_loss(world) {
 }
 
 in_both_worlds! {
-async fn a_customer_whose_sessions_all_left_releases_its_lease_and_upstream(world) {
+async fn a_customer_whose_sessions_all_left_is_handed_over_and_its_upstream_closed(world) {
     let fleet = Fleet::start(world, 2, TTL).await;
     let c = tutorial_customer();
     let a = watcher(fleet.node(0), c).await;
@@ -646,11 +757,11 @@ async fn a_customer_whose_sessions_all_left_releases_its_lease_and_upstream(worl
     .await;
     let client = async_nats::connect(fleet.nats.url()).await.expect("nats");
     let kv = async_nats::jetstream::new(client)
-        .get_key_value("fanout_owner")
+        .get_key_value("fanout_owners")
         .await
         .expect("bucket");
-    let lease = kv.get(c.simple().to_string()).await.expect("read");
-    assert_eq!(lease, None, "released, not left to expire");
+    let record = kv.get(c.simple().to_string()).await.expect("read");
+    assert_eq!(record, None, "handed over, not left to a dead owner");
 }
 }
 
@@ -776,6 +887,7 @@ async fn a_node_refuses_to_start_against_a_nats_server_older_than_2_11() {
             "--cluster-nats",
             &old.url(),
         ])
+        .env("FANOUT_CLUSTER__FLEET_KEY", FLEET_KEY)
         .env("FANOUT_JWT_SECRET", SECRET)
         .env("FANOUT_ADMIN_TOKEN", ADMIN_TOKEN)
         .env("FANOUT_UPSTREAM_TOKEN", service_token())
@@ -893,6 +1005,7 @@ async fn on_a_locked_bus(
     }
     let (url, mut env) = denied;
     env.push(("FANOUT_CLUSTER__NATS_URL", url));
+    env.push(("FANOUT_CLUSTER__FLEET_KEY", FLEET_KEY.to_owned()));
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let (started, said) = common::process::run_gateway_to_exit(fleet.sim_addr(), &env).await;
     assert!(!started, "a node without the bus's credentials ran: {said}");

@@ -31,6 +31,9 @@ pub mod pki;
 
 /// The JWT secret tests sign with.
 pub const SECRET: &str = "test-jwt-secret";
+
+/// The fleet key the tests' cluster nodes share.
+pub const FLEET_KEY: &str = "test-fleet-key-of-thirty-two-bytes-or-more";
 /// The customer of the tutorial's examples.
 pub const TUTORIAL_CUSTOMER: &str = "12345678-1234-1234-1234-123456789012";
 /// How long a test waits for something that should happen.
