@@ -58,6 +58,16 @@ pub(crate) fn family(pid: u32) -> Vec<u32> {
 }
 
 /// CPU time of several processes together.
+/// Each process's CPU time, named by its command (`/proc/<pid>/comm`) and pid.
+pub(crate) fn cpu_each(pids: &[u32]) -> Vec<(String, Duration)> {
+    pids.iter()
+        .filter_map(|p| {
+            let name = std::fs::read_to_string(format!("/proc/{p}/comm")).ok()?;
+            Some((format!("{}[{p}]", name.trim()), cpu_time(*p)?))
+        })
+        .collect()
+}
+
 pub(crate) fn cpu_total(pids: &[u32]) -> Duration {
     pids.iter().filter_map(|p| cpu_time(*p)).sum()
 }

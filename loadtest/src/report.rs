@@ -195,6 +195,28 @@ pub(crate) fn markdown(results: &[RunResult]) -> String {
             }
         }
     }
+    let split: Vec<String> = results
+        .iter()
+        .filter_map(|r| {
+            let max = r.steps.iter().find(|s| s.step == "max")?;
+            if max.cpu_split.len() < 2 {
+                return None;
+            }
+            let parts: Vec<String> = max
+                .cpu_split
+                .iter()
+                .map(|(name, cpu)| format!("{name} {cpu:.2} s"))
+                .collect();
+            Some(format!("{}: {}", r.target, parts.join(", ")))
+        })
+        .collect();
+    if !split.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nServer CPU at saturation, per process: {}.",
+            split.join("; ")
+        );
+    }
     let _ = writeln!(
         out,
         "\nServer memory with the sessions open: {}.",

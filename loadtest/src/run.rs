@@ -75,6 +75,8 @@ pub(crate) struct StepResult {
     pub(crate) cpu_seconds: f64,
     /// Deliveries per second of server CPU time.
     pub(crate) deliveries_per_cpu_second: f64,
+    /// The step's CPU seconds per server process (command[pid]): nodes, NATS, the proxy.
+    pub(crate) cpu_split: Vec<(String, f64)>,
 }
 
 /// Everything one run measured.
@@ -258,6 +260,7 @@ async fn throughput_step(
     let _ = fleet.take_latency().await?;
     let delivered_at_start = shared.delivered.load(Ordering::Relaxed);
     let cpu_at_start = measure::cpu_total(pids);
+    let each_at_start = measure::cpu_each(pids);
     let started = Instant::now();
     let window = u64::from(case.window) * u64::from(case.sessions);
     let rate = match step {
@@ -315,6 +318,16 @@ async fn throughput_step(
     let cpu = measure::cpu_total(pids)
         .saturating_sub(cpu_at_start)
         .as_secs_f64();
+    let cpu_split = measure::cpu_each(pids)
+        .into_iter()
+        .map(|(name, now)| {
+            let before = each_at_start
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map_or(Duration::ZERO, |(_, d)| *d);
+            (name, now.saturating_sub(before).as_secs_f64())
+        })
+        .collect();
     let latency = fleet.take_latency().await?;
     Ok(StepResult {
         step: step.to_string(),
@@ -330,5 +343,6 @@ async fn throughput_step(
         } else {
             0.0
         },
+        cpu_split,
     })
 }

@@ -51,6 +51,10 @@ pub(crate) enum Which {
     Nats,
     /// Two fanout-gateway nodes in cluster mode behind HAProxy.
     Cluster,
+    /// One fanout-gateway node behind the same HAProxy (what `cluster` is compared with).
+    #[value(name = "gateway-lb")]
+    #[serde(rename = "gateway-lb")]
+    GatewayLb,
     /// fanout-gateway serving `wss://` (TLS on its listener, a CA made for the run).
     #[value(name = "gateway-tls")]
     #[serde(rename = "gateway-tls")]
@@ -68,10 +72,35 @@ impl std::fmt::Display for Which {
             Which::Nchan => "nchan",
             Which::Nats => "nats",
             Which::Cluster => "cluster",
+            Which::GatewayLb => "gateway-lb",
             Which::GatewayTls => "gateway-tls",
             Which::GatewayTutorial => "gateway-tutorial",
         })
     }
+}
+
+/// HAProxy in TCP mode on a free port, balancing over `servers` (its `server` lines).
+async fn start_haproxy(dir: &Path, servers: &str) -> anyhow::Result<(Child, SocketAddr)> {
+    let lb_port = free_port()?;
+    let config = dir.join("haproxy.cfg");
+    std::fs::write(
+        &config,
+        format!(
+            "global\n  maxconn 9500\ndefaults\n  mode tcp\n  timeout connect 2s\n  timeout client 1h\n  timeout server 1h\nfrontend fleet\n  bind 127.0.0.1:{lb_port}\n  default_backend nodes\nbackend nodes\n  balance roundrobin\n{servers}"
+        ),
+    )?;
+    let haproxy = Command::new("haproxy")
+        .arg("-f")
+        .arg(&config)
+        .arg("-db")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting haproxy (apt-get install haproxy)")?;
+    let ws_addr: SocketAddr = ([127, 0, 0, 1], lb_port).into();
+    wait_port(ws_addr).await?;
+    Ok((haproxy, ws_addr))
 }
 
 /// The customer id of customer number `c`.
@@ -268,6 +297,7 @@ impl Target {
             Which::Nchan => Self::start_nchan(repo).await,
             Which::Nats => Self::start_nats(repo).await,
             Which::Cluster => Self::start_cluster(customers, gateway_bin).await,
+            Which::GatewayLb => Self::start_gateway_lb(customers, gateway_bin).await,
             Which::GatewayTls => Self::start_gateway_tls(customers, gateway_bin).await,
             Which::GatewayTutorial => {
                 Self::start_gateway(customers, gateway_bin, World::Tutorial).await
@@ -351,28 +381,22 @@ impl Target {
             children.push(child);
             servers.push_str(&format!("  server {node} {addr}\n"));
         }
-        let lb_port = free_port()?;
-        let config = upstream.dir.join("haproxy.cfg");
-        std::fs::write(
-            &config,
-            format!(
-                "global\n  maxconn 9500\ndefaults\n  mode tcp\n  timeout connect 2s\n  timeout client 1h\n  timeout server 1h\nfrontend fleet\n  bind 127.0.0.1:{lb_port}\n  default_backend nodes\nbackend nodes\n  balance roundrobin\n{servers}"
-            ),
-        )?;
-        let haproxy = Command::new("haproxy")
-            .arg("-f")
-            .arg(&config)
-            .arg("-db")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting haproxy (apt-get install haproxy)")?;
-        let ws_addr: SocketAddr = ([127, 0, 0, 1], lb_port).into();
-        wait_port(ws_addr).await?;
+        let (haproxy, ws_addr) = start_haproxy(&upstream.dir, &servers).await?;
         pids.push(haproxy.id().context("haproxy pid")?);
         children.push(haproxy);
         upstream.into_target(Which::Cluster, children, pids, ws_addr)
+    }
+
+    async fn start_gateway_lb(customers: u32, gateway_bin: &Path) -> anyhow::Result<Target> {
+        let upstream = Upstream::start(customers, World::Voipbin).await?;
+        let (child, addr) = upstream.spawn_node(gateway_bin, &[]).await?;
+        let mut pids = vec![child.id().context("gateway pid")?];
+        let mut children = vec![child];
+        let (haproxy, ws_addr) =
+            start_haproxy(&upstream.dir, &format!("  server node-0 {addr}\n")).await?;
+        pids.push(haproxy.id().context("haproxy pid")?);
+        children.push(haproxy);
+        upstream.into_target(Which::GatewayLb, children, pids, ws_addr)
     }
 
     async fn start_nchan(repo: &Path) -> anyhow::Result<Target> {
@@ -500,7 +524,11 @@ impl Target {
     /// How session `i` of customer `c` connects.
     pub(crate) fn session(&self, c: u32) -> SessionSpec {
         match self.which {
-            Which::Gateway | Which::Cluster | Which::GatewayTls | Which::GatewayTutorial => {
+            Which::Gateway
+            | Which::Cluster
+            | Which::GatewayLb
+            | Which::GatewayTls
+            | Which::GatewayTutorial => {
                 SessionSpec {
                 addr: self.ws_addr,
                 path: format!("/v1.0/ws?token={}", self.tokens[c as usize]),

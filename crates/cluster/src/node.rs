@@ -137,6 +137,9 @@ pub enum ClusterError {
     JetStream(String),
 }
 
+/// How long the log's reader may hear nothing before it asks whether the log grew.
+const STALL_CHECK: Duration = Duration::from_secs(5);
+
 /// The log's subjects, as this node makes the stream.
 pub const STREAM_SUBJECTS: &str = "fanout.o.*";
 
@@ -805,9 +808,27 @@ async fn read_log(node: Arc<Node>, mut from: u64) {
                 continue;
             }
         };
+        // A reader that went quiet while the log grew is read again from where it stood
+        // (a server it was placed on went away, and the client did not notice).
+        let mut watchdog = tokio::time::interval(STALL_CHECK);
+        watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        watchdog.reset();
+        let mut heard_at = Instant::now();
         loop {
             tokio::select! {
                 () = node.cancel.cancelled() => return,
+                _ = watchdog.tick() => {
+                    if heard_at.elapsed() < STALL_CHECK {
+                        continue;
+                    }
+                    let last = tokio::time::timeout(node.settings.request_timeout, node.stream.get_info()).await;
+                    if let Ok(Ok(info)) = last
+                        && info.state.last_sequence >= from
+                    {
+                        tracing::warn!(node_id = %node.settings.node_id, from, last = info.state.last_sequence, "The log's reader stalled: reading again");
+                        break;
+                    }
+                }
                 changed = degraded.changed() => {
                     if changed.is_ok() && *degraded.borrow_and_update() {
                         // Wait for NATS, then start again from the log's end.
@@ -838,12 +859,18 @@ async fn read_log(node: Arc<Node>, mut from: u64) {
                 }
                 message = messages.next() => match message {
                     Some(Ok(message)) => {
+                        heard_at = Instant::now();
                         let seq = message.info().map_or(from, |i| i.stream_sequence);
                         from = seq + 1;
                         take_message(&node, &key, &mut owners, &message.subject, &message.payload, seq).await;
                     }
-                    Some(Err(error)) => tracing::debug!(%error, "Reading the log"),
-                    None => break,
+                    Some(Err(error)) => {
+                        tracing::warn!(node_id = %node.settings.node_id, %error, "Reading the log");
+                    }
+                    None => {
+                        tracing::warn!(node_id = %node.settings.node_id, from, "The log's reader ended: reading again");
+                        break;
+                    }
                 }
             }
         }
@@ -1364,7 +1391,8 @@ async fn watch_connection(node: Arc<Node>) {
             down_since = None;
             if ticks.is_multiple_of(10) {
                 let probe =
-                    tokio::time::timeout(Duration::from_secs(1), node.stream.get_info()).await;
+                    tokio::time::timeout(node.settings.request_timeout, node.stream.get_info())
+                        .await;
                 match probe {
                     Ok(Ok(info)) => {
                         store_down_since = None;
@@ -1397,8 +1425,11 @@ async fn watch_connection(node: Arc<Node>) {
             down_since.get_or_insert_with(Instant::now);
         }
         let after = node.settings.degraded_after;
+        // JetStream not answering while the connection is up is mostly a replicated
+        // stream electing a leader (a server of the cluster went): it gets longer.
+        let store_after = after + node.settings.request_timeout * 2;
         let degraded = down_since.is_some_and(|since| since.elapsed() >= after)
-            || store_down_since.is_some_and(|since| since.elapsed() >= after)
+            || store_down_since.is_some_and(|since| since.elapsed() >= store_after)
             || lost_until.is_some_and(|until| Instant::now() < until);
         let changed = node.degraded.send_if_modified(|now| {
             let changed = *now != degraded;

@@ -9,7 +9,11 @@
 //!   surviving session had the `owner_failover` gap, and until an event published right
 //!   after the kill arrived; the killed node is started again each time;
 //! - `upstreams`: 1,000 customers with a session on each of three nodes: the connections
-//!   VoIPBIN holds (independent nodes would hold 3,000), and how the owners spread.
+//!   VoIPBIN holds (independent nodes would hold 3,000), and how the owners spread;
+//! - `failover-r3`: `failover` on three nats-servers clustered, the log and buckets with three
+//!   replicas;
+//! - `idle`: 10,000 customers with one idle session each on two nodes (the simulator in a
+//!   process of its own): the messages NATS carries per second once ownership settled.
 //!
 //! The simulator plays VoIPBIN's code as it is today (`voipbin`, the default: bare objects,
 //! each event delivered once per published topic its connection matches) or the tutorial's
@@ -18,7 +22,7 @@
 //! ```text
 //! cargo build --release -p fanout-gateway --bins --examples   # --examples alone keeps an old binary
 //! NATS_SERVER=$(python3 -c "import sysconfig; print(sysconfig.get_path('scripts'))")/nats-server \
-//!   target/release/examples/cluster_figures target/release/fanout-gateway ingest|failover|upstreams [voipbin|tutorial]
+//!   target/release/examples/cluster_figures target/release/fanout-gateway ingest|failover|failover-r3|upstreams|idle [voipbin|tutorial]
 //! ```
 
 #![allow(clippy::print_stdout, missing_docs)]
@@ -30,7 +34,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use fanout_test_support::nats::Nats;
+use fanout_test_support::nats::{Nats, NatsCluster};
 use fanout_test_support::*;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -48,7 +52,10 @@ struct Node {
 struct Fleet {
     binary: PathBuf,
     world: World,
-    nats: Nats,
+    _nats: Vec<Nats>,
+    /// Every NATS server's URL, comma-separated.
+    url: String,
+    replicas: usize,
     sim: Arc<Simulator>,
     _cancel: CancellationToken,
     service: String,
@@ -56,8 +63,18 @@ struct Fleet {
 }
 
 impl Fleet {
-    async fn start(binary: PathBuf, ttl: &'static str, world: World) -> anyhow::Result<Fleet> {
-        let nats = Nats::start().await;
+    async fn start(
+        binary: PathBuf,
+        ttl: &'static str,
+        world: World,
+        replicas: usize,
+    ) -> anyhow::Result<Fleet> {
+        let nats = if replicas > 1 {
+            NatsCluster::start(replicas).await.servers
+        } else {
+            vec![Nats::start().await]
+        };
+        let url = nats.iter().map(Nats::url).collect::<Vec<_>>().join(",");
         let mut config = SimConfig::new(SECRET).in_world(world);
         config.queue_capacity = 1 << 20;
         let cancel = CancellationToken::new();
@@ -66,7 +83,9 @@ impl Fleet {
         Ok(Fleet {
             binary,
             world,
-            nats,
+            _nats: nats,
+            url,
+            replicas,
             sim,
             _cancel: cancel,
             service,
@@ -75,6 +94,10 @@ impl Fleet {
     }
 
     async fn node(&self, i: usize) -> anyhow::Result<Node> {
+        self.node_upstream(i, &self.sim.ws_url()).await
+    }
+
+    async fn node_upstream(&self, i: usize, upstream: &str) -> anyhow::Result<Node> {
         let mut child = Command::new(&self.binary)
             .args([
                 "serve",
@@ -83,14 +106,15 @@ impl Fleet {
                 "--admin-listen",
                 "127.0.0.1:0",
             ])
-            .args(["--log-format", "json", "--upstream-url", &self.sim.ws_url()])
+            .args(["--log-format", "json", "--upstream-url", upstream])
             .args([
                 "--cluster-nats",
-                &self.nats.url(),
+                &self.url,
                 "--node-id",
                 &format!("node-{i}"),
             ])
             .env("FANOUT_CLUSTER__FLEET_KEY", FLEET_KEY)
+            .env("FANOUT_CLUSTER__REPLICAS", self.replicas.to_string())
             .env("FANOUT_JWT_SECRET", SECRET)
             .env("FANOUT_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("FANOUT_UPSTREAM_TOKEN", &self.service)
@@ -432,6 +456,128 @@ async fn upstreams(fleet: Fleet) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// NATS's message counters (`/varz`): received from clients, sent to them.
+async fn nats_messages(monitor: SocketAddr) -> anyhow::Result<(u64, u64)> {
+    let (_, varz) = http(monitor, "GET", "/varz", None).await;
+    Ok((
+        varz["in_msgs"].as_u64().context("in_msgs")?,
+        varz["out_msgs"].as_u64().context("out_msgs")?,
+    ))
+}
+
+/// 10,000 customers, one idle session each, on two nodes: what NATS carries once settled.
+async fn idle(binary: PathBuf, world: World) -> anyhow::Result<()> {
+    let customers = 10_000usize;
+    let monitor_port = free_port()?;
+    let _nats = Nats::start_with(format!("http_port: {monitor_port}"), "nats").await;
+    let monitor: SocketAddr = ([127, 0, 0, 1], monitor_port).into();
+    // The simulator in a process of its own: this one holds the sessions.
+    let sim_port = free_port()?;
+    let sim_bin = binary.with_file_name("voipbin-sim");
+    let mut sim = Command::new(&sim_bin)
+        .args(["--listen", &format!("127.0.0.1:{sim_port}")])
+        .args(["--jwt-secret", SECRET])
+        .args([
+            "--world",
+            match world {
+                World::Voipbin => "voipbin",
+                World::Tutorial => "tutorial",
+            },
+        ])
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| {
+            format!(
+                "{} (cargo build --release -p voipbin-sim)",
+                sim_bin.display()
+            )
+        })?;
+    let sim_addr: SocketAddr = ([127, 0, 0, 1], sim_port).into();
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(sim_addr).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let fleet = Fleet {
+        binary,
+        world,
+        _nats: Vec::new(),
+        url: _nats.url(),
+        replicas: 1,
+        sim: Simulator::start(
+            SimConfig::new(SECRET).in_world(world),
+            "127.0.0.1:0".parse()?,
+            CancellationToken::new(),
+        )
+        .await?,
+        _cancel: CancellationToken::new(),
+        service: service_token(),
+        ttl: "15s",
+    };
+    let mut nodes = Vec::new();
+    for i in 0..2 {
+        nodes.push(
+            fleet
+                .node_upstream(i, &format!("ws://{sim_addr}/v1.0/ws"))
+                .await?,
+        );
+    }
+    let ids: Vec<Uuid> = (0..customers).map(|_| Uuid::new_v4()).collect();
+    let mut clients = Vec::with_capacity(customers);
+    let started = Instant::now();
+    for (k, customer) in ids.iter().enumerate() {
+        let mut client = Client::connect_token(nodes[k % 2].addr, &admin_token(*customer)).await;
+        client
+            .send_json(&json!({"type": "subscribe", "topics": [calls(*customer)]}))
+            .await;
+        clients.push(client);
+    }
+    println!(
+        "idle: {customers} sessions open after {:?}",
+        started.elapsed()
+    );
+    // Settled: every customer has its upstream, and nothing changed for a while.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let stats = sim_stats(sim_addr).await;
+        let held = stats["customers"].as_object().map_or(0, |all| {
+            all.values()
+                .filter(|c| c["connections"].as_u64() > Some(0))
+                .count()
+        });
+        if held >= customers || Instant::now() > deadline {
+            println!(
+                "idle: {held} customers with an upstream after {:?}",
+                started.elapsed()
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let window = Duration::from_secs(60);
+    let (in0, out0) = nats_messages(monitor).await?;
+    tokio::time::sleep(window).await;
+    let (in1, out1) = nats_messages(monitor).await?;
+    let secs = window.as_secs_f64();
+    println!(
+        "idle: NATS took {:.2} messages/s from clients and sent {:.2}/s to them, over {window:?} with {customers} idle customers on 2 nodes",
+        (in1 - in0) as f64 / secs,
+        (out1 - out0) as f64 / secs
+    );
+    drop(clients);
+    let _ = sim.kill().await;
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -442,11 +588,19 @@ async fn main() -> anyhow::Result<()> {
         Some("tutorial") => World::Tutorial,
         Some(other) => bail!("{other}: voipbin or tutorial"),
     };
-    let fleet = Fleet::start(binary, "15s", world).await?;
+    if figure.as_deref() == Some("idle") {
+        return idle(binary, world).await;
+    }
+    let replicas = if figure.as_deref() == Some("failover-r3") {
+        3
+    } else {
+        1
+    };
+    let fleet = Fleet::start(binary, "15s", world, replicas).await?;
     match figure.as_deref() {
         Some("ingest") => ingest(fleet).await,
-        Some("failover") => failover(fleet).await,
+        Some("failover" | "failover-r3") => failover(fleet).await,
         Some("upstreams") => upstreams(fleet).await,
-        _ => bail!("ingest, failover or upstreams"),
+        _ => bail!("ingest, failover, failover-r3, upstreams or idle"),
     }
 }

@@ -954,7 +954,7 @@ mod tests {
             ("FANOUT_ACCESSKEYS__MAX_LOOKUPS".to_owned(), "0".to_owned()),
             (
                 "FANOUT_CLUSTER__INTEREST_LINGER".to_owned(),
-                "10s".to_owned(),
+                "0s".to_owned(),
             ),
         ];
         let err = Config::load(None, env, &with_credentials()).expect_err("invalid");
@@ -973,6 +973,48 @@ mod tests {
         // A burst that fits the largest message (and its 14 bytes of framing) is fine.
         let env = [("FANOUT_SESSION__BYTE_BURST".to_owned(), "65550".to_owned())];
         Config::load(None, env, &with_credentials()).expect("valid");
+    }
+
+    #[test]
+    fn cluster_mode_needs_a_fleet_key_of_32_bytes_and_never_prints_it() {
+        let url = (
+            "FANOUT_CLUSTER__NATS_URL".to_owned(),
+            "nats://u:p@h:4222".to_owned(),
+        );
+        let err = Config::load(None, [url.clone()], &with_credentials()).expect_err("no key");
+        assert!(err.to_string().contains("cluster.fleet_key"), "{err}");
+        let short = (
+            "FANOUT_CLUSTER__FLEET_KEY".to_owned(),
+            "too-short-key".to_owned(),
+        );
+        let err =
+            Config::load(None, [url.clone(), short], &with_credentials()).expect_err("short key");
+        assert!(err.to_string().contains("32 bytes"), "{err}");
+        assert!(!err.to_string().contains("too-short-key"), "{err}");
+        let good = (
+            "FANOUT_CLUSTER__FLEET_KEY".to_owned(),
+            "a-fleet-key-of-at-least-thirty-two-bytes".to_owned(),
+        );
+        let config =
+            Config::load(None, [url.clone(), good.clone()], &with_credentials()).expect("valid");
+        assert!(config.cluster.fleet_key().is_ok());
+        let file = std::env::temp_dir().join(format!("fanout-fleet-{}", Uuid::new_v4()));
+        std::fs::write(&file, "# keys\na-fleet-key-of-at-least-thirty-two-bytes\n").expect("write");
+        let from_file = (
+            "FANOUT_CLUSTER__FLEET_KEY_FILE".to_owned(),
+            file.display().to_string(),
+        );
+        let err = Config::load(
+            None,
+            [url.clone(), good, from_file.clone()],
+            &with_credentials(),
+        )
+        .expect_err("two sources");
+        assert!(err.to_string().contains("only one"), "{err}");
+        let config =
+            Config::load(None, [url, from_file], &with_credentials()).expect("from a file");
+        assert!(config.cluster.fleet_key().is_ok());
+        let _ = std::fs::remove_file(file);
     }
 
     #[test]

@@ -42,12 +42,27 @@ struct Fleet {
     url: String,
     /// More of the nodes' environment (credentials files, TLS).
     env: Vec<(&'static str, String)>,
+    /// The other servers of a NATS cluster, when `nats` is one of several.
+    more: Vec<Nats>,
 }
 
 impl Fleet {
     /// NATS, the simulator playing `world` and `n` nodes whose leases last `ttl`.
     async fn start(world: World, n: usize, ttl: Duration) -> Fleet {
         Fleet::start_with(world, n, ttl, "1s").await
+    }
+
+    /// With more of the nodes' environment.
+    async fn start_env(
+        world: World,
+        n: usize,
+        ttl: Duration,
+        env: Vec<(&'static str, String)>,
+    ) -> Fleet {
+        let serial = SERIAL.lock().await;
+        let nats = Nats::start().await;
+        let url = nats.url();
+        Fleet::start_on(serial, world, n, ttl, "1s", nats, url, env).await
     }
 
     /// With NATS unreachable for `degraded_after`, nodes serve their sessions on their own.
@@ -87,6 +102,7 @@ impl Fleet {
             degraded_after,
             url,
             env,
+            more: Vec::new(),
         };
         for i in 0..n {
             let node = fleet.spawn(i).await;
@@ -1026,10 +1042,16 @@ async fn on_a_locked_bus(
 }
 
 in_both_worlds! {
+/// With the deployment's own NATS user (deploy/kubernetes/overlays/cluster/nats-auth.conf):
+/// its permissions are all a node needs.
 async fn a_bus_locked_with_a_password_admits_only_nodes_that_give_it(world) {
+    let auth = std::fs::read_to_string(
+        repo_root().join("deploy/kubernetes/overlays/cluster/nats-auth.conf"),
+    )
+    .expect("the overlay's NATS user");
     on_a_locked_bus(
         world,
-        "authorization { users = [ { user: fanout, password: \"pw-SECRET-1\" } ] }".into(),
+        format!("NATS_PASSWORD: \"pw-SECRET-1\"\n{auth}"),
         "nats",
         |nats| (nats.url_with("fanout:pw-SECRET-1"), vec![]),
         |nats| (nats.url_with("fanout:wrong-SECRET-2"), vec![]),
@@ -1177,6 +1199,269 @@ async fn a_stream_and_buckets_made_by_the_operator_are_used_as_they_are(world) {
         let config = kv.info().await.expect("info").config.clone();
         assert_eq!(config.max_messages_per_subject, history, "{bucket}");
         assert_eq!(config.max_age, Duration::from_secs(20), "{bucket}");
+    }
+}
+}
+
+/// `n` calls of `customer`'s, each carrying `pad` bytes more.
+fn big_calls(customer: Uuid, prefix: &str, n: u32, pad: usize) -> Value {
+    let pad = "x".repeat(pad);
+    Value::Array(
+        (0..n)
+            .map(|i| {
+                let mut event = call(customer, &format!("{prefix}{i}"), None);
+                event["data"]["notes"] = json!(pad);
+                event
+            })
+            .collect(),
+    )
+}
+
+/// Frames until `n` events of `prefix` arrived or `within` passed: the ids in order, with
+/// `gap` standing for each gap.
+async fn ids_and_gaps(
+    client: &mut Client,
+    prefix: &str,
+    n: usize,
+    within: Duration,
+) -> Vec<String> {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut seen = Vec::new();
+    let mut events = 0;
+    while events < n {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match client.recv_within(left).await {
+            Some(Received::Text(frame)) if frame["type"] == "gap" => seen.push("gap".to_owned()),
+            Some(Received::Text(frame)) if frame.get("event_type").is_some() => {
+                let id = frame["data"]["id"].as_str().unwrap_or_default().to_owned();
+                if id.starts_with(prefix) {
+                    events += 1;
+                }
+                seen.push(id);
+            }
+            Some(Received::Close(code, reason)) => {
+                seen.push(format!("closed {code:?} {reason}"));
+                break;
+            }
+            Some(_) => {}
+            None => break,
+        }
+    }
+    seen
+}
+
+in_both_worlds! {
+async fn a_log_far_smaller_than_its_traffic_ends_no_term_and_loses_nothing_untold(world) {
+    let fleet = Fleet::start_env(
+        world,
+        2,
+        TTL,
+        vec![("FANOUT_CLUSTER__LOG_MAX_BYTES", (2 << 20).to_string())],
+    )
+    .await;
+    let c = tutorial_customer();
+    let mut clients = [
+        watcher(fleet.node(0), c).await,
+        watcher(fleet.node(1), c).await,
+    ];
+    fleet.settled(c).await;
+    // About 22 MB through a log of 2 MB: eleven times over, in rounds a session's queue
+    // takes whole.
+    let rounds = 100;
+    let per_round = 200;
+    for round in 0..rounds {
+        let prefix = format!("r{round}-");
+        let want: Vec<String> = (0..per_round).map(|i| format!("{prefix}{i}")).collect();
+        let [a, b] = &mut clients;
+        let events = big_calls(c, &prefix, per_round, 1000);
+        let (_, seen_a, seen_b) = tokio::join!(
+            publish(fleet.sim_addr(), &events),
+            ids_and_gaps(a, &prefix, per_round as usize, WAIT * 2),
+            ids_and_gaps(b, &prefix, per_round as usize, WAIT * 2),
+        );
+        assert_eq!(seen_a, want, "round {round}: every event, in order, no gap");
+        assert_eq!(seen_b, want, "round {round}: every event, in order, no gap");
+    }
+    let js = async_nats::jetstream::new(async_nats::connect(fleet.nats.url()).await.expect("nats"));
+    let mut log = js.get_stream("FANOUT_EVENTS").await.expect("the log");
+    let state = log.info().await.expect("info").state.clone();
+    assert!(state.bytes <= 2 << 20, "the log keeps its limit: {state:?}");
+    assert!(state.first_sequence > 1, "and evicted its oldest: {state:?}");
+    for i in 0..2 {
+        let metrics = metrics_text(fleet.node(i).admin).await;
+        assert_eq!(counter(&metrics, "fanout_cluster_takeovers_total"), 0.0, "node {i}");
+        assert_eq!(counter(&metrics, "fanout_cluster_fenced_total{side=\"store\"}"), 0.0, "node {i}");
+    }
+    assert_eq!(fleet.upstreams(c).await, connections_in(world, c, &[&watched(c)]) as u64);
+}
+}
+
+in_both_worlds! {
+async fn a_purge_of_the_log_a_node_had_not_read_is_told_as_a_gap_before_the_next_event(world) {
+    // One event per message, so that the paused node's reader cannot have been handed the
+    // whole burst before the purge; a TTL the pause stays well within.
+    let fleet = Fleet::start_env(
+        world,
+        2,
+        Duration::from_secs(10),
+        vec![("FANOUT_CLUSTER__BATCH_MAX_BYTES", "1024".to_owned())],
+    )
+    .await;
+    let c = tutorial_customer();
+    let mut clients = [
+        watcher(fleet.node(0), c).await,
+        watcher(fleet.node(1), c).await,
+    ];
+    let owner = fleet.settled(c).await;
+    let follower = 1 - owner;
+    fleet.signal(follower, "-STOP");
+    let burst = 3000;
+    let events = big_calls(c, "p", burst, 800);
+    let (_, owner_saw) = tokio::join!(
+        publish(fleet.sim_addr(), &events),
+        ids_and_gaps(&mut clients[owner], "p", burst as usize, WAIT * 3),
+    );
+    assert_eq!(owner_saw.len(), burst as usize, "the owner's node got the burst");
+    let js = async_nats::jetstream::new(async_nats::connect(fleet.nats.url()).await.expect("nats"));
+    let log = js.get_stream("FANOUT_EVENTS").await.expect("the log");
+    log.purge().await.expect("purged");
+    fleet.signal(follower, "-CONT");
+    publish(fleet.sim_addr(), &calls(c, "after", 5)).await;
+    let seen = ids_and_gaps(&mut clients[follower], "after", 5, WAIT * 3).await;
+    let burst_seen = seen.iter().filter(|id| id.starts_with('p')).count();
+    assert!(burst_seen < burst as usize, "the purge cost the paused node events: {burst_seen}");
+    // What it got of the burst, in order, then one gap before anything after the loss.
+    let first_gap = seen.iter().position(|id| id == "gap").expect("a gap");
+    for (i, id) in seen[..first_gap].iter().enumerate() {
+        assert_eq!(id, &format!("p{i}"), "in order up to the loss");
+    }
+    assert_eq!(
+        &seen[first_gap + 1..],
+        &expected("after", 5)[..],
+        "after the gap, only what came after the loss: {seen:?}"
+    );
+    let owner_after = ids_and_gaps(&mut clients[owner], "after", 5, WAIT).await;
+    assert_eq!(owner_after, expected("after", 5), "the owner's node lost nothing");
+}
+}
+
+/// Nodes on three clustered nats-servers, the log and buckets with three replicas, and
+/// leases of the recommended 15 s (a replicated bucket elects a new leader when a server
+/// goes, which shorter leases do not outlast).
+async fn replicated_fleet(world: World, degraded_after: &'static str) -> Fleet {
+    let serial = SERIAL.lock().await;
+    let mut cluster = fanout_test_support::nats::NatsCluster::start(3).await;
+    let url = cluster.urls();
+    let first = cluster.servers.remove(0);
+    let mut fleet = Fleet::start_on(
+        serial,
+        world,
+        0,
+        Duration::from_secs(15),
+        degraded_after,
+        first,
+        url,
+        vec![("FANOUT_CLUSTER__REPLICAS", "3".to_owned())],
+    )
+    .await;
+    fleet.more = cluster.servers;
+    for i in 0..2 {
+        let node = fleet.spawn(i).await;
+        fleet.nodes.push(Some(node));
+    }
+    fleet
+}
+
+in_both_worlds! {
+async fn on_three_replicated_nats_servers_a_burst_ends_no_term_and_loses_nothing(world) {
+    let fleet = replicated_fleet(world, "5s").await;
+    let js = async_nats::jetstream::new(async_nats::connect(fleet.nats.url()).await.expect("nats"));
+    let c = tutorial_customer();
+    let mut clients = [
+        watcher(fleet.node(0), c).await,
+        watcher(fleet.node(1), c).await,
+    ];
+    fleet.settled(c).await;
+    let mut log = js.get_stream("FANOUT_EVENTS").await.expect("the log");
+    assert_eq!(log.info().await.expect("info").config.num_replicas, 3);
+    let [a, b] = &mut clients;
+    let events = calls(c, "burst", 2000);
+    let (_, seen_a, seen_b) = tokio::join!(
+        publish(fleet.sim_addr(), &events),
+        ids_and_gaps(a, "burst", 2000, WAIT * 3),
+        ids_and_gaps(b, "burst", 2000, WAIT * 3),
+    );
+    for seen in [seen_a, seen_b] {
+        assert_eq!(seen, expected("burst", 2000), "every event of the burst, no gap");
+    }
+    for i in 0..2 {
+        let metrics = metrics_text(fleet.node(i).admin).await;
+        assert_eq!(counter(&metrics, "fanout_cluster_takeovers_total"), 0.0, "node {i}");
+        assert_eq!(counter(&metrics, "fanout_cluster_fenced_total{side=\"store\"}"), 0.0, "node {i}");
+    }
+}
+}
+
+in_both_worlds! {
+async fn one_nats_server_of_three_killed_costs_at_most_a_told_gap_and_no_degraded_mode(world) {
+    let mut fleet = replicated_fleet(world, "5s").await;
+    let c = tutorial_customer();
+    let mut clients = [
+        watcher(fleet.node(0), c).await,
+        watcher(fleet.node(1), c).await,
+    ];
+    fleet.settled(c).await;
+    publish(fleet.sim_addr(), &calls(c, "before", 20)).await;
+    for client in &mut clients {
+        assert_eq!(ids_and_gaps(client, "before", 20, WAIT).await, expected("before", 20));
+    }
+    fleet.nats.stop();
+    // Events go on while the nodes and NATS find each other again.
+    let rounds = 20;
+    for round in 0..rounds {
+        publish(fleet.sim_addr(), &calls(c, &format!("k{round}-"), 5)).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    publish(fleet.sim_addr(), &calls(c, "last", 5)).await;
+    for (i, client) in clients.iter_mut().enumerate() {
+        let seen = ids_and_gaps(client, "last", 5, WAIT * 3).await;
+        // Every event of every round arrives, or a gap comes before the first after a loss.
+        let mut expecting: Vec<String> = (0..rounds)
+            .flat_map(|r| (0..5).map(move |n| format!("k{r}-{n}")))
+            .collect();
+        expecting.extend(expected("last", 5));
+        let mut at = 0;
+        let mut gap_open = false;
+        for id in &seen {
+            if id == "gap" {
+                gap_open = true;
+                continue;
+            }
+            let found = expecting[at..].iter().position(|e| e == id).map(|p| p + at);
+            let found = found.unwrap_or_else(|| panic!("node {i}: {id} out of order in {seen:?}"));
+            assert!(found == at || gap_open, "node {i}: lost {:?} untold before {id}: {seen:?}", &expecting[at..found]);
+            at = found + 1;
+            gap_open = false;
+        }
+        if at != expecting.len() {
+            for n in 0..2 {
+                let metrics = metrics_text(fleet.node(n).admin).await;
+                let cluster: Vec<&str> = metrics.lines().filter(|l| l.starts_with("fanout_cluster") || l.starts_with("fanout_events")).collect();
+                eprintln!("node {n}: {cluster:#?}\n{}", fleet.customer(n, c).await);
+            }
+        }
+        assert_eq!(at, expecting.len(), "node {i}: the last events arrived: {seen:?}");
+        let metrics = metrics_text(fleet.node(i).admin).await;
+        assert_eq!(counter(&metrics, "fanout_cluster_degraded"), 0.0, "node {i}");
+    }
+    // No node served on its own meanwhile: no session was told `cluster_degraded`.
+    for i in 0..2 {
+        let metrics = metrics_text(fleet.node(i).admin).await;
+        assert_eq!(
+            counter(&metrics, "fanout_gaps_sent_total{reason=\"cluster_degraded\"}"),
+            0.0,
+            "node {i}"
+        );
     }
 }
 }

@@ -445,10 +445,54 @@ fn cluster_overlay_adds_nats_and_time_to_hand_over() {
     let vars = env(gateway);
     let url = env_value(&vars, "FANOUT_CLUSTER__NATS_URL")
         .expect("cluster: FANOUT_CLUSTER__NATS_URL set");
-    let host = url
-        .strip_prefix("nats://")
-        .and_then(|rest| rest.split(':').next())
-        .unwrap_or_else(|| panic!("cluster: {url} is not nats://HOST:PORT"));
+    // Every server, over TLS, with the gateway's user; the password from a Secret.
+    let servers: Vec<&str> = url.split(',').collect();
+    assert_eq!(servers.len(), 3, "cluster: every NATS server in {url}");
+    let hosts: BTreeSet<&str> = servers
+        .iter()
+        .map(|server| {
+            let rest = server
+                .strip_prefix("tls://")
+                .unwrap_or_else(|| panic!("cluster: {server} is not tls://"));
+            let (user, host) = rest.split_once('@').expect("credentials in the URL");
+            assert_eq!(
+                user, "fanout:$(NATS_PASSWORD)",
+                "cluster: the gateway's user"
+            );
+            host.split(':').next().expect("a host")
+        })
+        .collect();
+    let password = vars
+        .get("NATS_PASSWORD")
+        .expect("cluster: NATS_PASSWORD set");
+    assert!(
+        !password["valueFrom"]["secretKeyRef"].is_badvalue(),
+        "cluster: the NATS password must come from a Secret"
+    );
+    let fleet_key = vars
+        .get("FANOUT_CLUSTER__FLEET_KEY")
+        .expect("cluster: FANOUT_CLUSTER__FLEET_KEY set");
+    assert!(
+        !fleet_key["valueFrom"]["secretKeyRef"].is_badvalue(),
+        "cluster: the fleet key must come from a Secret"
+    );
+    assert_eq!(env_value(&vars, "FANOUT_CLUSTER__REPLICAS"), Some("3"));
+    let ca = env_value(&vars, "FANOUT_CLUSTER__CA_FILE").expect("cluster: a CA for NATS");
+    let mounts = gateway["volumeMounts"]
+        .as_vec()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        mounts
+            .iter()
+            .any(|m| m["mountPath"].as_str().is_some_and(|p| ca.starts_with(p))),
+        "cluster: {ca} is not mounted"
+    );
+    let host = hosts
+        .iter()
+        .next()
+        .and_then(|h| h.split('.').nth(1))
+        .expect("cluster: hosts of a headless Service");
     let node_id = vars
         .get("FANOUT_CLUSTER__NODE_ID")
         .expect("cluster: FANOUT_CLUSTER__NODE_ID set");
@@ -527,6 +571,96 @@ fn cluster_overlay_adds_nats_and_time_to_hand_over() {
             .is_some_and(|p| p.iter().any(|p| p["port"].as_i64() == Some(4222))),
         "cluster: Service {host} has no port 4222"
     );
+    assert_eq!(
+        nats["spec"]["replicas"].as_i64(),
+        Some(3),
+        "cluster: three NATS servers"
+    );
+    // Its configuration: TLS, the gateway's user and nothing else.
+    // The ConfigMap the servers mount (kustomize adds a hash to its name).
+    let config_name = nats["spec"]["template"]["spec"]["volumes"]
+        .as_vec()
+        .and_then(|v| v.iter().find_map(|v| v["configMap"]["name"].as_str()))
+        .expect("cluster: NATS mounts a ConfigMap");
+    let config = object(&docs, "ConfigMap", config_name);
+    let conf = config["data"]["nats.conf"].as_str().expect("nats.conf");
+    let auth = config["data"]["nats-auth.conf"]
+        .as_str()
+        .expect("nats-auth.conf");
+    assert!(conf.contains("tls {") && conf.contains("include ./nats-auth.conf"));
+    assert!(auth.contains("user: fanout") && auth.contains("permissions"));
+    assert!(
+        args.iter()
+            .any(|a| a.starts_with("--config=/etc/nats/config/")),
+        "cluster: NATS must read its configuration ({args:?})"
+    );
+    // Only the gateway's pods reach the clients' port.
+    let policy = objects(&docs, "NetworkPolicy")
+        .into_iter()
+        .find(|p| {
+            selects(
+                &p["spec"]["podSelector"]["matchLabels"],
+                &nats["spec"]["template"]["metadata"]["labels"],
+            )
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "cluster: no NetworkPolicy for NATS among {:?}",
+                kinds(&docs)
+            )
+        });
+    let gateway_labels =
+        &object(&docs, "Deployment", "fanout-gateway")["spec"]["template"]["metadata"]["labels"];
+    let rules = policy["spec"]["ingress"].as_vec().expect("ingress rules");
+    for rule in rules {
+        let ports: Vec<i64> = rule["ports"]
+            .as_vec()
+            .map(|p| p.iter().filter_map(|p| p["port"].as_i64()).collect())
+            .unwrap_or_default();
+        if ports.contains(&4222) {
+            let from = rule["from"].as_vec().expect("from");
+            assert!(
+                from.iter()
+                    .all(|f| !f["podSelector"]["matchLabels"].is_badvalue()
+                        && selects(&f["podSelector"]["matchLabels"], gateway_labels)),
+                "cluster: port 4222 admits more than the gateway's pods"
+            );
+        }
+    }
+    assert!(
+        rules.iter().any(|r| r["ports"]
+            .as_vec()
+            .is_some_and(|p| p.iter().any(|p| p["port"].as_i64() == Some(4222)))),
+        "cluster: the NetworkPolicy says nothing of port 4222"
+    );
+    // nats-server itself takes the configuration, with a certificate and the passwords.
+    let dir = std::env::temp_dir().join(format!("fanout-nats-conf-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).expect("a directory");
+    let ca = pki::Ca::new("nats-ca");
+    let cert = ca.server("nats", &["nats", "nats-0.nats"], pki::Validity::Current);
+    let conf = conf
+        .replace("/etc/nats/tls/tls.crt", &cert.cert.display().to_string())
+        .replace("/etc/nats/tls/tls.key", &cert.key.display().to_string())
+        .replace(
+            "/etc/nats/tls/ca.crt",
+            &ca.cert_path().display().to_string(),
+        );
+    std::fs::write(dir.join("nats.conf"), conf).expect("write");
+    std::fs::write(dir.join("nats-auth.conf"), auth).expect("write");
+    let checked = Command::new(fanout_test_support::nats::nats_server())
+        .arg("-t")
+        .arg("-c")
+        .arg(dir.join("nats.conf"))
+        .env("NATS_PASSWORD", "p")
+        .env("NATS_ROUTE_PASSWORD", "r")
+        .output()
+        .expect("nats-server runs");
+    assert!(
+        checked.status.success(),
+        "nats-server -t: {}",
+        output_text(&checked)
+    );
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]

@@ -197,3 +197,83 @@ impl Drop for Nats {
         let _ = std::fs::remove_dir_all(&self.store);
     }
 }
+
+/// Three (or `n`) nats-server processes clustered on loopback, JetStream on each: the
+/// streams and buckets of a replicated deployment.
+pub struct NatsCluster {
+    /// The servers, in order.
+    pub servers: Vec<Nats>,
+}
+
+impl NatsCluster {
+    /// Starts `n` servers routed to each other, and waits until JetStream can place a stream
+    /// of `n` replicas.
+    pub async fn start(n: usize) -> NatsCluster {
+        let routes: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let mut servers = Vec::new();
+        for (i, route) in routes.iter().enumerate() {
+            let others: Vec<String> = routes
+                .iter()
+                .filter(|p| *p != route)
+                .map(|p| format!("\"nats-route://127.0.0.1:{p}\""))
+                .collect();
+            let conf = format!(
+                "server_name: n{i}\ncluster {{ name: fanout, listen: \"127.0.0.1:{route}\", routes: [{}] }}",
+                others.join(", ")
+            );
+            servers.push(Nats::start_configured(nats_server(), conf, "nats").await);
+        }
+        let cluster = NatsCluster { servers };
+        cluster.ready(n).await;
+        cluster
+    }
+
+    /// Every server's URL, comma-separated.
+    pub fn urls(&self) -> String {
+        self.servers
+            .iter()
+            .map(Nats::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    async fn ready(&self, replicas: usize) {
+        use async_nats::jetstream;
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let placed = async {
+                let servers: Vec<async_nats::ServerAddr> = self
+                    .servers
+                    .iter()
+                    .filter_map(|s| s.url().parse().ok())
+                    .collect();
+                let client = async_nats::connect(servers).await.ok()?;
+                let js = jetstream::new(client);
+                let name = format!("READY_{}", Uuid::new_v4().simple());
+                js.create_stream(jetstream::stream::Config {
+                    name: name.clone(),
+                    subjects: vec![format!("ready.{name}")],
+                    num_replicas: replicas,
+                    ..Default::default()
+                })
+                .await
+                .ok()?;
+                js.delete_stream(&name).await.ok()?;
+                Some(())
+            };
+            if tokio::time::timeout(Duration::from_secs(5), placed)
+                .await
+                .ok()
+                .flatten()
+                .is_some()
+            {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the NATS cluster did not become ready"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
