@@ -510,30 +510,15 @@ impl Customer {
                 }
                 delivery = self.deliveries.recv() => match delivery {
                     Some(Delivery::Records(records)) => {
-                        if self.hosted.lost.swap(false, Ordering::AcqRel) {
-                            reader.lost(&mut HubStream(&self.hub));
-                        }
+                        self.notice(&mut reader, &mut local, &mut look_at);
                         if local.is_none() {
                             self.take(&mut reader, records, true);
                         }
                     }
-                    Some(Delivery::Rejoin) => {
-                        if let Some(left) = local.take() {
-                            left.active.store(false, Ordering::Release);
-                            left.upstream.close();
-                            self.shared.status().upstream = None;
-                            self.hub.uncovered(&left.owned.iter().cloned().collect::<Vec<_>>());
-                            tracing::info!(customer = %self.customer, "Rejoining the cluster");
-                        }
-                        reader.rejoin(SystemTime::now());
-                        look_at = Instant::now();
-                    }
                     None => break,
                 },
                 () = self.hosted.wake.notified() => {
-                    if self.hosted.lost.swap(false, Ordering::AcqRel) {
-                        reader.lost(&mut HubStream(&self.hub));
-                    }
+                    self.notice(&mut reader, &mut local, &mut look_at);
                     look_at = Instant::now();
                 }
                 changed = wanted.changed() => {
@@ -580,6 +565,33 @@ impl Customer {
             .is_some_and(|h| Arc::ptr_eq(h, &self.hosted))
         {
             hosted.0.remove(&self.customer);
+        }
+    }
+
+    /// What the node's reader flagged: records lost on the way here, or the node back on
+    /// the log after degraded mode (this customer's own upstream closes, and what comes next
+    /// follows a loss).
+    fn notice(
+        &self,
+        reader: &mut CustomerReader,
+        local: &mut Option<Local>,
+        look_at: &mut Instant,
+    ) {
+        if self.hosted.rejoin.swap(false, Ordering::AcqRel) {
+            if let Some(left) = local.take() {
+                left.active.store(false, Ordering::Release);
+                left.upstream.close();
+                self.shared.status().upstream = None;
+                self.hub
+                    .uncovered(&left.owned.iter().cloned().collect::<Vec<_>>());
+                tracing::info!(customer = %self.customer, "Rejoining the cluster");
+            }
+            self.hosted.lost.store(false, Ordering::Release);
+            reader.rejoin(SystemTime::now());
+            *look_at = Instant::now();
+        }
+        if self.hosted.lost.swap(false, Ordering::AcqRel) {
+            reader.lost(&mut HubStream(&self.hub));
         }
     }
 
@@ -808,8 +820,6 @@ impl Customer {
             node_term,
             epoch: rand::random(),
             owed,
-            // A new connection has this long to open and answer its first barrier.
-            hold_until: std::time::Instant::now() + config.connect_timeout + config.pong_timeout,
         });
         if begun.is_err() {
             return None;
@@ -865,20 +875,28 @@ impl Customer {
             });
             let stored = sent.is_ok()
                 && matches!(tokio::time::timeout(timeout, written).await, Ok(Ok(true)));
-            if stored {
-                let _ = tokio::time::timeout(
-                    timeout,
-                    self.node.membership.hand_over(self.customer, o.term),
-                )
-                .await;
-            } else {
+            if !stored {
                 tracing::warn!(customer = %self.customer, "Cannot write the term's end");
+                let _ = self.node.ops.try_send(Op::Drop {
+                    customer: self.customer,
+                    term: o.term,
+                });
             }
         } else {
             let _ = self.node.ops.try_send(Op::Drop {
                 customer: self.customer,
                 term: o.term,
             });
+        }
+        if handoff {
+            // Whatever the end's fate, the record goes: nobody would take the customer
+            // over while this node lives otherwise. A late record of this term is older
+            // than the successor's, and readers drop it.
+            let _ = tokio::time::timeout(
+                timeout,
+                self.node.membership.hand_over(self.customer, o.term),
+            )
+            .await;
         }
         tracing::info!(customer = %self.customer, term = o.term, handoff, "No longer owning the customer's upstream");
     }
@@ -889,7 +907,6 @@ impl Customer {
         let (desired, left_out) = self.shared.desired();
         let now = Instant::now();
         let linger = self.node.settings.interest_linger;
-        let before = owning.owned.clone();
         for prefix in &desired {
             owning.dropping.remove(prefix);
             if owning.owned.insert(prefix.clone()) {
@@ -909,13 +926,6 @@ impl Customer {
                 owning.owned.remove(&prefix);
                 owning.upstream.remove(&prefix);
             }
-        }
-        if owning.owned != before {
-            let _ = self.node.ops.try_send(Op::Want {
-                customer: self.customer,
-                term: owning.term,
-                wanted: owning.owned.clone(),
-            });
         }
         if !owning.capped && left_out {
             owning.capped = true;

@@ -21,7 +21,7 @@
 //!
 //! The per-customer work is in [`crate::customer`].
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,7 +32,6 @@ use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, consumer, stream};
 use bytes::Bytes;
 use fanout_core::{Feed, Feeds};
-use fanout_protocol::prefix::Prefix;
 use fanout_protocol::server::GapReason;
 use fanout_session::Hub;
 use fanout_upstream::UpstreamConfig;
@@ -160,10 +159,8 @@ fn restate_subject(node: &str) -> String {
 
 /// What a customer's task is handed by the reader.
 pub(crate) enum Delivery {
-    /// Records of the customer, in the log's order, from the message at this stream sequence.
+    /// Records of the customer, in the log's order.
     Records(Vec<(Stamp, Record)>),
-    /// The node is back on the log after degraded mode: what comes next follows a loss.
-    Rejoin,
 }
 
 /// A customer this node hosts, as the node's tasks reach it.
@@ -171,6 +168,9 @@ pub(crate) struct Hosted {
     pub(crate) deliveries: mpsc::Sender<Delivery>,
     /// Deliveries were dropped (its task could not keep up).
     pub(crate) lost: AtomicBool,
+    /// The node is back on the log after degraded mode: what comes next follows a loss
+    /// (set before any record read from there is handed over).
+    pub(crate) rejoin: AtomicBool,
     /// Its ownership record, a node lease or the fleet's interest in it changed.
     pub(crate) wake: Notify,
 }
@@ -184,7 +184,6 @@ pub(crate) enum Op {
         node_term: u64,
         epoch: u64,
         owed: Option<(GapReason, SystemTime)>,
-        hold_until: std::time::Instant,
     },
     /// An item of its upstream's.
     Item {
@@ -192,14 +191,6 @@ pub(crate) enum Op {
         term: u64,
         item: Item,
     },
-    /// Its upstream is asked for `wanted` now.
-    Want {
-        customer: Uuid,
-        term: u64,
-        wanted: BTreeSet<Prefix>,
-    },
-    /// State its coverage again.
-    Restate { customer: Uuid },
     /// Its term ends in order: `done` once the end is in the log (or cannot be).
     End {
         customer: Uuid,
@@ -237,6 +228,11 @@ pub(crate) struct Node {
     /// Until when this node may publish in its term (self-fencing).
     pub(crate) serve_until: Mutex<Instant>,
     pub(crate) ops: mpsc::Sender<Op>,
+    /// Other nodes' requests to state a customer's coverage again.
+    restates: mpsc::Sender<Uuid>,
+    /// Stops the publisher once every customer's task has finished (and handed over).
+    stop_publishing: CancellationToken,
+    publisher: Mutex<Option<tokio::task::JoinHandle<()>>>,
     pub(crate) tasks: TaskTracker,
     pub(crate) cancel: CancellationToken,
     /// Whether NATS has been unreachable for longer than `degraded_after`.
@@ -422,6 +418,7 @@ impl ClusterFeeds {
             .await
             .map_err(js_error)?;
         let (ops, receiver) = mpsc::channel(settings.max_backlog.max(64));
+        let (restates, restate_requests) = mpsc::channel(1024);
         let subject = subject_of(&settings.node_id);
         let node = Arc::new(Node {
             settings,
@@ -438,6 +435,9 @@ impl ClusterFeeds {
             term: tokio::sync::watch::Sender::new(None),
             serve_until: Mutex::new(Instant::now()),
             ops,
+            restates,
+            stop_publishing: CancellationToken::new(),
+            publisher: Mutex::new(None),
             tasks: TaskTracker::new(),
             cancel,
             degraded: tokio::sync::watch::Sender::new(false),
@@ -462,7 +462,13 @@ impl ClusterFeeds {
         tokio::spawn(keep_membership(node.clone()));
         tokio::spawn(read_log(node.clone(), start + 1));
         tokio::spawn(answer_restates(node.clone()));
-        node.tasks.spawn(publish(node.clone(), receiver));
+        let publisher = tokio::spawn(publish(
+            node.clone(),
+            receiver,
+            restate_requests,
+            node.stop_publishing.clone(),
+        ));
+        *locked(&node.publisher) = Some(publisher);
         tracing::info!(url = %bus::masked(&bus.url), server = %version, node_id = %node.settings.node_id, "Joined the cluster");
         Ok(ClusterFeeds { node })
     }
@@ -476,6 +482,7 @@ impl Feeds for ClusterFeeds {
         let hosted = Arc::new(Hosted {
             deliveries,
             lost: AtomicBool::new(false),
+            rejoin: AtomicBool::new(false),
             wake: Notify::new(),
         });
         let position = {
@@ -506,10 +513,14 @@ impl Feeds for ClusterFeeds {
         let node = self.node.clone();
         Box::pin(async move {
             tasks.close();
-            // The publisher ends once every customer's task did (they hold its senders).
+            // Every customer's task handed over (its term's end went through the
+            // publisher), then the publisher sends what is left and stops.
             tasks.wait().await;
-            // Gone: nobody waits for the lease to expire.
-            let _ = node;
+            node.stop_publishing.cancel();
+            let publisher = locked(&node.publisher).take();
+            if let Some(publisher) = publisher {
+                let _ = tokio::time::timeout(node.settings.request_timeout, publisher).await;
+            }
         })
     }
 }
@@ -532,8 +543,10 @@ async fn keep_membership(node: Arc<Node>) {
                     _ = degraded.changed() => continue,
                 }
             }
+            // The lease counts from when the request went, not from its answer.
+            let sent = std::time::Instant::now();
             match tokio::time::timeout(timeout, node.membership.join()).await {
-                Ok(Ok(Some(term))) => break term,
+                Ok(Ok(Some(term))) => break (term, sent),
                 Ok(Ok(None)) => {
                     tracing::info!(node_id = %node.settings.node_id, "An earlier lease of this node id lives: waiting for it to end");
                 }
@@ -544,15 +557,15 @@ async fn keep_membership(node: Arc<Node>) {
                 () = tokio::time::sleep(ttl / 5) => {}
             }
         };
-        let mut ownership = Ownership::new(ttl, std::time::Instant::now());
+        let (joined, sent) = joined;
+        let mut ownership = Ownership::new(ttl, sent);
         let lease = Lease {
             term: joined,
             revision: joined,
         };
-        let now = std::time::Instant::now();
-        let _ = ownership.poll(now);
-        ownership.acquired(Some(lease), now);
-        *locked(&node.serve_until) = Instant::from_std(ownership.serve_until().unwrap_or(now));
+        let _ = ownership.poll(sent);
+        ownership.acquired(Some(lease), std::time::Instant::now());
+        *locked(&node.serve_until) = Instant::from_std(ownership.serve_until().unwrap_or(sent));
         node.term.send_replace(Some(NodeTerm { term: joined }));
         tracing::info!(node_id = %node.settings.node_id, term = joined, "This node's term begins");
         // Renew.
@@ -593,7 +606,9 @@ async fn keep_membership(node: Arc<Node>) {
                 }
                 () = tokio::time::sleep_until(due) => {
                     if let Next::Renew(lease) = ownership.poll(std::time::Instant::now()) {
-                        let renewed = tokio::time::timeout(timeout, node.membership.renew(joined, lease.revision))
+                        // Never past the end of serving: the term ends there, not later.
+                        let bound = timeout.min(serve_until.saturating_duration_since(Instant::now()));
+                        let renewed = tokio::time::timeout(bound, node.membership.renew(joined, lease.revision))
                             .await
                             .map_err(|_| ())
                             .and_then(|r| r.map_err(|_| ()))
@@ -735,7 +750,7 @@ async fn answer_restates(node: Arc<Node>) {
                                 continue;
                             };
                             if let Ok(customer) = customer {
-                                let _ = node.ops.try_send(Op::Restate { customer });
+                                let _ = node.restates.try_send(customer);
                             }
                         }
                         None => break,
@@ -766,19 +781,45 @@ impl Node {
 
 /// Reads the whole log from stream sequence `from` with one ordered consumer and hands each
 /// record to the customer it is of, if this node hosts it; from the log's end again after
-/// degraded mode.
+/// degraded mode (however briefly the node was degraded, and whatever the reader was doing
+/// meanwhile).
 async fn read_log(node: Arc<Node>, mut from: u64) {
     let key = node.settings.fleet_key.clone();
     let mut owners = Owners::default();
     let mut degraded = node.degraded.subscribe();
+    // Whether the node was degraded since the reader last started: it starts again from
+    // the log's end then, and every customer is told that what comes next follows a loss.
+    let mut was_degraded = false;
     loop {
-        if *degraded.borrow_and_update() {
-            // Served locally meanwhile: back on the log from its end, and every customer is
-            // told that what comes next follows a loss.
+        while *degraded.borrow_and_update() {
+            was_degraded = true;
             tokio::select! {
                 () = node.cancel.cancelled() => return,
-                _ = degraded.changed() => continue,
+                _ = degraded.changed() => {}
             }
+        }
+        if was_degraded {
+            match tokio::time::timeout(node.settings.request_timeout, node.stream.get_info()).await
+            {
+                Ok(Ok(info)) => from = info.state.last_sequence + 1,
+                _ => {
+                    tokio::select! {
+                        () = node.cancel.cancelled() => return,
+                        () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    }
+                    continue;
+                }
+            }
+            was_degraded = false;
+            owners.clear();
+            let mut hosted = node.hosted();
+            hosted.1 = from - 1;
+            for customer in hosted.0.values() {
+                customer.rejoin.store(true, Ordering::Release);
+                customer.wake.notify_one();
+            }
+            drop(hosted);
+            tracing::info!(node_id = %node.settings.node_id, "Back on the log after degraded mode");
         }
         let consumer = node
             .stream
@@ -790,15 +831,12 @@ async fn read_log(node: Arc<Node>, mut from: u64) {
                 ..Default::default()
             })
             .await;
-        let mut messages = match consumer {
-            Ok(consumer) => match consumer.messages().await {
-                Ok(messages) => messages,
-                Err(error) => {
-                    tracing::debug!(%error, "Cannot read the log yet");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    continue;
-                }
-            },
+        let messages = match consumer {
+            Ok(consumer) => consumer.messages().await.map_err(|e| e.to_string()),
+            Err(error) => Err(error.to_string()),
+        };
+        let mut messages = match messages {
+            Ok(messages) => messages,
             Err(error) => {
                 tracing::debug!(%error, "Cannot read the log yet");
                 tokio::select! {
@@ -830,30 +868,7 @@ async fn read_log(node: Arc<Node>, mut from: u64) {
                     }
                 }
                 changed = degraded.changed() => {
-                    if changed.is_ok() && *degraded.borrow_and_update() {
-                        // Wait for NATS, then start again from the log's end.
-                        while *degraded.borrow_and_update() {
-                            tokio::select! {
-                                () = node.cancel.cancelled() => return,
-                                _ = degraded.changed() => {}
-                            }
-                        }
-                        from = loop {
-                            match node.stream.clone().info().await {
-                                Ok(info) => break info.state.last_sequence + 1,
-                                Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
-                            }
-                        };
-                        owners.clear();
-                        let mut hosted = node.hosted();
-                        hosted.1 = from - 1;
-                        for customer in hosted.0.values() {
-                            if customer.deliveries.try_send(Delivery::Rejoin).is_err() {
-                                customer.lost.store(true, Ordering::Release);
-                            }
-                        }
-                        drop(hosted);
-                        tracing::info!(node_id = %node.settings.node_id, "Back on the log after degraded mode");
+                    if changed.is_ok() && *degraded.borrow() {
                         break;
                     }
                 }
@@ -862,7 +877,7 @@ async fn read_log(node: Arc<Node>, mut from: u64) {
                         heard_at = Instant::now();
                         let seq = message.info().map_or(from, |i| i.stream_sequence);
                         from = seq + 1;
-                        take_message(&node, &key, &mut owners, &message.subject, &message.payload, seq).await;
+                        take_message(&node, &key, &mut owners, &message.subject, &message.payload, seq);
                     }
                     Some(Err(error)) => {
                         tracing::warn!(node_id = %node.settings.node_id, %error, "Reading the log");
@@ -877,8 +892,10 @@ async fn read_log(node: Arc<Node>, mut from: u64) {
     }
 }
 
-/// One message of the log: checked, and its records handed to the customers hosted here.
-async fn take_message(
+/// One message of the log: checked, and its records handed to the customers hosted here,
+/// under one lock with the reader's position (a customer opened meanwhile reads its history
+/// up to exactly where its live records begin).
+fn take_message(
     node: &Node,
     key: &FleetKey,
     owners: &mut Owners,
@@ -890,61 +907,67 @@ async fn take_message(
         metrics::counter!("fanout_cluster_bad_records_total").increment(1);
         tracing::debug!(%subject, seq, what, "Dropped a message of the log");
     };
-    let Some(owner) = node_of(subject) else {
-        return bad("not a node's subject");
-    };
-    let (term, batch, records) = match wire::open(key, subject, payload) {
-        Ok(Opened::Batch { term, seq, records }) => (term, seq, records),
-        Ok(Opened::Fence { term, .. }) => {
-            owners.fence(&owner, term);
-            let mut fenced = node.fenced.lock().await;
-            let known = fenced.entry(owner).or_insert(0);
-            *known = (*known).max(term);
-            node.hosted().1 = seq;
-            return;
-        }
-        Err(error) => {
-            node.hosted().1 = seq;
-            return bad(error.0);
-        }
-    };
-    if !owners.admit(&owner, term, batch) {
-        metrics::counter!("fanout_cluster_fenced_total", "side" => "reader").increment(1);
-        node.hosted().1 = seq;
-        return;
-    }
-    // Records of one customer go together, in order.
     let mut by_customer: Vec<(Uuid, Vec<(Stamp, Record)>)> = Vec::new();
-    {
-        let hosted = node.hosted();
-        for record in records {
-            match record {
-                Ok((customer, stamp, record)) => {
-                    if !hosted.0.contains_key(&customer) {
-                        continue;
+    let admitted = match node_of(subject) {
+        None => {
+            bad("not a node's subject");
+            false
+        }
+        Some(owner) => match wire::open(key, subject, payload) {
+            Ok(Opened::Batch {
+                term,
+                seq: batch,
+                records,
+            }) => {
+                if owners.admit(&owner, term, batch) {
+                    for record in records {
+                        match record {
+                            Ok((customer, stamp, record)) => {
+                                match by_customer.iter_mut().find(|(c, _)| *c == customer) {
+                                    Some((_, records)) => records.push((stamp, record)),
+                                    None => by_customer.push((customer, vec![(stamp, record)])),
+                                }
+                            }
+                            Err(error) => {
+                                metrics::counter!("fanout_cluster_bad_records_total").increment(1);
+                                tracing::warn!(%subject, seq, %error, "Dropped a record of the log");
+                            }
+                        }
                     }
-                    match by_customer.iter_mut().find(|(c, _)| *c == customer) {
-                        Some((_, records)) => records.push((stamp, record)),
-                        None => by_customer.push((customer, vec![(stamp, record)])),
-                    }
-                }
-                Err(error) => {
-                    metrics::counter!("fanout_cluster_bad_records_total").increment(1);
-                    tracing::warn!(node_id = %node.settings.node_id, %subject, seq, %error, "Dropped a record of the log");
+                    true
+                } else {
+                    metrics::counter!("fanout_cluster_fenced_total", "side" => "reader")
+                        .increment(1);
+                    false
                 }
             }
-        }
-    }
+            Ok(Opened::Fence { term, .. }) => {
+                owners.fence(&owner, term);
+                // Only a cache: skipped while a fence is being written.
+                if let Ok(mut fenced) = node.fenced.try_lock() {
+                    let known = fenced.entry(owner).or_insert(0);
+                    *known = (*known).max(term);
+                }
+                false
+            }
+            Err(error) => {
+                bad(error.0);
+                false
+            }
+        },
+    };
     let mut hosted = node.hosted();
-    for (customer, records) in by_customer {
-        if let Some(entry) = hosted.0.get(&customer)
-            && entry
-                .deliveries
-                .try_send(Delivery::Records(records))
-                .is_err()
-        {
-            entry.lost.store(true, Ordering::Release);
-            entry.wake.notify_one();
+    if admitted {
+        for (customer, records) in by_customer {
+            if let Some(entry) = hosted.0.get(&customer)
+                && entry
+                    .deliveries
+                    .try_send(Delivery::Records(records))
+                    .is_err()
+            {
+                entry.lost.store(true, Ordering::Release);
+                entry.wake.notify_one();
+            }
         }
     }
     hosted.1 = seq;
@@ -955,25 +978,38 @@ struct Open {
     node_term: Option<u64>,
     next_seq: u64,
     batch: Option<(BatchWriter, Vec<oneshot::Sender<bool>>)>,
+    /// The most bytes a batch may have (under the server's largest message).
+    limit: usize,
+    /// The largest event data a message of the server can carry.
+    max_data: usize,
+    /// Batches sealed early, to go before the open one.
+    sealed: Vec<Sealed>,
 }
 
 impl Open {
-    /// Appends what `out` holds for `customer` (opening a batch).
-    fn push(&mut self, customer: Uuid, out: &mut Vec<(Stamp, Record)>) {
-        if out.is_empty() {
-            return;
-        }
+    /// Appends what `out` holds for `customer` (opening a batch, and sealing the open one
+    /// first when a record would take it past its limit).
+    fn push(&mut self, node: &Node, customer: Uuid, out: &mut Vec<(Stamp, Record)>) {
         let Some(term) = self.node_term else {
             out.clear();
             return;
         };
-        let seq = &mut self.next_seq;
-        let (batch, _) = self.batch.get_or_insert_with(|| {
-            let batch = BatchWriter::new(term, *seq);
-            *seq += 1;
-            (batch, Vec::new())
-        });
         for (stamp, record) in out.drain(..) {
+            let size = record_size(&record);
+            if self
+                .batch
+                .as_ref()
+                .is_some_and(|(b, _)| b.records() > 0 && b.bytes() + size > self.limit)
+                && let Some(sealed) = self.seal(node)
+            {
+                self.sealed.push(sealed);
+            }
+            let seq = &mut self.next_seq;
+            let (batch, _) = self.batch.get_or_insert_with(|| {
+                let batch = BatchWriter::new(term, *seq);
+                *seq += 1;
+                (batch, Vec::new())
+            });
             batch.push(customer, stamp, &record);
         }
     }
@@ -1012,8 +1048,33 @@ impl Open {
                 let _ = w.send(false);
             }
         }
+        for sealed in self.sealed.drain(..) {
+            for w in sealed.waiters {
+                let _ = w.send(false);
+            }
+        }
         self.node_term = node_term;
         self.next_seq = 0;
+    }
+}
+
+/// About how many bytes `record` takes in a batch.
+fn record_size(record: &Record) -> usize {
+    match record {
+        Record::Event { event, .. } => {
+            96 + event.data.len()
+                + event.event_type.len()
+                + event.timestamp.len()
+                + event
+                    .topics
+                    .iter()
+                    .map(|t| t.as_str().len() + 2)
+                    .sum::<usize>()
+        }
+        Record::Covered(prefixes, _) => {
+            64 + prefixes.iter().map(|p| p.as_str().len() + 2).sum::<usize>()
+        }
+        _ => 320,
     }
 }
 
@@ -1041,19 +1102,34 @@ enum Sent {
 
 /// The publisher: stamps what every owned customer's upstream hands over into batches and
 /// appends them to this node's subject, one at a time.
-async fn publish(node: Arc<Node>, mut ops: mpsc::Receiver<Op>) {
+async fn publish(
+    node: Arc<Node>,
+    mut ops: mpsc::Receiver<Op>,
+    mut restates: mpsc::Receiver<Uuid>,
+    stop: CancellationToken,
+) {
     let mut terms: HashMap<Uuid, OwnedTerm> = HashMap::new();
     let mut out: Vec<(Stamp, Record)> = Vec::new();
+    // A batch stays under the server's largest message, with room for the headers.
+    let max_payload = node.client.server_info().max_payload;
+    let limit = node
+        .settings
+        .batch_max_bytes
+        .min(max_payload.saturating_sub(4096))
+        .max(1024);
     let mut open = Open {
         node_term: None,
         next_seq: 0,
         batch: None,
+        limit,
+        max_data: max_payload.saturating_sub(4096),
+        sealed: Vec::new(),
     };
+    let mut last_restate: HashMap<Uuid, Instant> = HashMap::new();
     let mut ready: VecDeque<Sealed> = VecDeque::new();
     let mut in_flight: Option<(Sealed, Sending)> = None;
     let mut expected: Option<u64> = None;
     let mut terms_watch = node.term.subscribe();
-    let max_bytes = node.settings.batch_max_bytes.max(1024);
     // Records waiting in sealed batches and the open one: past the backlog, no op is taken
     // (the upstreams wait).
     let backlog_cap = node.settings.max_backlog.max(64);
@@ -1109,11 +1185,6 @@ async fn publish(node: Arc<Node>, mut ops: mpsc::Receiver<Op>) {
         }
         let queued: usize =
             ready.iter().map(|s| s.records as usize).sum::<usize>() + open.records();
-        let due = terms
-            .values()
-            .filter_map(OwnedTerm::due)
-            .min()
-            .map(Instant::from_std);
         tokio::select! {
             biased;
             sent = async { in_flight.as_mut().expect("guarded").1.as_mut().await }, if in_flight.is_some() => {
@@ -1163,13 +1234,6 @@ async fn publish(node: Arc<Node>, mut ops: mpsc::Receiver<Op>) {
                     closed = true;
                 }
             }
-            () = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
-                let now = std::time::Instant::now();
-                for (customer, term) in &mut terms {
-                    term.poll(now, &mut out);
-                    open.push(*customer, &mut out);
-                }
-            }
             op = ops.recv(), if !closed && queued < backlog_cap => {
                 let Some(op) = op else {
                     closed = true;
@@ -1177,17 +1241,35 @@ async fn publish(node: Arc<Node>, mut ops: mpsc::Receiver<Op>) {
                 };
                 take_op(&node, op, &mut terms, &mut open, &mut out);
                 // Whatever else is queued now joins the same batch.
-                while !open.full(max_bytes) {
+                while !open.full(limit) {
                     match ops.try_recv() {
                         Ok(op) => take_op(&node, op, &mut terms, &mut open, &mut out),
                         Err(_) => break,
                     }
                 }
-                if open.full(max_bytes)
+                ready.extend(open.sealed.drain(..));
+                if open.full(limit)
                     && let Some(sealed) = open.seal(&node)
                 {
                     ready.push_back(sealed);
                 }
+            }
+            customer = restates.recv() => {
+                // At most once a second per customer: anyone on the bus can ask.
+                let Some(customer) = customer else { continue };
+                if last_restate.len() > 65_536 {
+                    last_restate.clear();
+                }
+                let due = last_restate.get(&customer).is_none_or(|at| at.elapsed() >= Duration::from_secs(1));
+                if due && let Some(owned) = terms.get_mut(&customer) {
+                    last_restate.insert(customer, Instant::now());
+                    owned.restate(&mut out);
+                    open.push(&node, customer, &mut out);
+                    ready.extend(open.sealed.drain(..));
+                }
+            }
+            () = stop.cancelled(), if !closed => {
+                closed = true;
             }
         }
     }
@@ -1200,7 +1282,6 @@ fn take_op(
     open: &mut Open,
     out: &mut Vec<(Stamp, Record)>,
 ) {
-    let now = std::time::Instant::now();
     match op {
         Op::Begin {
             customer,
@@ -1208,17 +1289,15 @@ fn take_op(
             node_term: in_term,
             epoch,
             owed,
-            hold_until,
         } => {
             if open.node_term != Some(in_term) {
                 return;
             }
-            let owned =
-                OwnedTerm::begin(term, epoch, &node.settings.node_id, owed, hold_until, out);
+            let owned = OwnedTerm::begin(term, epoch, &node.settings.node_id, owed, out);
             if terms.insert(customer, owned).is_none() {
                 metrics::gauge!("fanout_cluster_leases_held").increment(1.0);
             }
-            open.push(customer, out);
+            open.push(node, customer, out);
         }
         Op::Item {
             customer,
@@ -1226,24 +1305,18 @@ fn take_op(
             item,
         } => {
             if let Some(owned) = terms.get_mut(&customer).filter(|t| t.term() == term) {
-                owned.take(item, now, out);
-                open.push(customer, out);
-            }
-        }
-        Op::Want {
-            customer,
-            term,
-            wanted,
-        } => {
-            if let Some(owned) = terms.get_mut(&customer).filter(|t| t.term() == term) {
-                owned.want(wanted, now, out);
-                open.push(customer, out);
-            }
-        }
-        Op::Restate { customer } => {
-            if let Some(owned) = terms.get_mut(&customer) {
-                owned.restate(out);
-                open.push(customer, out);
+                // An event too large for any message of the server is a loss, told.
+                let item = match item {
+                    Item::Event(event) if event.data.len() > open.max_data => {
+                        metrics::counter!("fanout_events_dropped_total", "reason" => "too_large_for_the_log")
+                            .increment(1);
+                        let now = SystemTime::now();
+                        Item::Gap(now, now)
+                    }
+                    item => item,
+                };
+                owned.take(item, out);
+                open.push(node, customer, out);
             }
         }
         Op::End {
@@ -1253,13 +1326,8 @@ fn take_op(
         } => match terms.remove(&customer) {
             Some(owned) if owned.term() == term => {
                 metrics::gauge!("fanout_cluster_leases_held").decrement(1.0);
-                let dropped = owned.dropped();
-                if dropped > 0 {
-                    metrics::counter!("fanout_events_dropped_total", "reason" => "inside_gap")
-                        .increment(dropped);
-                }
                 owned.end(out);
-                open.push(customer, out);
+                open.push(node, customer, out);
                 match &mut open.batch {
                     Some((_, waiters)) => waiters.push(done),
                     None => {
@@ -1401,6 +1469,8 @@ async fn watch_connection(node: Arc<Node>) {
                         if created.is_some() && created != made {
                             tracing::warn!(node_id = %node.settings.node_id, "NATS lost the cluster's state: the log was made again");
                             lost_until = Some(Instant::now() + hold);
+                            // Node terms start again from the new bucket's revisions.
+                            node.fenced.lock().await.clear();
                         }
                         created = made;
                     }
@@ -1409,6 +1479,7 @@ async fn watch_connection(node: Arc<Node>) {
                             "NATS lost the cluster's state: creating the log and the buckets again"
                         );
                         lost_until = Some(Instant::now() + hold);
+                        node.fenced.lock().await.clear();
                         let made = bucket::open_stream(&node.js, &node.stream_config).await;
                         let membership = node.membership.reopen().await;
                         let interests = node.interests.reopen().await;
