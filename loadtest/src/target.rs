@@ -79,6 +79,13 @@ impl std::fmt::Display for Which {
     }
 }
 
+/// Behind a proxy every connection comes from its one address: the per-source cap on
+/// pending handshakes would refuse the load tester's opening wave.
+const BEHIND_PROXY: &[(&str, &str)] = &[
+    ("FANOUT_LIMITS__MAX_PENDING", "16384"),
+    ("FANOUT_LIMITS__MAX_PENDING_PER_SOURCE", "16384"),
+];
+
 /// HAProxy in TCP mode on a free port, balancing over `servers` (its `server` lines).
 async fn start_haproxy(dir: &Path, servers: &str) -> anyhow::Result<(Child, SocketAddr)> {
     let lb_port = free_port()?;
@@ -203,6 +210,16 @@ impl Upstream {
         gateway_bin: &Path,
         extra: &[&str],
     ) -> anyhow::Result<(Child, SocketAddr)> {
+        self.spawn_node_env(gateway_bin, extra, &[]).await
+    }
+
+    /// [`Upstream::spawn_node`] with more of the node's environment.
+    async fn spawn_node_env(
+        &self,
+        gateway_bin: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<(Child, SocketAddr)> {
         let mut child = Command::new(gateway_bin)
             .args([
                 "serve",
@@ -226,6 +243,7 @@ impl Upstream {
             .env("FANOUT_UPSTREAM__MATCHING", self.world.matching().as_str())
             .env("RUST_LOG", "warn,fanout_gateway=info")
             .env("FANOUT_LIMITS__MAX_SESSIONS", "1000000")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
@@ -375,7 +393,11 @@ impl Target {
         for i in 0..2 {
             let node = format!("node-{i}");
             let (child, addr) = upstream
-                .spawn_node(gateway_bin, &["--cluster-nats", &url, "--node-id", &node])
+                .spawn_node_env(
+                    gateway_bin,
+                    &["--cluster-nats", &url, "--node-id", &node],
+                    BEHIND_PROXY,
+                )
                 .await?;
             pids.push(child.id().context("gateway pid")?);
             children.push(child);
@@ -389,7 +411,9 @@ impl Target {
 
     async fn start_gateway_lb(customers: u32, gateway_bin: &Path) -> anyhow::Result<Target> {
         let upstream = Upstream::start(customers, World::Voipbin).await?;
-        let (child, addr) = upstream.spawn_node(gateway_bin, &[]).await?;
+        let (child, addr) = upstream
+            .spawn_node_env(gateway_bin, &[], BEHIND_PROXY)
+            .await?;
         let mut pids = vec![child.id().context("gateway pid")?];
         let mut children = vec![child];
         let (haproxy, ws_addr) =

@@ -820,6 +820,8 @@ impl Customer {
             node_term,
             epoch: rand::random(),
             owed,
+            // A new connection has this long to open and answer its first barrier.
+            hold_until: std::time::Instant::now() + config.connect_timeout + config.pong_timeout,
         });
         if begun.is_err() {
             return None;
@@ -907,6 +909,7 @@ impl Customer {
         let (desired, left_out) = self.shared.desired();
         let now = Instant::now();
         let linger = self.node.settings.interest_linger;
+        let before = owning.owned.clone();
         for prefix in &desired {
             owning.dropping.remove(prefix);
             if owning.owned.insert(prefix.clone()) {
@@ -926,6 +929,13 @@ impl Customer {
                 owning.owned.remove(&prefix);
                 owning.upstream.remove(&prefix);
             }
+        }
+        if owning.owned != before {
+            let _ = self.node.ops.try_send(Op::Want {
+                customer: self.customer,
+                term: owning.term,
+                wanted: owning.owned.clone(),
+            });
         }
         if !owning.capped && left_out {
             owning.capped = true;

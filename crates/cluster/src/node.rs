@@ -21,7 +21,7 @@
 //!
 //! The per-customer work is in [`crate::customer`].
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,6 +32,7 @@ use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, consumer, stream};
 use bytes::Bytes;
 use fanout_core::{Feed, Feeds};
+use fanout_protocol::prefix::Prefix;
 use fanout_protocol::server::GapReason;
 use fanout_session::Hub;
 use fanout_upstream::UpstreamConfig;
@@ -184,6 +185,13 @@ pub(crate) enum Op {
         node_term: u64,
         epoch: u64,
         owed: Option<(GapReason, SystemTime)>,
+        hold_until: std::time::Instant,
+    },
+    /// Its upstream is asked for `wanted` now.
+    Want {
+        customer: Uuid,
+        term: u64,
+        wanted: BTreeSet<Prefix>,
     },
     /// An item of its upstream's.
     Item {
@@ -1185,6 +1193,11 @@ async fn publish(
         }
         let queued: usize =
             ready.iter().map(|s| s.records as usize).sum::<usize>() + open.records();
+        let due = terms
+            .values()
+            .filter_map(OwnedTerm::due)
+            .min()
+            .map(Instant::from_std);
         tokio::select! {
             biased;
             sent = async { in_flight.as_mut().expect("guarded").1.as_mut().await }, if in_flight.is_some() => {
@@ -1233,6 +1246,14 @@ async fn publish(
                 if changed.is_err() {
                     closed = true;
                 }
+            }
+            () = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
+                let now = std::time::Instant::now();
+                for (customer, term) in &mut terms {
+                    term.poll(now, &mut out);
+                    open.push(&node, *customer, &mut out);
+                }
+                ready.extend(open.sealed.drain(..));
             }
             op = ops.recv(), if !closed && queued < backlog_cap => {
                 let Some(op) = op else {
@@ -1289,11 +1310,13 @@ fn take_op(
             node_term: in_term,
             epoch,
             owed,
+            hold_until,
         } => {
             if open.node_term != Some(in_term) {
                 return;
             }
-            let owned = OwnedTerm::begin(term, epoch, &node.settings.node_id, owed, out);
+            let owned =
+                OwnedTerm::begin(term, epoch, &node.settings.node_id, owed, hold_until, out);
             if terms.insert(customer, owned).is_none() {
                 metrics::gauge!("fanout_cluster_leases_held").increment(1.0);
             }
@@ -1315,7 +1338,17 @@ fn take_op(
                     }
                     item => item,
                 };
-                owned.take(item, out);
+                owned.take(item, std::time::Instant::now(), out);
+                open.push(node, customer, out);
+            }
+        }
+        Op::Want {
+            customer,
+            term,
+            wanted,
+        } => {
+            if let Some(owned) = terms.get_mut(&customer).filter(|t| t.term() == term) {
+                owned.want(wanted, std::time::Instant::now(), out);
                 open.push(node, customer, out);
             }
         }
@@ -1326,6 +1359,11 @@ fn take_op(
         } => match terms.remove(&customer) {
             Some(owned) if owned.term() == term => {
                 metrics::gauge!("fanout_cluster_leases_held").decrement(1.0);
+                let dropped = owned.dropped();
+                if dropped > 0 {
+                    metrics::counter!("fanout_events_dropped_total", "reason" => "inside_gap")
+                        .increment(dropped);
+                }
                 owned.end(out);
                 open.push(node, customer, out);
                 match &mut open.batch {

@@ -122,9 +122,15 @@ impl Fleet {
             .env("FANOUT_UPSTREAM__MATCHING", self.world.matching().as_str())
             .env("FANOUT_CLUSTER__LEASE_TTL", self.ttl)
             .env("FANOUT_LIMITS__MAX_SESSIONS", "100000")
+            // The figures' sessions read only when they measure: not closed for it.
+            .env("FANOUT_SESSION__PONG_TIMEOUT", "1h")
             .env("FANOUT_LIMITS__HANDSHAKES_PER_SECOND", "100000")
             .env("FANOUT_LIMITS__HANDSHAKE_BURST", "100000")
-            .env("RUST_LOG", "warn,fanout_gateway=info")
+            .env(
+                "RUST_LOG",
+                std::env::var("FIGURES_RUST_LOG")
+                    .unwrap_or_else(|_| "warn,fanout_gateway=info".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
@@ -142,10 +148,11 @@ impl Fleet {
         })
         .await?
         .context("the node did not start")?;
-        // Warnings and errors of the nodes are shown.
+        // Warnings and errors of the nodes are shown (everything with FIGURES_LOGS=1).
+        let all = std::env::var_os("FIGURES_LOGS").is_some();
         tokio::spawn(async move {
             while let Ok(Some(line)) = lines.next_line().await {
-                if !line.contains("\"INFO\"") {
+                if all || !line.contains("\"INFO\"") {
                     eprintln!("node-{i}: {line}");
                 }
             }
@@ -471,6 +478,23 @@ async fn nats_messages(monitor: SocketAddr) -> anyhow::Result<(u64, u64)> {
     ))
 }
 
+/// Each stream's last sequence (`/jsz`).
+async fn stream_sequences(monitor: SocketAddr) -> Vec<(String, u64)> {
+    let (_, jsz) = http(monitor, "GET", "/jsz?streams=true", None).await;
+    jsz["account_details"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|a| a["stream_detail"].as_array().cloned().unwrap_or_default())
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap_or_default().to_owned(),
+                s["state"]["last_seq"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
 /// 10,000 customers, one idle session each, on two nodes: what NATS carries once settled.
 async fn idle(binary: PathBuf, world: World) -> anyhow::Result<()> {
     let customers = 10_000usize;
@@ -565,8 +589,20 @@ async fn idle(binary: PathBuf, world: World) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(20)).await;
     let window = Duration::from_secs(60);
     let (in0, out0) = nats_messages(monitor).await?;
+    let streams0 = stream_sequences(monitor).await;
     tokio::time::sleep(window).await;
     let (in1, out1) = nats_messages(monitor).await?;
+    let streams1 = stream_sequences(monitor).await;
+    for (name, last) in &streams1 {
+        let before = streams0
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or(0, |(_, l)| *l);
+        println!(
+            "idle: stream {name}: {:.2} messages/s stored",
+            (last - before) as f64 / window.as_secs_f64()
+        );
+    }
     let secs = window.as_secs_f64();
     println!(
         "idle: NATS took {:.2} messages/s from clients and sent {:.2}/s to them, over {window:?} with {customers} idle customers on 2 nodes",
