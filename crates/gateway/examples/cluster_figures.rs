@@ -274,14 +274,18 @@ async fn ingest(fleet: Fleet) -> anyhow::Result<()> {
         // Every event is new: the same bytes again within seconds would be a copy of one.
         let events: Vec<_> = (0..n).map(|i| event(c, &format!("r{round}e{i}"))).collect();
         let started = Instant::now();
-        for chunk in events.chunks(500) {
-            for event in chunk {
-                fleet.sim.deliver(event);
+        // The sessions read while VoIPBIN sends: a session that does not would be closed as
+        // too slow once its queue holds 1 MiB.
+        let inject = async {
+            for chunk in events.chunks(500) {
+                for event in chunk {
+                    fleet.sim.deliver(event);
+                }
+                tokio::task::yield_now().await;
             }
-            tokio::task::yield_now().await;
-        }
+        };
         let [a, b] = &mut clients;
-        let (ra, rb) = tokio::join!(until_events(a, n), until_events(b, n));
+        let ((), ra, rb) = tokio::join!(inject, until_events(a, n), until_events(b, n));
         if ra.is_err() || rb.is_err() {
             println!("{ra:?} {rb:?}\nsim: {:?}", fleet.sim.stats());
             for node in &nodes {
