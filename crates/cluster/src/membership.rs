@@ -250,8 +250,7 @@ impl Membership {
     pub async fn node_term(&self, node: &str) -> Result<Option<u64>, MembershipError> {
         let entry = self.nodes.store.entry(token(node)).await.map_err(error)?;
         Ok(entry.and_then(|entry| match entry.operation {
-            kv::Operation::Put if entry.value.is_empty() => Some(entry.revision),
-            kv::Operation::Put => std::str::from_utf8(&entry.value).ok()?.parse().ok(),
+            kv::Operation::Put => lease_term(&entry),
             kv::Operation::Delete | kv::Operation::Purge => None,
         }))
     }
@@ -316,23 +315,15 @@ impl Membership {
     pub async fn node_changes(
         &self,
     ) -> Result<impl futures_util::Stream<Item = Change> + use<>, MembershipError> {
-        use futures_util::StreamExt as _;
-        let watch = self
-            .nodes
-            .store
-            .watch_with_history(">")
-            .await
-            .map_err(error)?;
-        Ok(watch.filter_map(|entry| async move {
-            let entry = entry.ok()?;
+        watch(&self.nodes, |entry| {
             let node = from_token(&entry.key)?;
             let term = match entry.operation {
-                kv::Operation::Put if entry.value.is_empty() => Some(entry.revision),
-                kv::Operation::Put => std::str::from_utf8(&entry.value).ok()?.parse().ok(),
+                kv::Operation::Put => Some(lease_term(entry)?),
                 kv::Operation::Delete | kv::Operation::Purge => None,
             };
             Some(Change::Node { node, term })
-        }))
+        })
+        .await
     }
 
     /// Every change of the ownership records, from what they hold now on.
@@ -342,21 +333,35 @@ impl Membership {
     pub async fn owner_changes(
         &self,
     ) -> Result<impl futures_util::Stream<Item = Change> + use<>, MembershipError> {
-        use futures_util::StreamExt as _;
-        let watch = self
-            .owners
-            .store
-            .watch_with_history(">")
-            .await
-            .map_err(error)?;
-        Ok(watch.filter_map(|entry| async move {
-            let entry = entry.ok()?;
+        watch(&self.owners, |entry| {
             let customer = Uuid::try_parse(&entry.key).ok()?;
             Some(Change::Owner {
                 customer,
-                record: record_of(Some(&entry)),
+                record: record_of(Some(entry)),
             })
-        }))
+        })
+        .await
+    }
+}
+
+/// Every entry of `bucket`, its current values first, as `change` reads them (entries it
+/// cannot read are skipped).
+async fn watch(
+    bucket: &Bucket,
+    change: fn(&kv::Entry) -> Option<Change>,
+) -> Result<impl futures_util::Stream<Item = Change> + use<>, MembershipError> {
+    use futures_util::StreamExt as _;
+    let watch = bucket.store.watch_with_history(">").await.map_err(error)?;
+    Ok(watch.filter_map(move |entry| std::future::ready(entry.ok().and_then(|e| change(&e)))))
+}
+
+/// The node term a lease entry says: the revision of its `create` (written empty), or the
+/// term its renewals write.
+fn lease_term(entry: &kv::Entry) -> Option<u64> {
+    if entry.value.is_empty() {
+        Some(entry.revision)
+    } else {
+        std::str::from_utf8(&entry.value).ok()?.parse().ok()
     }
 }
 

@@ -638,60 +638,46 @@ async fn keep_membership(node: Arc<Node>) {
     }
 }
 
-/// Keeps the node's [`Roster`] (node leases and ownership records), waking the customers a
-/// change concerns; across NATS outages, read again from the start each time.
-async fn watch_roster(node: Arc<Node>) {
+/// Keeps a view of the fleet up to date from the watch `open` starts: `started` runs each
+/// time one starts (what was known may be stale), `apply` on every change. Paused while
+/// NATS is away (what it holds when it is back may be all new), and started again after
+/// outages and errors.
+async fn keep_watching<S, E, Open, Opening>(
+    node: &Node,
+    what: &'static str,
+    mut open: Open,
+    mut started: impl FnMut(),
+    mut apply: impl FnMut(S::Item),
+) where
+    S: futures_util::Stream,
+    E: std::fmt::Display,
+    Open: FnMut() -> Opening,
+    Opening: Future<Output = Result<S, E>>,
+{
     let mut degraded = node.degraded.subscribe();
     loop {
-        // Not while NATS is away: what it holds when it is back may be all new.
         while *degraded.borrow_and_update() {
             tokio::select! {
                 () = node.cancel.cancelled() => return,
                 _ = degraded.changed() => {}
             }
         }
-        let changes = async {
-            let nodes = node.membership.node_changes().await?;
-            let owners = node.membership.owner_changes().await?;
-            Ok::<_, membership::MembershipError>(futures_util::stream::select(nodes, owners))
-        };
-        match changes.await {
+        match open().await {
             Ok(changes) => {
-                node.roster().clear();
-                node.wake_all();
+                started();
                 let mut changes = std::pin::pin!(changes);
                 loop {
                     tokio::select! {
                         () = node.cancel.cancelled() => return,
                         _ = degraded.changed() => break,
                         change = changes.next() => match change {
-                            Some(change) => {
-                                let node_change = matches!(change, membership::Change::Node { .. });
-                                let before: Vec<(String, u64)> = if node_change {
-                                    let roster = node.roster();
-                                    roster.live().map(|n| (n.to_owned(), 0)).collect()
-                                } else {
-                                    Vec::new()
-                                };
-                                let concerns = node.roster().apply(change);
-                                match concerns {
-                                    Some(customer) => node.wake(customer),
-                                    None => {
-                                        // A renewal changes nothing; a node that came or went
-                                        // concerns every customer.
-                                        let after: Vec<String> = node.roster().live().map(str::to_owned).collect();
-                                        if after.len() != before.len() || after.iter().any(|n| !before.iter().any(|(b, _)| b == n)) {
-                                            node.wake_all();
-                                        }
-                                    }
-                                }
-                            }
+                            Some(change) => apply(change),
                             None => break,
                         }
                     }
                 }
             }
-            Err(error) => tracing::debug!(%error, "Cannot watch the fleet's membership yet"),
+            Err(error) => tracing::debug!(%error, what, "Cannot watch yet"),
         }
         tokio::select! {
             () = node.cancel.cancelled() => return,
@@ -700,48 +686,58 @@ async fn watch_roster(node: Arc<Node>) {
     }
 }
 
+/// Keeps the node's [`Roster`] (node leases and ownership records), waking the customers a
+/// change concerns.
+async fn watch_roster(node: Arc<Node>) {
+    let open = || async {
+        let nodes = node.membership.node_changes().await?;
+        let owners = node.membership.owner_changes().await?;
+        Ok::<_, membership::MembershipError>(futures_util::stream::select(nodes, owners))
+    };
+    let started = || {
+        node.roster().clear();
+        node.wake_all();
+    };
+    let live = |node: &Node| -> std::collections::BTreeSet<String> {
+        node.roster().live().map(str::to_owned).collect()
+    };
+    let apply = |change: membership::Change| {
+        let before = live(&node);
+        // Not in the match: the roster's lock must be let go first.
+        let concerns = node.roster().apply(change);
+        match concerns {
+            Some(customer) => node.wake(customer),
+            // A renewal changes nothing; a node that came or went concerns every customer.
+            None if live(&node) != before => node.wake_all(),
+            None => {}
+        }
+    };
+    keep_watching(&node, "membership", open, started, apply).await;
+}
+
 /// Keeps the node's view of the fleet's interest ([`Fleet`]) and wakes the customers whose
-/// interest changed; across NATS outages, read again from the start each time.
+/// interest changed.
 async fn watch_interest(node: Arc<Node>) {
-    let mut degraded = node.degraded.subscribe();
-    loop {
-        // Not while NATS is away: what it holds when it is back may be all new.
-        while *degraded.borrow_and_update() {
-            tokio::select! {
-                () = node.cancel.cancelled() => return,
-                _ = degraded.changed() => {}
-            }
+    let started = || {
+        let known = node.fleet().clear();
+        for customer in known {
+            node.wake(customer);
         }
-        match node.interests.changes().await {
-            Ok(changes) => {
-                let known = node.fleet().clear();
-                for customer in known {
-                    node.wake(customer);
-                }
-                let mut changes = std::pin::pin!(changes);
-                loop {
-                    tokio::select! {
-                        () = node.cancel.cancelled() => return,
-                        _ = degraded.changed() => break,
-                        change = changes.next() => match change {
-                            Some(change) => {
-                                let customer = change.customer;
-                                if node.fleet().apply(change) {
-                                    node.wake(customer);
-                                }
-                            }
-                            None => break,
-                        }
-                    }
-                }
-            }
-            Err(error) => tracing::debug!(%error, "Cannot watch the fleet's interest yet"),
+    };
+    let apply = |change: crate::interest::Change| {
+        let customer = change.customer;
+        if node.fleet().apply(change) {
+            node.wake(customer);
         }
-        tokio::select! {
-            () = node.cancel.cancelled() => return,
-            () = tokio::time::sleep(Duration::from_secs(1)) => {}
-        }
-    }
+    };
+    keep_watching(
+        &node,
+        "interest",
+        || node.interests.changes(),
+        started,
+        apply,
+    )
+    .await;
 }
 
 /// Answers other nodes' requests to state a customer's coverage again.
@@ -1416,13 +1412,11 @@ async fn fenced_here(node: &Node, term: u64) -> Option<bool> {
     .ok()?;
     match last {
         Ok(message) => Some(
-            matches!(
-                wire::open(&node.settings.fleet_key, &node.subject, &message.payload),
-                Ok(Opened::Fence { term: t, .. }) if t >= term
-            ) || matches!(
-                wire::open(&node.settings.fleet_key, &node.subject, &message.payload),
-                Ok(Opened::Batch { term: t, .. }) if t > term
-            ),
+            match wire::open(&node.settings.fleet_key, &node.subject, &message.payload) {
+                Ok(Opened::Fence { term: t, .. }) => t >= term,
+                Ok(Opened::Batch { term: t, .. }) => t > term,
+                Err(_) => false,
+            },
         ),
         Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Some(false),
         Err(_) => None,
